@@ -1,0 +1,27 @@
+# The whole developer interface; every target is one readable line.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: venv install build test lint bench clean
+
+venv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+
+install: venv
+	$(BIN)/pip install -q -r requirements-dev.txt && $(BIN)/pip install -q --no-build-isolation .
+
+build: venv
+	$(BIN)/python setup.py -q build_ext --inplace
+
+test: install
+	cd tests && ../$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/cython-lint meltica/_core
+
+bench: install
+	$(BIN)/python bench/bench_parse.py
+
+clean:
+	rm -rf build dist *.egg-info meltica/_core/*.cpp meltica/_core/*.so meltica/_core/*.html

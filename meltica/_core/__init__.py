@@ -1,0 +1,1 @@
+"""Compiled hot paths: frame parsing and canonical events (pure computation)."""

@@ -1,0 +1,69 @@
+"""Every error Meltica raises, under one root.
+
+Leaves also inherit the builtin category they resemble (``ValueError`` for bad
+input, ``OSError`` for unreadable files), so callers that only know the builtin
+still catch them.  ``_core`` raises these classes; it never defines its own.
+Each class has a short, stable ``reason`` used as a counter label.
+"""
+
+from __future__ import annotations
+
+
+class MelticaError(Exception):
+    """Root of every error raised by Meltica."""
+
+    reason = "error"
+
+
+class ConfigError(MelticaError, ValueError):
+    """Configuration is invalid; the message names the offending key path."""
+
+    reason = "config"
+
+
+class ParseError(MelticaError, ValueError):
+    """A frame or payload could not be turned into canonical events."""
+
+    reason = "parse"
+
+
+class MalformedFrame(ParseError):
+    """Not valid JSON, truncated, or not the shape Binance sends."""
+
+    reason = "malformed"
+
+
+class FrameTooLarge(ParseError):
+    """The frame exceeds the configured maximum size."""
+
+    reason = "oversized"
+
+
+class MissingField(ParseError):
+    """A field the event kind requires is absent."""
+
+    reason = "missing_field"
+
+
+class FieldTypeError(ParseError, TypeError):
+    """A field has the wrong JSON type (e.g. a number where a string belongs)."""
+
+    reason = "field_type"
+
+
+class NumberError(ParseError):
+    """A price, quantity or id is not a plain decimal, or does not fit int64."""
+
+    reason = "number"
+
+
+class WireError(ParseError):
+    """A wire-format event could not be decoded."""
+
+    reason = "wire"
+
+
+class CaptureError(MelticaError, OSError):
+    """A capture file cannot be read (missing, unknown format, corrupt)."""
+
+    reason = "capture"
