@@ -41,18 +41,13 @@ inline int parse_levels(od::value v, std::vector<Level> &out, int &err_key, int 
 
 // A JSON integer token (leading '-' allowed) into int64; false for floats,
 // exponents and overflow.  The token may carry trailing whitespace.
-// A JSON integer token (leading '-' allowed) into int64; false for floats,
-// exponents and overflow.  The token may carry trailing whitespace.
 inline bool token_int64(std::string_view tok, int64_t &out) noexcept {
     const char *p = tok.data(), *end = p + tok.size();
     bool neg = false;
     if (p < end && *p == '-') { neg = true; ++p; }
     const char *digits = p;
     uint64_t acc = 0;
-    while (p < end && unsigned(*p - '0') < 10u) {
-        acc = acc * 10 + uint64_t(*p - '0');
-        ++p;
-    }
+    p = mt_scan_digits(p, end, &acc);
     size_t nd = size_t(p - digits);
     if (nd == 0) return false;
     if (nd > 18) {
