@@ -18,7 +18,7 @@ test: install
 	cd tests && ../$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/cython-lint meltica/_core
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && PATH=$(BIN):$$PATH cython-lint meltica/_core
 
 bench: install
 	$(BIN)/python bench/bench_parse.py

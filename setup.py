@@ -61,7 +61,7 @@ if DEBUG:
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
     directives.update(linetrace=True, binding=True)
 else:
-    compile_args += ["-O3"]
+    compile_args += ["-O3", "-g0"]
     macros += [("CYTHON_WITHOUT_ASSERTIONS", "1"), ("NDEBUG", "1")]
 
 

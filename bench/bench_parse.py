@@ -28,7 +28,7 @@ import msgspec
 from meltica import FrameParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import measure  # noqa: E402
+from harness import measure
 
 CAPTURES = Path(
     os.environ.get(
@@ -40,6 +40,7 @@ PER_KIND = 2000  # distinct frames per kind (fewer when the captures hold fewer)
 
 
 # ---------------------------------------------------------------- msgspec baseline
+
 
 class Trade(msgspec.Struct):
     e: str
@@ -115,12 +116,17 @@ def envelope(payload: type) -> type:
 
 
 BASELINE_TYPES = {
-    "trade": Trade, "aggTrade": AggTrade, "bookTicker": BookTicker,
-    "depth10": Depth, "depth50": Depth, "kline": Kline,
+    "trade": Trade,
+    "aggTrade": AggTrade,
+    "bookTicker": BookTicker,
+    "depth10": Depth,
+    "depth50": Depth,
+    "kline": Kline,
 }
 
 
 # ---------------------------------------------------------------- frames
+
 
 def _hft_lines(path: Path):
     with gzip.open(path, "rt") as fh:
@@ -153,8 +159,14 @@ def load_frames() -> tuple[dict[str, list[bytes]], dict[str, str]]:
         raise SystemExit(f"captures not found at {CAPTURES} (set MELTICA_CAPTURES)")
     hft = CAPTURES / "hftbacktest" / "examples"
     frames: dict[str, list[bytes]] = {k: [] for k in BASELINE_TYPES}
-    market = {"trade": "spot", "bookTicker": "spot", "depth10": "spot", "depth50": "usdm",
-              "aggTrade": "usdm", "kline": "usdm"}
+    market = {
+        "trade": "spot",
+        "bookTicker": "spot",
+        "depth10": "spot",
+        "depth50": "usdm",
+        "aggTrade": "usdm",
+        "kline": "usdm",
+    }
     for js in _hft_lines(hft / "spot" / "btcusdt_20240808.gz"):
         if "@trade" in js[:40] and len(frames["trade"]) < PER_KIND:
             frames["trade"].append(js.encode())
@@ -192,6 +204,7 @@ def load_frames() -> tuple[dict[str, list[bytes]], dict[str, str]]:
 
 
 # ---------------------------------------------------------------- candidates
+
 
 def candidates(kind: str, frames: list[bytes], market: str, reps: int):
     parser = FrameParser(market=market)
@@ -238,8 +251,10 @@ def main() -> int:
     impl = FrameParser().implementation
     print(f"# frame -> event, ns/frame (median of {args.rounds} interleaved rounds)")
     print(f"python {platform.python_version()}, simdjson kernel {impl}, {os.cpu_count()} cpus\n")
-    print("| kind | frames | avg bytes | meltica C loop | meltica Py call | msgspec typed "
-          "| msgspec ÷ meltica (C loop) |")
+    print(
+        "| kind | frames | avg bytes | meltica C loop | meltica Py call | msgspec typed "
+        "| msgspec ÷ meltica (C loop) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     results = {}
     for kind, fs in frames.items():
@@ -252,11 +267,19 @@ def main() -> int:
         py = med["meltica (Python call per frame)"]
         base = med["msgspec typed decode (baseline)"]
         avg = sum(map(len, fs)) / len(fs)
-        results[kind] = {"frames": len(fs), "avg_bytes": avg, "meltica_c_loop_ns": c_loop,
-                         "meltica_py_call_ns": py, "msgspec_typed_ns": base,
-                         "speedup_vs_msgspec": base / c_loop}
-        print(f"| {kind} | {len(fs)} | {avg:.0f} | {c_loop:,.0f} | {py:,.0f} | {base:,.0f} "
-              f"| {base / c_loop:.2f}× |", flush=True)
+        results[kind] = {
+            "frames": len(fs),
+            "avg_bytes": avg,
+            "meltica_c_loop_ns": c_loop,
+            "meltica_py_call_ns": py,
+            "msgspec_typed_ns": base,
+            "speedup_vs_msgspec": base / c_loop,
+        }
+        print(
+            f"| {kind} | {len(fs)} | {avg:.0f} | {c_loop:,.0f} | {py:,.0f} | {base:,.0f} "
+            f"| {base / c_loop:.2f}× |",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -29,7 +29,7 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
             sink = cast(BinaryIO, sys.stdout.buffer)
         else:
             try:
-                sink = stack.enter_context(open(args.output, "wb"))  # noqa: SIM115
+                sink = stack.enter_context(open(args.output, "wb"))
             except OSError as exc:
                 print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
                 return EXIT_BAD_INPUT
@@ -83,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--market", choices=("spot", "usdm", "coinm"), help="override the market")
     p.add_argument("--venue", choices=("binance", "binance_us"), help="override the venue")
-    p.add_argument(
-        "--strict", action="store_true", help="exit 1 when any frame was rejected"
-    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when any frame was rejected")
     p.set_defaults(func=_cmd_normalize)
 
     p = sub.add_parser("check-config", help="validate a config file and print the result")

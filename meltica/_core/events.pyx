@@ -25,6 +25,10 @@ KIND_NAMES = (
 )
 KIND_IDS = {name: i for i, name in enumerate(KIND_NAMES) if name}
 SOURCE_NAMES = ("stream", "rest", "book")
+VENUES = ("binance", "binance_us")
+MARKETS = ("spot", "usdm", "coinm")
+TICKER_WINDOWS = ("24h", "mini", "1h", "4h", "1d")
+SIDES = ("buy", "sell")
 
 KLINE_DECIMALS = (
     "open", "high", "low", "close", "volume", "quote_volume",
@@ -140,7 +144,7 @@ cdef int64_t _wire_int(dict d, str name, bint optional=False) except? -1:
         if optional:
             return MT_NA
         raise WireError(f"wire event lacks {name!r}")
-    if type(v) is not int or v >= INT64_MAX or v <= INT64_MIN:
+    if type(v) is not int or v > INT64_MAX or v <= INT64_MIN:
         raise WireError(f"wire field {name!r} is not an int64: {v!r}")
     return v
 
@@ -163,10 +167,19 @@ cdef int _wire_dec(dict d, str name, int64_t *m, bint optional=False) except 100
     return ee
 
 
-cdef str _wire_str(dict d, str name):
+cdef str _wire_str(dict d, str name, tuple allowed=None):
     v = d.get(name)
     if not isinstance(v, str):
         raise WireError(f"wire field {name!r} must be a string, got {v!r}")
+    if allowed is not None and v not in allowed:
+        raise WireError(f"wire field {name!r} must be one of {allowed}, got {v!r}")
+    return v
+
+
+cdef str _wire_opt_str(dict d, str name):
+    v = d.get(name)
+    if v is not None and not isinstance(v, str):
+        raise WireError(f"wire field {name!r} must be a string or null, got {v!r}")
     return v
 
 
@@ -241,7 +254,8 @@ cdef class Event:
     @property
     def key(self):
         """Stable idempotency key (docs/wire-format.md, "Keys")."""
-        return f"{self.venue}:{self.market}:{self.symbol}:{KIND_NAMES[self.kind_id]}:{self._key_tail()}"
+        kind = KIND_NAMES[self.kind_id]
+        return f"{self.venue}:{self.market}:{self.symbol}:{kind}:{self._key_tail()}"
 
     cdef str _key_tail(self):
         return str(self.seq_)
@@ -271,18 +285,15 @@ cdef class Event:
         return f"<{type(self).__name__} {self.key}>"
 
     cdef _load_common(self, dict d, int kind_id):
-        self.venue = _wire_str(d, "venue")
-        self.market = _wire_str(d, "market")
+        self.venue = _wire_str(d, "venue", VENUES)
+        self.market = _wire_str(d, "market", MARKETS)
         self.symbol = _wire_str(d, "symbol")
         self.kind_id = kind_id
         self.seq_ = _wire_int(d, "seq", True)
         self.ts_event_ = _wire_int(d, "ts_event", True)
         self.ts_transaction_ = _wire_int(d, "ts_transaction", True)
         self.ts_recv = _wire_int(d, "ts_recv")
-        trace = d.get("trace")
-        if trace is not None and not isinstance(trace, str):
-            raise WireError("wire field 'trace' must be a string or null")
-        self.trace = trace
+        self.trace = _wire_opt_str(d, "trace")
 
 
 @cython.final
@@ -612,7 +623,7 @@ cdef class Ticker(Event):
         cdef Ticker ev = Ticker.__new__(Ticker)
         cdef int i
         ev._load_common(d, kind_id)
-        ev.window = _wire_str(d, "window")
+        ev.window = _wire_str(d, "window", TICKER_WINDOWS)
         for i in range(TICKER_NDEC):
             ev.de[i] = <int8_t>_wire_dec(d, TICKER_DECIMALS[i], &ev.dm[i], True)
         for i in range(TICKER_NINT):
@@ -701,10 +712,10 @@ cdef class Liquidation(Event):
         cdef Liquidation ev = Liquidation.__new__(Liquidation)
         cdef int i
         ev._load_common(d, kind_id)
-        ev.side = _wire_str(d, "side")
-        ev.order_type = d.get("order_type")
-        ev.time_in_force = d.get("time_in_force")
-        ev.status = d.get("status")
+        ev.side = _wire_str(d, "side", SIDES)
+        ev.order_type = _wire_opt_str(d, "order_type")
+        ev.time_in_force = _wire_opt_str(d, "time_in_force")
+        ev.status = _wire_opt_str(d, "status")
         for i in range(LIQ_NDEC):
             ev.de[i] = <int8_t>_wire_dec(d, LIQ_DECIMALS[i], &ev.dm[i], True)
         return ev
@@ -753,12 +764,20 @@ cdef class Control(Event):
 
     @staticmethod
     def _from_wire(dict d, int kind_id):
-        return Control(
-            KIND_NAMES[kind_id], venue=_wire_str(d, "venue"), market=_wire_str(d, "market"),
-            symbol=_wire_str(d, "symbol"), seq=_wire_int(d, "seq"),
-            ts_recv=_wire_int(d, "ts_recv"), reason=d.get("reason") or "",
-            from_seq=d.get("from_seq"), to_seq=d.get("to_seq"), stale=d.get("stale"),
-            state=d.get("state"), connection=d.get("connection"))
+        cdef Control ev = Control.__new__(Control)
+        ev._load_common(d, kind_id)
+        if ev.seq_ == MT_NA:
+            raise WireError("wire event lacks 'seq'")
+        ev.reason = _wire_opt_str(d, "reason") or ""
+        ev.from_seq_ = _wire_int(d, "from_seq", True)
+        ev.to_seq_ = _wire_int(d, "to_seq", True)
+        stale = d.get("stale")
+        if stale is not None and type(stale) is not bool:
+            raise WireError("wire field 'stale' must be a boolean or null")
+        ev.stale_ = -1 if stale is None else (1 if stale else 0)
+        ev.state = _wire_opt_str(d, "state")
+        ev.connection = _wire_opt_str(d, "connection")
+        return ev
 
 
 _FROM_WIRE = {

@@ -183,6 +183,9 @@ inline int get_int(const Fields &f, int c, int64_t &out, int &err_key) noexcept 
     return f.present(c) ? ST_TYPE : ST_MISSING;
 }
 
+// The raw JSON text kept for key c (an ack's "result").
+inline std::string_view raw_json_of(const Fields &f, int c) noexcept { return f.str[c]; }
+
 inline int opt_int(const Fields &f, int c, int64_t &out, int &err_key) noexcept {
     if (!f.present(c)) { out = MT_NA; return ST_OK; }
     return get_int(f, c, out, err_key);

@@ -71,6 +71,14 @@ inline int walk_object(od::object obj, Fields &f, Frame &fr, int depth) noexcept
         int c = key_code(field.escaped_key());
         if (c == KC_IGNORED) continue;  // on-demand skips the value when we move on
         od::value v = field.value();
+        if (c == KC_RESULT) {
+            // an ack's result may be anything (null, list, bool): keep its JSON
+            std::string_view raw;
+            if (v.raw_json().get(raw)) return ST_JSON;
+            f.str[c] = raw;
+            Fields::set(f.has_other, c);
+            continue;
+        }
         std::string_view tok = v.raw_json_token();
         if (tok.empty()) return ST_JSON;
         switch (tok[0]) {
@@ -102,10 +110,6 @@ inline int walk_object(od::object obj, Fields &f, Frame &fr, int depth) noexcept
             if (depth == 0 && (c == 'b' || c == KC_BIDS || c == 'a' || c == KC_ASKS)) {
                 int st = parse_levels(v, (c == 'b' || c == KC_BIDS) ? fr.bids : fr.asks, fr.err_key, c);
                 if (st) return st;
-            } else if (c == KC_RESULT) {
-                std::string_view raw;
-                if (v.raw_json().get(raw)) return ST_JSON;
-                f.str[c] = raw;
             }
             break;
         }

@@ -16,7 +16,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport INT64_MAX, int8_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from libcpp cimport bool as cbool
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
@@ -24,7 +24,7 @@ from libcpp.vector cimport vector
 
 from meltica._core.events cimport (
     AGG_TRADE, BOOK_DELTA, BOOK_SNAPSHOT, BOOK_TICKER, KLINE, LIQUIDATION,
-    MARK_PRICE, MT_DEC_NA, MT_NA, SOURCE_REST, SOURCE_STREAM, TICKER, TRADE,
+    MARK_PRICE, MT_NA, SOURCE_REST, SOURCE_STREAM, TICKER, TRADE,
     BookDepth, BookTicker, Event, Kline, Liquidation, MarkPrice, Ticker,
     mt_level,
 )
@@ -47,7 +47,6 @@ cdef extern from "<string_view>" namespace "std" nogil:
 
 cdef extern from "simdjson.h" namespace "simdjson" nogil:
     const size_t SIMDJSON_PADDING
-
 
 
 cdef extern from "frame.hpp" namespace "mt" nogil:
@@ -93,6 +92,7 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     int get_str(const Fields &f, int c, string_view &out, int &err_key)
     int get_int(const Fields &f, int c, int64_t &out, int &err_key)
     int opt_int(const Fields &f, int c, int64_t &out, int &err_key)
+    string_view raw_json_of(const Fields &f, int c)
     int get_bool(const Fields &f, int c, cbool &out, int &err_key)
     int get_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
     int opt_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
@@ -197,8 +197,31 @@ cdef class Reply:
         return f"<Reply {self.kind} id={self.id!r} result={self.result!r}>"
 
 
-cdef inline str _sv_str(string_view sv):
-    return PyUnicode_DecodeUTF8(sv.data(), sv.size(), "replace")
+cdef str _sv_str(string_view sv):
+    """A JSON string's raw text as str, decoding escapes (a rare path)."""
+    if memchr(sv.data(), 92, sv.size()) == NULL:   # no backslash
+        return PyUnicode_DecodeUTF8(sv.data(), sv.size(), "replace")
+    raw = PyUnicode_DecodeUTF8(sv.data(), sv.size(), "replace")
+    try:
+        return json.loads(f'"{raw}"')
+    except ValueError:
+        raise MalformedFrame(f"frame: bad escape in string {raw!r}") from None
+
+
+cdef inline bint _is_reply(const Fields &f):
+    """An ack (``result``/``id``) or an error frame (``code``/``msg``)."""
+    if f.present(KC_RESULT) or (f.present(KC_CODE) and f.present(KC_MSG)):
+        return True
+    return f.present(KC_ID) and not f.present(ord("s")) and not f.present(KC_LAST_UPDATE_ID)
+
+
+cdef inline int _shape_kind(const Fields &f):
+    """Kind of a payload with no ``e`` and no known stream."""
+    if f.present(KC_LAST_UPDATE_ID):
+        return R_PARTIAL_DEPTH
+    if f.present(ord("u")) and f.present(ord("b")) and f.present(ord("a")):
+        return BOOK_TICKER
+    return R_UNKNOWN
 
 
 @cython.final
@@ -329,7 +352,8 @@ cdef class FrameParser:
         self.frames += 1
         if n > self.max_frame_bytes:
             self.errors += 1
-            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
+            raise FrameTooLarge(
+                f"frame of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
         # simdjson reads up to SIMDJSON_PADDING bytes past the end
         memcpy(self._buf, ptr, n)
         st = self._p.parse(self._buf, n, self._cap, self._fr)
@@ -408,14 +432,11 @@ cdef class FrameParser:
     cdef str _symbol(self, const Fields &f, int c, Route route):
         """Interned symbol from field ``c``, or from the route when absent."""
         cdef string_view sv
-        cdef int ek = 0
-        cdef int st = get_str(f, c, sv, ek)
+        cdef int st = get_str(f, c, sv, self._fr.err_key)
         cdef string key
         if st == ST_MISSING and route is not None and route.symbol is not None:
             return route.symbol
-        if st != ST_OK:
-            self._fr.err_key = ek
-            self._raise(st, "frame")
+        self._check(st)
         if sv.size() == 0 or sv.size() > MAX_SYMBOL:
             raise MalformedFrame(f"frame: symbol of length {sv.size()} is not a symbol")
         if sv.size() == self._last_sym_len and memcmp(self._last_sym, sv.data(), sv.size()) == 0:
@@ -444,9 +465,9 @@ cdef class FrameParser:
             raise NumberError(f"frame: time {t} is out of range")
         return t * self._tmul
 
-    cdef inline int _check(self, int st, int ek) except -1:
+    cdef inline int _check(self, int st) except -1:
+        """Raise the typed error for a failed accessor (it set _fr.err_key)."""
         if st != ST_OK:
-            self._fr.err_key = ek
             self._raise(st, "frame")
         return 0
 
@@ -483,12 +504,13 @@ cdef class FrameParser:
                     kind = ekind
                 if kind == TICKER and window:
                     qualifier = _WINDOWS[window]
+            elif not self._fr.has_stream and _is_reply(self._fr.items[i]):
+                # acks and errors come unwrapped, also on raw-stream connections
+                out.append(self._reply_frame(self._fr.items[i], ts_recv))
+                count += 1
+                continue
             elif kind == R_UNKNOWN and not self._fr.has_stream:
-                kind = self._shape_kind(self._fr.items[i])
-                if kind < 0:
-                    out.append(self._reply_frame(self._fr.items[i], ts_recv))
-                    count += 1
-                    continue
+                kind = _shape_kind(self._fr.items[i])
             if kind == R_UNKNOWN:
                 self.unknown += 1
                 continue
@@ -496,18 +518,6 @@ cdef class FrameParser:
             self.events += 1
             count += 1
         return count
-
-    cdef int _shape_kind(self, const Fields &f):
-        """Kind of a payload without ``e`` and without a known stream; -1 = reply."""
-        if f.present(KC_RESULT) or (f.present(KC_ID) and not f.present(ord("s"))):
-            return -1
-        if f.present(KC_CODE) and f.present(KC_MSG):
-            return -1
-        if f.present(KC_LAST_UPDATE_ID):
-            return R_PARTIAL_DEPTH
-        if f.present(ord("u")) and f.present(ord("b")) and f.present(ord("a")):
-            return BOOK_TICKER
-        return R_UNKNOWN
 
     cdef Reply _reply_frame(self, const Fields &f, int64_t ts_recv):
         cdef string_view sv
@@ -518,16 +528,13 @@ cdef class FrameParser:
             r.id = v
         elif get_str(f, KC_ID, sv, ek) == ST_OK:
             r.id = _sv_str(sv)
-        if f.present(KC_RESULT) and get_str(f, KC_RESULT, sv, ek) == ST_OK:
-            # arrays keep their raw JSON text (LIST_SUBSCRIPTIONS); rare path
-            text = _sv_str(sv)
+        if f.present(KC_RESULT):
+            text = PyUnicode_DecodeUTF8(raw_json_of(f, KC_RESULT).data(),
+                                        raw_json_of(f, KC_RESULT).size(), "replace")
             try:
-                r.result = json.loads(text) if text[:1] in ("[", "{") else text
+                r.result = json.loads(text)
             except ValueError:
                 raise MalformedFrame("reply: result is not valid JSON") from None
-        elif f.present(KC_RESULT):
-            if get_int(f, KC_RESULT, v, ek) == ST_OK:
-                r.result = v
         if get_int(f, KC_CODE, v, ek) == ST_OK:
             r.code = v
         if get_str(f, KC_MSG, sv, ek) == ST_OK:
@@ -569,19 +576,19 @@ cdef class FrameParser:
         cdef int64_t t = 0
         cdef cbool m = False
         self._common(ev, kind, self._symbol(f, ord("s"), route), ts_recv)
-        self._check(get_int(f, ord("t") if kind == TRADE else ord("a"), ev.trade_id_, ek), ek)
-        self._check(get_dec(f, ord("p"), ev.price_, ev.price_exp, ek), ek)
-        self._check(get_dec(f, ord("q"), ev.qty_, ev.qty_exp, ek), ek)
-        self._check(get_bool(f, ord("m"), m, ek), ek)
+        self._check(get_int(f, ord("t") if kind == TRADE else ord("a"), ev.trade_id_, self._fr.err_key))
+        self._check(get_dec(f, ord("p"), ev.price_, ev.price_exp, self._fr.err_key))
+        self._check(get_dec(f, ord("q"), ev.qty_, ev.qty_exp, self._fr.err_key))
+        self._check(get_bool(f, ord("m"), m, self._fr.err_key))
         ev.buyer_is_maker = m
         if kind == AGG_TRADE:
-            self._check(get_int(f, ord("f"), ev.first_trade_id_, ek), ek)
-            self._check(get_int(f, ord("l"), ev.last_trade_id_, ek), ek)
+            self._check(get_int(f, ord("f"), ev.first_trade_id_, self._fr.err_key))
+            self._check(get_int(f, ord("l"), ev.last_trade_id_, self._fr.err_key))
         else:
             ev.first_trade_id_ = ev.last_trade_id_ = MT_NA
-        self._check(opt_int(f, ord("E"), t, ek), ek)
+        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, ek), ek)
+        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
         ev.ts_transaction_ = self._ns(t)
         ev.seq_ = ev.trade_id_
         return ev
@@ -591,14 +598,14 @@ cdef class FrameParser:
         cdef int ek = 0
         cdef int64_t t = 0
         self._common(ev, BOOK_TICKER, self._symbol(f, ord("s"), route), ts_recv)
-        self._check(get_int(f, ord("u"), ev.update_id_, ek), ek)
-        self._check(get_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, ek), ek)
-        self._check(get_dec(f, ord("B"), ev.bid_qty_, ev.bid_qty_exp, ek), ek)
-        self._check(get_dec(f, ord("a"), ev.ask_price_, ev.ask_price_exp, ek), ek)
-        self._check(get_dec(f, ord("A"), ev.ask_qty_, ev.ask_qty_exp, ek), ek)
-        self._check(opt_int(f, ord("E"), t, ek), ek)
+        self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
+        self._check(get_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, self._fr.err_key))
+        self._check(get_dec(f, ord("B"), ev.bid_qty_, ev.bid_qty_exp, self._fr.err_key))
+        self._check(get_dec(f, ord("a"), ev.ask_price_, ev.ask_price_exp, self._fr.err_key))
+        self._check(get_dec(f, ord("A"), ev.ask_qty_, ev.ask_qty_exp, self._fr.err_key))
+        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, ek), ek)
+        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
         ev.ts_transaction_ = self._ns(t)
         ev.seq_ = ev.update_id_
         return ev
@@ -614,20 +621,22 @@ cdef class FrameParser:
         ev.source_ = source
         if f.present(KC_LAST_UPDATE_ID):
             # REST body or spot partial depth: {lastUpdateId, bids, asks[, E, T]}
-            self._check(get_int(f, KC_LAST_UPDATE_ID, ev.update_id_, ek), ek)
+            self._check(get_int(f, KC_LAST_UPDATE_ID, ev.update_id_, self._fr.err_key))
             ev.first_update_id_ = MT_NA
             ev.prev_update_id_ = MT_NA
             if not f.present(KC_BIDS) or not f.present(KC_ASKS):
-                self._check(ST_MISSING, KC_BIDS if not f.present(KC_BIDS) else KC_ASKS)
+                self._fr.err_key = KC_BIDS if not f.present(KC_BIDS) else KC_ASKS
+                self._check(ST_MISSING)
         else:
-            self._check(get_int(f, ord("u"), ev.update_id_, ek), ek)
-            self._check(get_int(f, ord("U"), ev.first_update_id_, ek), ek)
-            self._check(opt_int(f, KC_PU, ev.prev_update_id_, ek), ek)
+            self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
+            self._check(get_int(f, ord("U"), ev.first_update_id_, self._fr.err_key))
+            self._check(opt_int(f, KC_PU, ev.prev_update_id_, self._fr.err_key))
             if not f.present(ord("b")) or not f.present(ord("a")):
-                self._check(ST_MISSING, ord("b") if not f.present(ord("b")) else ord("a"))
-        self._check(opt_int(f, ord("E"), t, ek), ek)
+                self._fr.err_key = ord("b") if not f.present(ord("b")) else ord("a")
+                self._check(ST_MISSING)
+        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, ek), ek)
+        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
         ev.ts_transaction_ = self._ns(t)
         ev.seq_ = ev.update_id_
         ev.set_levels(self._fr.bids.data(), self._fr.bids.size(),
@@ -644,25 +653,26 @@ cdef class FrameParser:
         cdef int i
         cdef char c
         if f.sub < 0:
-            self._check(ST_MISSING if not f.present(ord("k")) else ST_TYPE, ord("k"))
+            self._fr.err_key = ord("k")
+            self._check(ST_MISSING if not f.present(ord("k")) else ST_TYPE)
         k = &self._fr.subs[f.sub]
         symbol = self._symbol(f, ord("s"), route) if f.present(ord("s")) \
             else self._symbol(k[0], ord("s"), route)
         self._common(ev, KLINE, symbol, ts_recv)
-        self._check(get_str(k[0], ord("i"), sv, ek), ek)
+        self._check(get_str(k[0], ord("i"), sv, self._fr.err_key))
         ev.interval = _sv_str(sv)
-        self._check(get_int(k[0], ord("t"), t, ek), ek)
+        self._check(get_int(k[0], ord("t"), t, self._fr.err_key))
         ev.open_time_ = self._ns(t)
-        self._check(get_int(k[0], ord("T"), t, ek), ek)
+        self._check(get_int(k[0], ord("T"), t, self._fr.err_key))
         ev.close_time_ = self._ns(t)
-        self._check(get_int(k[0], ord("f"), ev.first_trade_id_, ek), ek)
-        self._check(get_int(k[0], ord("L"), ev.last_trade_id_, ek), ek)
-        self._check(get_int(k[0], ord("n"), ev.trades_, ek), ek)
-        self._check(get_bool(k[0], ord("x"), closed, ek), ek)
+        self._check(get_int(k[0], ord("f"), ev.first_trade_id_, self._fr.err_key))
+        self._check(get_int(k[0], ord("L"), ev.last_trade_id_, self._fr.err_key))
+        self._check(get_int(k[0], ord("n"), ev.trades_, self._fr.err_key))
+        self._check(get_bool(k[0], ord("x"), closed, self._fr.err_key))
         ev.closed_ = closed
         for i, c in enumerate(b"ohlcvqVQ"):
-            self._check(get_dec(k[0], c, ev.dm[i], ev.de[i], ek), ek)
-        self._check(opt_int(f, ord("E"), t, ek), ek)
+            self._check(get_dec(k[0], c, ev.dm[i], ev.de[i], self._fr.err_key))
+        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
         ev.seq_ = ev.open_time_
         return ev
@@ -678,13 +688,13 @@ cdef class FrameParser:
         # slots: see TICKER_DECIMALS in events.pyx; the first six every window has
         for i, c in enumerate(b"cohlvqpPwxQbBaA"):
             if i < 6:
-                self._check(get_dec(f, c, ev.dm[i], ev.de[i], ek), ek)
+                self._check(get_dec(f, c, ev.dm[i], ev.de[i], self._fr.err_key))
             else:
-                self._check(opt_dec(f, c, ev.dm[i], ev.de[i], ek), ek)
+                self._check(opt_dec(f, c, ev.dm[i], ev.de[i], self._fr.err_key))
         for i, c in enumerate(b"OCFLn"):
-            self._check(opt_int(f, c, t, ek), ek)
+            self._check(opt_int(f, c, t, self._fr.err_key))
             ev.iv[i] = self._ns(t) if i < 2 else t
-        self._check(get_int(f, ord("E"), t, ek), ek)
+        self._check(get_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
         ev.seq_ = ev.ts_event_
         return ev
@@ -696,12 +706,12 @@ cdef class FrameParser:
         cdef int i
         cdef char c
         self._common(ev, MARK_PRICE, self._symbol(f, ord("s"), route), ts_recv)
-        self._check(get_dec(f, ord("p"), ev.dm[0], ev.de[0], ek), ek)
+        self._check(get_dec(f, ord("p"), ev.dm[0], ev.de[0], self._fr.err_key))
         for i, c in enumerate(b"iPr", 1):
-            self._check(opt_dec(f, c, ev.dm[i], ev.de[i], ek), ek)
-        self._check(opt_int(f, ord("T"), t, ek), ek)
+            self._check(opt_dec(f, c, ev.dm[i], ev.de[i], self._fr.err_key))
+        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
         ev.next_funding_time_ = self._ns(t)
-        self._check(get_int(f, ord("E"), t, ek), ek)
+        self._check(get_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
         ev.seq_ = ev.ts_event_
         return ev
@@ -710,14 +720,14 @@ cdef class FrameParser:
         cdef Liquidation ev = Liquidation.__new__(Liquidation)
         cdef int ek = 0
         cdef int64_t t = 0
-        cdef int i
         cdef string_view sv
         cdef const Fields *o
         if f.sub < 0:
-            self._check(ST_MISSING if not f.present(ord("o")) else ST_TYPE, ord("o"))
+            self._fr.err_key = ord("o")
+            self._check(ST_MISSING if not f.present(ord("o")) else ST_TYPE)
         o = &self._fr.subs[f.sub]
         self._common(ev, LIQUIDATION, self._symbol(o[0], ord("s"), route), ts_recv)
-        self._check(get_str(o[0], ord("S"), sv, ek), ek)
+        self._check(get_str(o[0], ord("S"), sv, self._fr.err_key))
         side = _sv_str(sv).lower()
         if side not in ("buy", "sell"):
             raise MalformedFrame(f"frame: liquidation side {side!r} is not BUY or SELL")
@@ -725,24 +735,23 @@ cdef class FrameParser:
         ev.order_type = self._opt_text(o[0], ord("o"))
         ev.time_in_force = self._opt_text(o[0], ord("f"))
         ev.status = self._opt_text(o[0], ord("X"))
-        self._check(get_dec(o[0], ord("q"), ev.dm[0], ev.de[0], ek), ek)
-        self._check(get_dec(o[0], ord("p"), ev.dm[1], ev.de[1], ek), ek)
-        self._check(opt_dec(o[0], KC_AP, ev.dm[2], ev.de[2], ek), ek)
-        self._check(opt_dec(o[0], ord("l"), ev.dm[3], ev.de[3], ek), ek)
-        self._check(opt_dec(o[0], ord("z"), ev.dm[4], ev.de[4], ek), ek)
-        self._check(opt_int(o[0], ord("T"), t, ek), ek)
+        self._check(get_dec(o[0], ord("q"), ev.dm[0], ev.de[0], self._fr.err_key))
+        self._check(get_dec(o[0], ord("p"), ev.dm[1], ev.de[1], self._fr.err_key))
+        self._check(opt_dec(o[0], KC_AP, ev.dm[2], ev.de[2], self._fr.err_key))
+        self._check(opt_dec(o[0], ord("l"), ev.dm[3], ev.de[3], self._fr.err_key))
+        self._check(opt_dec(o[0], ord("z"), ev.dm[4], ev.de[4], self._fr.err_key))
+        self._check(opt_int(o[0], ord("T"), t, self._fr.err_key))
         ev.ts_transaction_ = self._ns(t)
-        self._check(get_int(f, ord("E"), t, ek), ek)
+        self._check(get_int(f, ord("E"), t, self._fr.err_key))
         ev.ts_event_ = self._ns(t)
         ev.seq_ = ev.ts_event_
         return ev
 
     cdef object _opt_text(self, const Fields &f, int c):
         cdef string_view sv
-        cdef int ek = 0
-        cdef int st = get_str(f, c, sv, ek)
+        cdef int st = get_str(f, c, sv, self._fr.err_key)
         if st == ST_OK:
             return _sv_str(sv)
         if st == ST_MISSING:
             return None
-        return self._check(st, ek)
+        return self._check(st)
