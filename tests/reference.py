@@ -449,7 +449,7 @@ def _is_reply(msg: dict[str, Any]) -> bool:
 def _kind_of_payload(d: dict[str, Any]) -> tuple[str | None, str | None]:
     """(kind, window) of a payload without a stream name, from its ``e`` (or its shape)."""
     if "e" in d:
-        event_type = d["e"]
+        event_type = ref_str(d["e"])
         return KIND_BY_EVENT.get(event_type), TICKER_WINDOW_BY_EVENT.get(event_type)
     if "lastUpdateId" in d:
         return "book_snapshot", None  # spot partial depth

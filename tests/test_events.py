@@ -68,9 +68,9 @@ def test_fixed_rejects_values_beyond_int64() -> None:
     with pytest.raises(NumberError):
         Fixed("9223372036854775808")
     assert Fixed("9223372036854775807").mantissa == 9223372036854775807
-    # trailing zeros are dropped only when needed to fit, value unchanged
+    # trailing zeros are dropped only when needed to fit, as few as needed, value unchanged
     f = Fixed("1.00000000000000000000")
-    assert (f.mantissa, f.exponent, str(f)) == (1, 0, "1")
+    assert (f.mantissa, f.exponent, str(f)) == (10**18, -18, "1.000000000000000000")
 
 
 def test_fixed_equality_is_exact_across_exponents_and_types() -> None:

@@ -1070,8 +1070,9 @@ def test_escaped_symbol_is_decoded_or_rejected() -> None:
         ("1234567890.12345678", 123456789012345678, -8, "1234567890.12345678"),
         ("92233720368.54775807", 9223372036854775807, -8, "92233720368.54775807"),
         ("-92233720368.54775807", -9223372036854775807, -8, "-92233720368.54775807"),
-        # 25 digits: fits only once the trailing zeros are dropped; the value is kept
-        ("12345.67890123456780000000", 123456789012345678, -13, "12345.6789012345678"),
+        # 25 digits: fits only once trailing zeros are dropped, as few as needed (19 digits
+        # still fit int64 here); the value is kept
+        ("12345.67890123456780000000", 1234567890123456780, -14, "12345.67890123456780"),
     ],
 )
 def test_decimal_edge_cases(text: str, mantissa: int, exponent: int, wire_text: str) -> None:

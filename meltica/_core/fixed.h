@@ -114,9 +114,18 @@ static inline int mt_parse_fixed(const char *s, size_t n, int64_t *m, int *e) {
         if (frac_end == frac_start || p != end) return 0;
     }
     if ((size_t)(int_end - int_start) + (size_t)(frac_end - frac_start) > 18) {
+        /* Too many digits for int64: drop as few trailing fractional zeros as
+         * make it fit (they carry no value).  More than 19 digits never fit,
+         * so those go in one step; then at most one more. */
+        size_t nd = (size_t)(int_end - int_start) + (size_t)(frac_end - frac_start);
+        size_t tz = 0, drop = nd > 19 ? nd - 19 : 0;
+        while (frac_end - tz > frac_start && frac_end[-1 - (ptrdiff_t)tz] == '0') ++tz;
+        if (drop > tz) return 0;
+        frac_end -= drop;
+        tz -= drop;
         if (!mt_accumulate(int_start, int_end, frac_start, frac_end, &acc)) {
-            /* Too many digits: trailing fractional zeros carry no value. */
-            while (frac_end > frac_start && frac_end[-1] == '0') --frac_end;
+            if (tz == 0) return 0;
+            --frac_end;
             if (!mt_accumulate(int_start, int_end, frac_start, frac_end, &acc)) return 0;
         }
     }

@@ -88,6 +88,7 @@ struct Fields {
     uint64_t has_int[2];
     uint64_t has_bool[2];
     uint64_t has_other[2];   // present with another type (float, array, object, bad int)
+    uint64_t has_null[2];    // present as null (optional fields: treated as absent)
     std::string_view str[KC_COUNT];
     int64_t num[KC_COUNT];
     bool flag[KC_COUNT];
@@ -98,6 +99,7 @@ struct Fields {
         std::memset(has_int, 0, sizeof(has_int));
         std::memset(has_bool, 0, sizeof(has_bool));
         std::memset(has_other, 0, sizeof(has_other));
+        std::memset(has_null, 0, sizeof(has_null));
         sub = -1;
     }
     static bool bit(const uint64_t *m, int c) noexcept { return (m[c >> 6] >> (c & 63)) & 1u; }
@@ -105,6 +107,7 @@ struct Fields {
     bool present(int c) const noexcept {
         return bit(has_str, c) || bit(has_int, c) || bit(has_bool, c) || bit(has_other, c);
     }
+    bool present_or_null(int c) const noexcept { return present(c) || bit(has_null, c); }
 };
 
 struct Frame {

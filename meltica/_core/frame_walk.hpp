@@ -104,6 +104,7 @@ inline int walk_object(od::object obj, Fields &f, Frame &fr, int depth) noexcept
         }
         case 'n':
             if (!v.is_null()) return ST_JSON;
+            Fields::set(f.has_null, c);
             break;
         case '[': {
             Fields::set(f.has_other, c);

@@ -72,6 +72,7 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     cdef cppclass Fields:
         int sub
         bint present(int c)
+        bint present_or_null(int c)
     cdef cppclass Frame:
         vector[Fields] items
         vector[Fields] subs
@@ -504,6 +505,9 @@ cdef class FrameParser:
                     kind = ekind
                 if kind == TICKER and window:
                     qualifier = _WINDOWS[window]
+            elif self._fr.items[i].present_or_null(ord("e")):
+                # an event type that is not a string names no kind we know
+                kind = R_UNKNOWN
             elif not self._fr.has_stream and _is_reply(self._fr.items[i]):
                 # acks and errors come unwrapped, also on raw-stream connections
                 out.append(self._reply_frame(self._fr.items[i], ts_recv))
