@@ -576,11 +576,11 @@ cdef class FrameParser:
 
     cdef Event _trade(self, const Fields &f, int kind, Route route, int64_t ts_recv):
         cdef TradeEvent ev = TradeEvent.__new__(TradeEvent)
-        cdef int ek = 0
         cdef int64_t t = 0
         cdef cbool m = False
         self._common(ev, kind, self._symbol(f, ord("s"), route), ts_recv)
-        self._check(get_int(f, ord("t") if kind == TRADE else ord("a"), ev.trade_id_, self._fr.err_key))
+        cdef int id_key = ord("t") if kind == TRADE else ord("a")
+        self._check(get_int(f, id_key, ev.trade_id_, self._fr.err_key))
         self._check(get_dec(f, ord("p"), ev.price_, ev.price_exp, self._fr.err_key))
         self._check(get_dec(f, ord("q"), ev.qty_, ev.qty_exp, self._fr.err_key))
         self._check(get_bool(f, ord("m"), m, self._fr.err_key))
@@ -599,7 +599,6 @@ cdef class FrameParser:
 
     cdef Event _book_ticker(self, const Fields &f, Route route, int64_t ts_recv):
         cdef BookTicker ev = BookTicker.__new__(BookTicker)
-        cdef int ek = 0
         cdef int64_t t = 0
         self._common(ev, BOOK_TICKER, self._symbol(f, ord("s"), route), ts_recv)
         self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
@@ -617,7 +616,6 @@ cdef class FrameParser:
     cdef BookDepth _depth(self, const Fields &f, int kind, int source, str symbol,
                           int64_t ts_recv, Route route=None):
         cdef BookDepth ev = BookDepth.__new__(BookDepth)
-        cdef int ek = 0
         cdef int64_t t = 0
         if symbol is None:
             symbol = self._symbol(f, ord("s"), route)
@@ -649,7 +647,6 @@ cdef class FrameParser:
 
     cdef Event _kline(self, const Fields &f, Route route, int64_t ts_recv):
         cdef Kline ev = Kline.__new__(Kline)
-        cdef int ek = 0
         cdef int64_t t = 0
         cdef cbool closed = False
         cdef string_view sv
@@ -683,7 +680,6 @@ cdef class FrameParser:
 
     cdef Event _ticker(self, const Fields &f, object window, Route route, int64_t ts_recv):
         cdef Ticker ev = Ticker.__new__(Ticker)
-        cdef int ek = 0
         cdef int64_t t = 0
         cdef int i
         cdef char c
@@ -705,7 +701,6 @@ cdef class FrameParser:
 
     cdef Event _mark_price(self, const Fields &f, Route route, int64_t ts_recv):
         cdef MarkPrice ev = MarkPrice.__new__(MarkPrice)
-        cdef int ek = 0
         cdef int64_t t = 0
         cdef int i
         cdef char c
@@ -722,7 +717,6 @@ cdef class FrameParser:
 
     cdef Event _liquidation(self, const Fields &f, Route route, int64_t ts_recv):
         cdef Liquidation ev = Liquidation.__new__(Liquidation)
-        cdef int ek = 0
         cdef int64_t t = 0
         cdef string_view sv
         cdef const Fields *o
