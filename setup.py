@@ -20,10 +20,13 @@ def simdjson_dir() -> Path:
     spec = importlib.util.find_spec("simdjson")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("building meltica needs pysimdjson (a pinned build requirement)")
-    path = Path(next(iter(spec.submodule_search_locations)))
+    path = Path(next(iter(spec.submodule_search_locations))).resolve()
     if not (path / "simdjson.h").is_file() or not (path / "simdjson.cpp").is_file():
         raise SystemExit(f"pysimdjson at {path} does not ship simdjson.h/simdjson.cpp")
-    return path
+    # setuptools refuses absolute source paths inside the project (a venv in
+    # the checkout, as `make` creates): name those relative to setup.py.
+    here = Path(__file__).resolve().parent
+    return path.relative_to(here) if path.is_relative_to(here) else path
 
 
 def simd_flags() -> list[str]:
