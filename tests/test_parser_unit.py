@@ -1106,3 +1106,18 @@ def test_frame_text_and_bytearray_inputs() -> None:
     batch: list[Any] = []
     assert p.parse_batch([SPOT_TRADE, SPOT_BOOK_TICKER], TS_RECV, batch) == 2
     assert [ev.to_wire() for ev in batch] == [SPOT_TRADE_WIRE, SPOT_BOOK_TICKER_WIRE]
+
+
+def test_array_frame_with_a_bad_item_is_rejected_whole() -> None:
+    # the second mini ticker has a non-numeric volume: nothing of the frame is accepted
+    bad = (
+        b'{"stream":"!miniTicker@arr","data":['
+        b'{"e":"24hrMiniTicker","E":1,"s":"AUSDT","c":"1","o":"1","h":"1","l":"1","v":"1","q":"1"},'
+        b'{"e":"24hrMiniTicker","E":1,"s":"BUSDT","c":"1","o":"1","h":"1","l":"1","v":"x","q":"1"}]}'
+    )
+    p = FrameParser()
+    out: list[Any] = ["sentinel"]
+    with pytest.raises(NumberError, match="'v'"):
+        p.parse_into(bad, 0, out)
+    assert out == ["sentinel"]
+    assert (p.frames, p.events, p.errors) == (1, 0, 1)

@@ -117,8 +117,16 @@ static inline int mt_parse_fixed(const char *s, size_t n, int64_t *m, int *e) {
         /* Too many digits for int64: drop as few trailing fractional zeros as
          * make it fit (they carry no value).  More than 19 digits never fit,
          * so those go in one step; then at most one more. */
+        /* significant digits: leading zeros carry no value either */
+        const char *q = int_start;
         size_t nd = (size_t)(int_end - int_start) + (size_t)(frac_end - frac_start);
-        size_t tz = 0, drop = nd > 19 ? nd - 19 : 0;
+        size_t tz = 0, drop;
+        while (q < int_end && *q == '0') { ++q; --nd; }
+        if (q == int_end) {
+            q = frac_start;
+            while (q < frac_end && *q == '0') { ++q; --nd; }
+        }
+        drop = nd > 19 ? nd - 19 : 0;
         while (frac_end - tz > frac_start && frac_end[-1 - (ptrdiff_t)tz] == '0') ++tz;
         if (drop > tz) return 0;
         frac_end -= drop;

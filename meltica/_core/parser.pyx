@@ -361,9 +361,15 @@ cdef class FrameParser:
         if st != ST_OK:
             self.errors += 1
             self._raise(st, "frame")
+        # a frame is accepted whole or not at all: an `@arr` frame that fails on
+        # its third item must not leave the first two behind
+        cdef Py_ssize_t n0 = len(out)
+        cdef uint64_t events0 = self.events, replies0 = self.replies, unknown0 = self.unknown
         try:
             return self._build(ts_recv, out)
         except ParseError:
+            del out[n0:]
+            self.events, self.replies, self.unknown = events0, replies0, unknown0
             self.errors += 1
             raise
 
