@@ -208,7 +208,8 @@ class _Context:
         ts_transaction: int | None,
         **fields: Any,
     ) -> dict[str, Any]:
-        symbol = ref_str(symbol).upper()
+        if not ref_str(symbol) or symbol != symbol.upper():
+            raise ValueError(f"not an upper-case exchange symbol: {symbol!r}")
         return {
             "v": WIRE_VERSION,
             "venue": self.venue,

@@ -8,11 +8,16 @@ client syncs exactly as it did live) or a synthetic market
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["MarketSource", "StreamFrame", "combined_frame"]
+from meltica.errors import CaptureError
+
+__all__ = ["CaptureSource", "MarketSource", "StreamFrame", "combined_frame", "split_envelope"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +52,193 @@ class MarketSource(Protocol):
     def frames(self) -> Iterator[StreamFrame]: ...
 
     def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None: ...
+
+
+# ---------------------------------------------------------------- captures
+
+_ENVELOPE_HEAD = b'{"stream":"'
+_ENVELOPE_DATA = b'","data":'
+
+
+def split_envelope(frame: bytes) -> tuple[str, bytes] | None:
+    """``(stream, payload)`` sliced out of a combined frame, byte-exact, or None.
+
+    Binance writes envelopes compactly as ``{"stream":"<s>","data":<payload>}``;
+    slicing keeps the payload's own bytes.  Other spellings get None (the
+    caller falls back to a JSON round trip).
+    """
+    if not frame.startswith(_ENVELOPE_HEAD):
+        return None
+    end = frame.rstrip()
+    if not end.endswith(b"}"):
+        return None
+    i = frame.find(_ENVELOPE_DATA, len(_ENVELOPE_HEAD))
+    if i < 0:
+        return None
+    stream = frame[len(_ENVELOPE_HEAD) : i]
+    if b'"' in stream or b"\\" in stream:
+        return None
+    return stream.decode(), end[i + len(_ENVELOPE_DATA) : -1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    ts_ns: int
+    body: bytes
+
+
+class CaptureSource:
+    """A capture file served as a market: the fake exchange's replay source.
+
+    Streams come from the recorded frames (combined envelopes, or the stream
+    of a raw connection's URL); depth snapshots from the recorded REST bodies:
+    the latest one recorded at or before the replay position, else the first.
+    One pre-scan collects streams, symbols and snapshots; ``frames()`` then
+    streams the file again, so memory does not grow with the capture.
+    """
+
+    def __init__(self, path: str | Path, fmt: str = "auto", *, market: str | None = None) -> None:
+        from meltica.capture import capture_info
+
+        self.path = Path(path)
+        info = capture_info(self.path, fmt)
+        self.format = info.format
+        resolved = market or info.market
+        if resolved is None:
+            raise CaptureError(f"{path}: cannot tell the market from the file; pass market=")
+        self.market: str = resolved
+        self.venue = info.venue or "binance"
+        self.markets: tuple[str, ...] = (self.market,)
+        self._streams: set[str] = set()
+        self._snapshots: dict[str, list[_Snapshot]] = {}
+        self._decimals: dict[str, tuple[int, int]] = {}
+        self._now_ns = 0
+        self.frame_count = 0
+        for frame in self._scan():
+            self._streams.add(frame.stream)
+            self.frame_count += 1
+
+    # -- MarketSource
+
+    def symbols(self, market: str) -> list[str]:
+        if market != self.market:
+            return []
+        syms = {s.split("@", 1)[0].upper() for s in self._streams if not s.startswith("!")}
+        return sorted(syms | set(self._snapshots))
+
+    def streams(self, market: str) -> set[str]:
+        return set(self._streams) if market == self.market else set()
+
+    def exchange_info(self, market: str) -> dict[str, Any]:
+        """A minimal exchangeInfo: the capture's symbols, ticks from recorded decimals."""
+        symbols = []
+        for sym in self.symbols(market):
+            pdec, qdec = self._decimals.get(sym, (8, 8))
+            symbols.append(
+                {
+                    "symbol": sym,
+                    "status": "TRADING",
+                    "filters": [
+                        {"filterType": "PRICE_FILTER", "tickSize": _unit(pdec)},
+                        {"filterType": "LOT_SIZE", "stepSize": _unit(qdec)},
+                    ],
+                }
+            )
+        return {"timezone": "UTC", "serverTime": self._now_ns // 1_000_000, "symbols": symbols}
+
+    def frames(self) -> Iterator[StreamFrame]:
+        for frame in self._scan(collect=False):
+            self._now_ns = frame.ts_ns
+            yield frame
+
+    def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:
+        if market != self.market:
+            return None
+        snaps = self._snapshots.get(symbol.upper())
+        if not snaps:
+            return None
+        chosen = snaps[0]
+        for snap in snaps:
+            if snap.ts_ns <= self._now_ns:
+                chosen = snap
+        return _limit_depth(chosen.body, limit)
+
+    # -- reading
+
+    def _scan(self, collect: bool = True) -> Iterator[StreamFrame]:
+        from meltica.capture import read_capture
+
+        raw_streams: dict[str, str | None] = {}
+        for rec in read_capture(self.path, self.format):
+            if rec.kind == "conn":
+                raw_streams[rec.conn] = _raw_stream_of(rec.url)
+            elif rec.kind == "rest":
+                if collect:
+                    self._collect_snapshot(rec.ts_recv, rec.url, rec.payload)
+            else:
+                frame = self._frame(rec.ts_recv, rec.payload, raw_streams.get(rec.conn))
+                if frame is None:
+                    continue
+                if collect:
+                    self._collect_decimals(frame)
+                yield frame
+
+    def _frame(self, ts: int, data: bytes, raw_stream: str | None) -> StreamFrame | None:
+        split = split_envelope(data)
+        if split is not None:
+            return StreamFrame(ts, self.market, split[0], split[1], data)
+        if raw_stream is not None:
+            return StreamFrame(ts, self.market, raw_stream, data)
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return None  # a recorded broken frame: nothing a stream could carry
+        if isinstance(obj, dict) and isinstance(obj.get("stream"), str) and "data" in obj:
+            payload = json.dumps(obj["data"], separators=(",", ":")).encode()
+            return StreamFrame(ts, self.market, obj["stream"], payload)
+        return None
+
+    def _collect_snapshot(self, ts: int, url: str | None, body: bytes) -> None:
+        match = _URL_SYMBOL.search(url or "")
+        if match is None or "depth" not in (url or ""):
+            return
+        self._snapshots.setdefault(match.group(1).upper(), []).append(_Snapshot(ts, body))
+
+    def _collect_decimals(self, frame: StreamFrame) -> None:
+        if not frame.stream.endswith(("@trade", "@aggTrade")):
+            return
+        sym = frame.stream.split("@", 1)[0].upper()
+        if sym in self._decimals:
+            return
+        try:
+            obj = json.loads(frame.payload)
+            self._decimals[sym] = (_decimals(obj["p"]), _decimals(obj["q"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+
+
+_URL_SYMBOL = re.compile(r"[?&]symbol=([^&]+)")
+
+
+def _raw_stream_of(url: str | None) -> str | None:
+    if not url or "/ws/" not in url:
+        return None
+    tail = url.split("/ws/", 1)[1].split("?", 1)[0]
+    return tail if tail and "/" not in tail else None
+
+
+def _decimals(text: str) -> int:
+    return len(text.partition(".")[2])
+
+
+def _unit(decimals: int) -> str:
+    return "1" if decimals == 0 else "0." + "0" * (decimals - 1) + "1"
+
+
+def _limit_depth(body: bytes, limit: int) -> bytes:
+    """The recorded body, cut to ``limit`` levels per side when it has more."""
+    obj = json.loads(body)
+    if len(obj.get("bids", ())) <= limit and len(obj.get("asks", ())) <= limit:
+        return body
+    obj["bids"], obj["asks"] = obj["bids"][:limit], obj["asks"][:limit]
+    return json.dumps(obj, separators=(",", ":")).encode()

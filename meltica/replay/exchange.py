@@ -1,0 +1,160 @@
+"""The fake Binance exchange: a source, a timeline, WebSocket and REST servers.
+
+``FakeExchange`` starts one ``WsServer`` per market of the source and one
+``RestServer``, then runs the timeline: it walks ``source.frames()`` in time
+order and publishes each frame to the connections subscribed to its stream,
+paced at the recorded speed, N times it, or as fast as the slowest subscribed
+client reads ("max", with back-pressure from ``WsServer.drain()``).  Tests,
+benchmarks, ``replay`` and the offline demo all run against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from meltica.replay.faults import FaultPlan
+from meltica.replay.rest import RestServer
+from meltica.replay.source import MarketSource
+from meltica.replay.ws import WsServer
+
+__all__ = ["FakeExchange"]
+
+log = logging.getLogger("meltica.replay.exchange")
+
+# In "max" pacing, wait for slow readers after this many published frames, and
+# let the loop run (control messages, pings) after this many source frames.
+DRAIN_EVERY = 256
+YIELD_EVERY = 1024
+
+
+class FakeExchange:
+    """A local Binance serving ``source`` on loopback.
+
+    speed: None = as fast as clients read; 1.0 = recorded time; N = N times faster.
+    start: "first_subscribe" (the timeline waits for a subscription) or "now".
+    ws_options / rest_options: passed to each WsServer / the RestServer.
+    """
+
+    def __init__(
+        self,
+        source: MarketSource,
+        *,
+        host: str = "127.0.0.1",
+        speed: float | None = None,
+        faults: FaultPlan | None = None,
+        start: str = "first_subscribe",
+        ws_ports: dict[str, int] | None = None,
+        rest_port: int = 0,
+        ws_options: dict[str, Any] | None = None,
+        rest_options: dict[str, Any] | None = None,
+    ) -> None:
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive (or None for max)")
+        if start not in ("first_subscribe", "now"):
+            raise ValueError("start must be 'first_subscribe' or 'now'")
+        self.source = source
+        self.speed = speed
+        self.faults = faults or FaultPlan()
+        self._start_mode = start
+        self._subscribed = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.ws: dict[str, WsServer] = {
+            market: WsServer(
+                market,
+                host=host,
+                port=(ws_ports or {}).get(market, 0),
+                faults=self.faults,
+                known_streams=source.streams(market),
+                on_subscribe=self._on_subscribe,
+                **(ws_options or {}),
+            )
+            for market in source.markets
+        }
+        self.rest = RestServer(
+            source, host=host, port=rest_port, faults=self.faults, **(rest_options or {})
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self.frames_read = 0
+        self.frames_published = 0
+
+    # -- lifecycle (each step idempotent)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.rest.start()
+        for server in self.ws.values():
+            await server.start()
+        self._task = asyncio.get_running_loop().create_task(self._timeline())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for server in self.ws.values():
+            await server.stop()
+        await self.rest.stop()
+        self._started = False
+
+    async def __aenter__(self) -> FakeExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- addresses
+
+    def ws_url(self, market: str) -> str:
+        return self.ws[market].url
+
+    @property
+    def rest_url(self) -> str:
+        return self.rest.url
+
+    # -- timeline
+
+    def _on_subscribe(self, market: str, streams: set[str]) -> None:
+        self._subscribed.set()
+
+    async def _timeline(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._start_mode == "first_subscribe":
+            await self._subscribed.wait()
+        t0_wall = loop.time()
+        t0_ts: int | None = None
+        unpaced = 0
+        for frame in self.source.frames():
+            self.frames_read += 1
+            server = self.ws.get(frame.market)
+            if server is None:
+                continue
+            if self.speed is not None:
+                if t0_ts is None:
+                    t0_ts = frame.ts_ns
+                due = t0_wall + (frame.ts_ns - t0_ts) / 1e9 / self.speed
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if server.publish(frame):
+                self.frames_published += 1
+                unpaced += 1
+                if self.speed is None and unpaced >= DRAIN_EVERY:
+                    unpaced = 0
+                    await server.drain()
+            if self.frames_read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        if self.speed is None:
+            for server in self.ws.values():
+                await server.drain()
+        log.debug(
+            "timeline done: %d frames read, %d published", self.frames_read, self.frames_published
+        )
+        self.finished.set()
