@@ -8,10 +8,13 @@ finished but rejected frames.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import ExitStack
-from typing import BinaryIO, cast
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from meltica import __version__, log
 from meltica.errors import CaptureError, ConfigError
@@ -44,6 +47,113 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line, file=sys.stderr)
     return EXIT_REJECTS if summary.total_rejects and args.strict else EXIT_OK
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("speed must be 'max' or a positive number")
+    return value
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (the default), else stdlib asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve_fake_exchange(args: argparse.Namespace) -> int:
+    from meltica.replay.exchange import FakeExchange
+    from meltica.replay.faults import FaultPlan
+    from meltica.replay.source import CaptureSource, MarketSource
+
+    source: MarketSource
+    if args.capture:
+        source = CaptureSource(args.capture, market=args.market)
+    else:
+        from meltica.replay.synthetic import SyntheticMarket
+
+        source = SyntheticMarket(
+            markets=tuple(args.markets.split(",")),
+            symbols_per_market=args.symbols,
+            seed=args.seed,
+        )
+    try:
+        faults = FaultPlan.parse(args.fault)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ws_ports = {"spot": args.ws_port_spot, "usdm": args.ws_port_usdm}
+    exchange = FakeExchange(
+        source,
+        speed=args.speed,
+        faults=faults,
+        ws_ports={k: v for k, v in ws_ports.items() if v},
+        rest_port=args.rest_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with exchange:
+        for market in source.markets:
+            print(f"ws {market}: {exchange.ws_url(market)}", flush=True)
+        print(f"rest: {exchange.rest_url}", flush=True)
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if args.exit_when_done:
+            waiters.append(asyncio.ensure_future(exchange.finished.wait()))
+        _, pending = await asyncio.wait(
+            waiters, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in pending:
+            w.cancel()
+    print(
+        f"frames read: {exchange.frames_read}, published: {exchange.frames_published}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_fake_exchange(args: argparse.Namespace) -> int:
+    try:
+        return _run_async(_serve_fake_exchange(args))
+    except CaptureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from meltica.record import RecordOptions, record
+
+    options = RecordOptions(
+        out=Path(args.out),
+        symbols=list(args.symbols),
+        market=args.market,
+        streams=args.streams.split(","),
+        ws_url=args.ws_url,
+        rest_url=args.rest_url,
+        duration_s=args.duration,
+        snapshot_limit=args.snapshot_limit,
+    )
+
+    async def go() -> int:
+        recorder = await record(options)
+        print(
+            f"recorded {recorder.frames} frames, {recorder.snapshots} snapshots to {args.out}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+
+    try:
+        return _run_async(go())
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -85,6 +195,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--venue", choices=("binance", "binance_us"), help="override the venue")
     p.add_argument("--strict", action="store_true", help="exit 1 when any frame was rejected")
     p.set_defaults(func=_cmd_normalize)
+
+    p = sub.add_parser(
+        "fake-exchange",
+        help="serve a capture or a synthetic market as a local fake Binance",
+        description="A local Binance (WebSocket + REST on loopback) replaying CAPTURE, "
+        "or a synthetic market when no capture is given.",
+    )
+    p.add_argument("capture", nargs="?", help="capture file to replay (default: synthetic)")
+    p.add_argument("--market", choices=("spot", "usdm", "coinm"), help="capture market override")
+    p.add_argument("--markets", default="spot,usdm", help="synthetic markets (default spot,usdm)")
+    p.add_argument("--symbols", type=int, default=4, help="synthetic symbols per market")
+    p.add_argument("--seed", type=int, default=1, help="synthetic market seed")
+    p.add_argument("--speed", type=_speed, default=1.0, help="'max', 1 (recorded time) or N×")
+    p.add_argument("--ws-port-spot", type=int, default=0)
+    p.add_argument("--ws-port-usdm", type=int, default=0)
+    p.add_argument("--rest-port", type=int, default=0)
+    p.add_argument(
+        "--fault", action="append", default=[], help="scripted fault, e.g. drop:symbol=X,count=3"
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--exit-when-done", action="store_true", help="stop when the capture is exhausted"
+    )
+    p.set_defaults(func=_cmd_fake_exchange)
+
+    p = sub.add_parser("record", help="record live frames and REST snapshots into a capture")
+    p.add_argument("symbols", nargs="+", help="symbols, e.g. BTCUSDT ETHUSDT")
+    p.add_argument("--out", required=True, help="capture file to write (gzip JSON lines)")
+    p.add_argument("--market", choices=("spot", "usdm"), default="spot")
+    p.add_argument(
+        "--streams", default="depth@100ms,trade,bookTicker", help="comma-separated stream kinds"
+    )
+    p.add_argument("--ws-url", help="WebSocket base URL (default: Binance)")
+    p.add_argument("--rest-url", help="REST base URL (default: Binance)")
+    p.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
+    p.add_argument("--snapshot-limit", type=int, default=1000)
+    p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("check-config", help="validate a config file and print the result")
     p.add_argument("file", help="YAML config file")
