@@ -60,7 +60,7 @@ compile_args = ["-std=c++17", *simd_flags()]
 macros = []
 directives = {"language_level": 3, "embedsignature": True}
 if DEBUG:
-    compile_args += ["-O0", "-g"]
+    compile_args += ["-O0", "-g", "-UNDEBUG"]
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
     directives.update(linetrace=True, binding=True)
 else:
