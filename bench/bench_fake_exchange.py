@@ -56,9 +56,7 @@ def _raw_picows_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-a
     import uvloop
     from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
 
-    payloads = [
-        b'{"stream":"' + STREAM.encode() + b'","data":' + p + b"}" for p in build_frames(n)
-    ]
+    payloads = [b'{"stream":"' + STREAM.encode() + b'","data":' + p + b"}" for p in build_frames(n)]
 
     class Sender(WSListener):  # type: ignore[misc]
         def on_ws_connected(self, transport: WSTransport) -> None:

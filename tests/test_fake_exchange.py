@@ -111,7 +111,9 @@ def test_replay_is_byte_identical_and_in_order(captures_dir: Path, name: str) ->
     got = run(scenario)
     assert len(got) == len(expected)
     mismatch = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
-    assert mismatch is None, f"frame {mismatch} differs: {got[mismatch]!r} != {expected[mismatch]!r}"
+    assert mismatch is None, (
+        f"frame {mismatch} differs: {got[mismatch]!r} != {expected[mismatch]!r}"
+    )
 
 
 def _stream_path(market: str, streams: list[str]) -> str:
@@ -212,9 +214,7 @@ def test_book_sync_from_served_snapshots_has_no_gaps(captures_dir: Path, name: s
     source = CaptureSource(path)
     market = source.market
     depth_streams = sorted(s for s in source.streams(market) if "@depth" in s)
-    total_depth = sum(
-        1 for f in recorded_ws_frames(path) if b"@depth" in f[: f.find(b'"data"')]
-    )
+    total_depth = sum(1 for f in recorded_ws_frames(path) if b"@depth" in f[: f.find(b'"data"')])
 
     async def scenario() -> dict[str, RefBook]:
         async with FakeExchange(source, speed=None) as ex, aiohttp.ClientSession() as http:
