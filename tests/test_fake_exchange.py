@@ -208,13 +208,29 @@ class SyncClient(WSListener):  # type: ignore[misc]
             self.done.set_result(None)
 
 
-@pytest.mark.parametrize("name", HFT + CRYPTOFEED)
-def test_book_sync_from_served_snapshots_has_no_gaps(captures_dir: Path, name: str) -> None:
-    path = capture_path(captures_dir, name)
-    source = CaptureSource(path)
+# Book-sync sessions: a file, or a session hftbacktest split at 00:00 UTC (the snapshot is in
+# the first file; the next continues the same sequence). spot/btcusdt_20230405 holds no
+# snapshot and its previous day is not in the corpus: it is checked for a clear refusal.
+SESSIONS = {
+    "spot-20240808": ["spot/btcusdt_20240808.gz"],
+    "spot-20240808+09": ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"],
+    "usdm-20230404+05": ["usdm/btcusdt_20230404.dat.gz", "usdm/btcusdt_20230405.dat.gz"],
+    "usdm-20230404": ["usdm/btcusdt_20230404.dat.gz"],
+    "usdm-20240718+19": ["usdm/btcusdt_20240718.gz", "usdm/btcusdt_20240719.gz"],
+    "usdm-20240808": ["usdm/btcusdt_20240808.gz"],
+    **{name: [name] for name in CRYPTOFEED},
+}
+
+
+@pytest.mark.parametrize("session", sorted(SESSIONS))
+def test_book_sync_from_served_snapshots_has_no_gaps(captures_dir: Path, session: str) -> None:
+    paths = [capture_path(captures_dir, name) for name in SESSIONS[session]]
+    source = CaptureSource(paths)
     market = source.market
     depth_streams = sorted(s for s in source.streams(market) if "@depth" in s)
-    total_depth = sum(1 for f in recorded_ws_frames(path) if b"@depth" in f[: f.find(b'"data"')])
+    total_depth = sum(
+        1 for p in paths for f in recorded_ws_frames(p) if b"@depth" in f[: f.find(b'"data"')]
+    )
 
     async def scenario() -> dict[str, RefBook]:
         async with FakeExchange(source, speed=None) as ex, aiohttp.ClientSession() as http:
@@ -242,7 +258,20 @@ def test_book_sync_from_served_snapshots_has_no_gaps(captures_dir: Path, name: s
     books = run(scenario)
     assert books, "no depth stream in the capture"
     for sym, book in books.items():
-        assert book.gaps == 0, f"{name} {sym}: {book.gaps} gaps"
-        assert book.applied > 0, f"{name} {sym}: nothing applied after the snapshot"
+        assert book.gaps == 0, f"{session} {sym}: {book.gaps} gaps"
+        assert book.applied > 0, f"{session} {sym}: nothing applied after the snapshot"
         if book.bids and book.asks:
             assert max(map(float, book.bids)) < min(map(float, book.asks)), f"{sym} crossed"
+
+
+def test_capture_without_snapshot_refuses_depth(captures_dir: Path) -> None:
+    source = CaptureSource(capture_path(captures_dir, "spot/btcusdt_20230405.dat.gz"))
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        async with FakeExchange(source, speed=None) as ex, aiohttp.ClientSession() as http:
+            url = ex.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=1000"
+            async with http.get(url) as resp:
+                return resp.status, await resp.json()
+
+    status, body = run(scenario)
+    assert (status, body["code"]) == (400, -1121)

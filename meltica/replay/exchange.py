@@ -61,6 +61,10 @@ class FakeExchange:
         self._start_mode = start
         self._subscribed = asyncio.Event()
         self.finished = asyncio.Event()
+        ws_options = dict(ws_options or {})
+        # captures recorded before Binance's 2026 path split used one un-routed
+        # connection for every stream class: serve them the same way
+        ws_options.setdefault("legacy_all_classes", getattr(source, "legacy_paths", False))
         self.ws: dict[str, WsServer] = {
             market: WsServer(
                 market,
@@ -69,7 +73,7 @@ class FakeExchange:
                 faults=self.faults,
                 known_streams=source.streams(market),
                 on_subscribe=self._on_subscribe,
-                **(ws_options or {}),
+                **ws_options,
             )
             for market in source.markets
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,18 +97,35 @@ class CaptureSource:
     streams the file again, so memory does not grow with the capture.
     """
 
-    def __init__(self, path: str | Path, fmt: str = "auto", *, market: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | Sequence[str | Path],
+        fmt: str = "auto",
+        *,
+        market: str | None = None,
+    ) -> None:
         from meltica.capture import capture_info
 
-        self.path = Path(path)
-        info = capture_info(self.path, fmt)
+        # a session split across files (hftbacktest splits at 00:00 UTC) is one source
+        paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        if not paths:
+            raise ValueError("CaptureSource needs at least one capture file")
+        self.paths = paths
+        self.path = paths[0]
+        infos = [capture_info(p, fmt) for p in paths]
+        info = infos[0]
         self.format = info.format
         resolved = market or info.market
         if resolved is None:
             raise CaptureError(f"{path}: cannot tell the market from the file; pass market=")
+        for p, other in zip(paths[1:], infos[1:], strict=True):
+            if other.format != info.format or (market is None and other.market != resolved):
+                raise CaptureError(f"{p}: not the same format and market as {paths[0]}")
         self.market: str = resolved
         self.venue = info.venue or "binance"
         self.markets: tuple[str, ...] = (self.market,)
+        # recorded on one un-routed connection (before the 2026 futures path split)
+        self.legacy_paths = True
         self._streams: set[str] = set()
         self._snapshots: dict[str, list[_Snapshot]] = {}
         self._decimals: dict[str, tuple[int, int]] = {}
@@ -169,7 +186,8 @@ class CaptureSource:
         from meltica.capture import read_capture
 
         raw_streams: dict[str, str | None] = {}
-        for rec in read_capture(self.path, self.format):
+        records = (rec for p in self.paths for rec in read_capture(p, self.format))
+        for rec in records:
             if rec.kind == "conn":
                 raw_streams[rec.conn] = _raw_stream_of(rec.url)
             elif rec.kind == "rest":

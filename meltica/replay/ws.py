@@ -121,13 +121,14 @@ class _Route:
     classes: frozenset[str] | None  # stream classes delivered on this path; None = all
 
 
-def _parse_route(market: str, raw_path: bytes) -> _Route | None:
+def _parse_route(market: str, raw_path: bytes, legacy_all_classes: bool = False) -> _Route | None:
     """The route of an upgrade path, None for a path this market does not serve (-> 404)."""
     url = urlsplit(raw_path.decode("latin-1"))
     path = url.path
     classes: frozenset[str] | None = None
     if market != "spot":
-        classes = frozenset({"public"})  # legacy un-routed paths: public class only
+        # Legacy un-routed paths: public class only (since 2026-04), or everything as before.
+        classes = None if legacy_all_classes else frozenset({"public"})
         for prefix in ("/public", "/market"):
             if path.startswith(prefix + "/"):
                 classes = frozenset({prefix[1:]})
@@ -482,9 +483,9 @@ class _Connection(WSListener):
         self.close(_CLOSE_POLICY, "pong timeout")
 
     def _on_close_frame(self, frame: WSFrame) -> None:
-        self._within_rate()  # a CLOSE counts, but the handshake completes either way
         assert self.transport is not None
-        if not self.closing:
+        # A CLOSE counts against the rate (unless it answers ours); the handshake completes.
+        if not self.closing and self._within_rate():
             code = int(frame.get_close_code().value)
             self.closing = True
             self._cancel_timers()
@@ -611,8 +612,23 @@ _MISSING: Final = object()
 class WsServer:
     """A Binance-like market-data WebSocket server for one market (see the module docstring).
 
-    Frames published during a ``stall`` fault are dropped for the stalled connection, not
-    buffered: a stalled client sees a gap, as after a real network freeze.
+    Defaults follow Binance per market: 5 (spot) / 10 (futures) incoming messages per second,
+    a ping every 20 s / 180 s answered within 60 s / 600 s, 1024 streams per connection, a
+    24 h lifetime.  ``known_streams`` (what the source can serve) limits ``subscribed()`` and
+    ``on_subscribe``; subscribing to other streams is accepted and yields nothing.
+    ``on_subscribe(market, streams)`` runs after the ack (or at connect, for streams in the
+    URL) with the newly subscribed streams the connection will actually receive; it must not
+    raise.  ``legacy_all_classes=True`` serves every stream class on the un-routed futures
+    paths, as Binance did before 2026-04 (for replaying older captures on their original
+    path).  ``use_aiofastnet`` is passed to picows (None: its default).
+
+    Faults: ``at_frame`` counts the frames published to a connection (or, with ``symbol``,
+    those of that symbol) whatever faults did to them; a fault triggers once that count and
+    ``at_s`` (seconds since connect) are both reached, or at connect when neither is set.
+    close / shutdown / stall / oversized / unknown_event act at once; the others change the
+    next matching frame(s).  Frames published during a ``stall`` are dropped for the stalled
+    connection, not buffered: a stalled client sees a gap, as after a real network freeze; it
+    also gets no pongs, no pings and no control replies meanwhile.
     """
 
     def __init__(
@@ -630,6 +646,7 @@ class WsServer:
         high_water: int = 1 << 20,
         known_streams: set[str] | None = None,
         on_subscribe: Callable[[str, set[str]], None] | None = None,
+        legacy_all_classes: bool = False,
         use_aiofastnet: bool | None = None,
     ) -> None:
         if market not in MARKETS:
@@ -649,6 +666,7 @@ class WsServer:
         self.high_water = high_water
         self.known_streams = known_streams
         self.on_subscribe = on_subscribe
+        self.legacy_all_classes = legacy_all_classes
         self.use_aiofastnet = use_aiofastnet
         self.counters = WsCounters()
         self._faults = faults.ws(market)
@@ -769,7 +787,7 @@ class WsServer:
     def _route(
         self, request: WSUpgradeRequest
     ) -> WSListener | WSUpgradeResponseWithListener | None:
-        route = _parse_route(self.market, request.path)
+        route = _parse_route(self.market, request.path, self.legacy_all_classes)
         if route is None:
             return None  # picows answers 404
         if len(route.streams) > self.max_streams:
