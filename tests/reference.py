@@ -54,9 +54,9 @@ KIND_BY_EVENT = {
 def ref_decimal(value: Any) -> str:
     """A Binance decimal string as it goes on the wire.
 
-    Kept exactly as sent.  Only a value whose mantissa does not fit int64 (so it has more
-    than 18 significant digits) loses trailing fractional zeros, one at a time, just until
-    it fits; a value that still does not fit is rejected.
+    Kept exactly as sent, with two exceptions (docs/wire-format.md, "Rules"): a mantissa
+    that does not fit int64 loses trailing fractional zeros, one at a time, just until it
+    fits (still not fitting: rejected); a negative zero loses its sign.
     """
     if not isinstance(value, str) or not DECIMAL_RE.fullmatch(value):
         raise ValueError(f"not a decimal string: {value!r}")
@@ -65,6 +65,8 @@ def ref_decimal(value: Any) -> str:
         text = text.removesuffix("0").removesuffix(".")
     if not _fits_int64(text):
         raise ValueError(f"decimal does not fit int64: {value!r}")
+    if text.startswith("-") and int(text.replace(".", "")) == 0:
+        text = text.removeprefix("-")
     return text
 
 

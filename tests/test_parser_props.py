@@ -42,12 +42,8 @@ def _digits(draw: st.DrawFn, min_size: int, max_size: int) -> str:
 
 @st.composite
 def decimals(draw: st.DrawFn, negative: bool = False) -> str:
-    """A Binance decimal string, up to 19 significant digits.
-
-    The wire form of values whose mantissa overflows int64 (trailing zeros dropped) has
-    its own test, ``test_decimal_wire_form``; here only cases every reading of that rule
-    agrees on appear.
-    """
+    """A Binance decimal string: up to 19 significant digits, sometimes padded with trailing
+    fractional zeros beyond int64 (the wire form then drops just enough of them)."""
     special = draw(
         st.sampled_from(
             [
@@ -65,6 +61,8 @@ def decimals(draw: st.DrawFn, negative: bool = False) -> str:
                 "1234567890.1234567890",
                 "99999999.9999999999",
                 "0.000000000000000001",
+                "1.00000000000000000000000",
+                "123456789012345678.00",
             ]
         )
     )
@@ -75,11 +73,10 @@ def decimals(draw: st.DrawFn, negative: bool = False) -> str:
         integer = str(draw(st.integers(0, 10**int_digits - 1)))
         room = 18 - len(integer.lstrip("0"))
         fraction = _digits(draw, 0, min(room, 10))
-        # trailing zeros as Binance pads them, within 18 digits
-        fraction += "0" * min(draw(st.sampled_from([0, 0, 1, 4, 8])), room - len(fraction))
+        fraction += "0" * draw(st.sampled_from([0, 0, 1, 4, 8, 12]))  # may pass 19 digits
         text = integer + ("." + fraction if fraction else "")
-    if negative and draw(st.booleans()) and text.strip("0.") != "":
-        text = "-" + text
+    if negative and draw(st.booleans()):
+        text = "-" + text  # "-0.00000000" included: the wire form drops its sign
     return text
 
 
@@ -386,13 +383,15 @@ def _book_ticker_frame(bid_price: str) -> bytes:
 
 
 # (as sent, on the wire): exactly as sent, except that a mantissa overflowing int64 loses
-# trailing fractional zeros just until it fits (docs/wire-format.md, "Rules")
+# trailing fractional zeros just until it fits and a negative zero its sign
+# (docs/wire-format.md, "Rules")
 DECIMAL_WIRE_FORMS = [
     ("67234.56000000", "67234.56000000"),
     ("0.00000000", "0.00000000"),
     ("0", "0"),
     ("-0.00010000", "-0.00010000"),
-    ("-0.00000000", "-0.00000000"),
+    ("-0.00000000", "0.00000000"),
+    ("-0", "0"),
     ("1.000000000000000000", "1.000000000000000000"),  # 19 digits but fits: kept
     ("1234567890.1234567890", "1234567890.123456789"),
     ("1.0000000000000000000", "1.000000000000000000"),  # one zero is enough

@@ -17,17 +17,16 @@ from typing import Any
 
 from meltica.replay.faults import FaultPlan
 from meltica.replay.rest import RestServer
-from meltica.replay.source import MarketSource
+from meltica.replay.source import MarketSource, StreamFrame
 from meltica.replay.ws import WsServer
 
 __all__ = ["FakeExchange"]
 
 log = logging.getLogger("meltica.replay.exchange")
 
-# In "max" pacing, wait for slow readers after this many published frames, and
-# let the loop run (control messages, pings) after this many source frames.
-DRAIN_EVERY = 256
-YIELD_EVERY = 1024
+# Frames published per run: one transport write per connection per run, then
+# back-pressure ("max" pacing) and a turn of the event loop.
+BATCH = 256
 
 
 class FakeExchange:
@@ -134,31 +133,43 @@ class FakeExchange:
             await self._subscribed.wait()
         t0_wall = loop.time()
         t0_ts: int | None = None
-        unpaced = 0
+        # Frames go out in runs (one write per connection per run): a run ends when
+        # it is BATCH long, or, when paced, at the first frame not yet due.
+        run: list[StreamFrame] = []
         for frame in self.source.frames():
             self.frames_read += 1
-            server = self.ws.get(frame.market)
-            if server is None:
+            if frame.market not in self.ws:
                 continue
             if self.speed is not None:
                 if t0_ts is None:
                     t0_ts = frame.ts_ns
-                due = t0_wall + (frame.ts_ns - t0_ts) / 1e9 / self.speed
-                delay = due - loop.time()
+                delay = t0_wall + (frame.ts_ns - t0_ts) / 1e9 / self.speed - loop.time()
                 if delay > 0:
+                    await self._flush(run)
                     await asyncio.sleep(delay)
-            if server.publish(frame):
-                self.frames_published += 1
-                unpaced += 1
-                if self.speed is None and unpaced >= DRAIN_EVERY:
-                    unpaced = 0
-                    await server.drain()
-            if self.frames_read % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+            run.append(frame)
+            if len(run) >= BATCH:
+                await self._flush(run)
+        await self._flush(run)
+        for server in self.ws.values():
+            await server.drain()
+        log.debug(
+            "timeline done: %d frames read, %d deliveries", self.frames_read, self.frames_published
+        )
+        self.finished.set()
+
+    async def _flush(self, run: list[StreamFrame]) -> None:
+        """Publish a run of frames, then honour back-pressure ("max") or yield."""
+        if not run:
+            return
+        if len(self.ws) == 1:
+            (server,) = self.ws.values()
+            self.frames_published += server.publish_many(run)
+        else:
+            for market, server in self.ws.items():
+                self.frames_published += server.publish_many([f for f in run if f.market == market])
+        run.clear()
         if self.speed is None:
             for server in self.ws.values():
                 await server.drain()
-        log.debug(
-            "timeline done: %d frames read, %d published", self.frames_read, self.frames_published
-        )
-        self.finished.set()
+        await asyncio.sleep(0)  # let control messages, pings and REST requests in
