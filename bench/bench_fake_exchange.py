@@ -4,8 +4,10 @@ One operation = one small combined-stream trade frame (~170 B) delivered to a
 raw picows client over loopback.  Two senders, each in its own process so
 the client has a core to itself:
 
-- raw picows: a bare picows server that writes the pre-built frames in a loop,
-  waiting for the transport to drain when its buffer is full (the ceiling);
+- raw picows: a bare picows server that sends the pre-built frames with one
+  ``send()`` per frame, waiting for the transport to drain when it is full;
+- raw picows, batched: the frames pre-encoded on the wire and written 256 at a
+  time (the ceiling for any Python sender);
 - fake exchange: ``FakeExchange`` in "max" pacing serving the same frames from
   an in-memory source through its timeline, subscription filter and
   ``WsServer.publish``.
@@ -52,6 +54,46 @@ def build_frames(n: int) -> list[bytes]:
 # ---------------------------------------------------------------- senders (child processes)
 
 
+def _ws_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+
+
+def _raw_batched_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """The ceiling: frames pre-encoded on the wire, written 256 at a time."""
+    import uvloop
+    from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
+
+    wire = [
+        _ws_frame(b'{"stream":"' + STREAM.encode() + b'","data":' + p + b"}")
+        for p in build_frames(n)
+    ]
+    chunks = [b"".join(wire[i : i + 256]) for i in range(0, n, 256)]
+
+    class Sender(WSListener):  # type: ignore[misc]
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            asyncio.get_running_loop().create_task(self.pump(transport))
+
+        async def pump(self, transport: WSTransport) -> None:
+            flow = transport.underlying_transport
+            for chunk in chunks:
+                flow.write(chunk)
+                while flow.get_write_buffer_size() > 1 << 20:
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        def factory(request: WSUpgradeRequest) -> WSListener:
+            return Sender()
+
+        server = await ws_create_server(factory, "127.0.0.1", 0)
+        port_q.put(server.sockets[0].getsockname()[1])
+        await asyncio.sleep(3600)
+
+    uvloop.run(main())
+
+
 def _raw_picows_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
     import uvloop
     from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
@@ -87,7 +129,11 @@ def _fake_exchange_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[typ
     from meltica.replay.exchange import FakeExchange
     from meltica.replay.source import StreamFrame
 
-    frames = [StreamFrame(i, "spot", STREAM, p) for i, p in enumerate(build_frames(n))]
+    # like a capture, each frame carries its recorded combined envelope
+    head = b'{"stream":"' + STREAM.encode() + b'","data":'
+    frames = [
+        StreamFrame(i, "spot", STREAM, p, head + p + b"}") for i, p in enumerate(build_frames(n))
+    ]
 
     class StaticSource:
         markets = ("spot",)
@@ -149,13 +195,17 @@ def run_round(kind: str, n: int) -> float:
     import uvloop
 
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    target = _raw_picows_server if kind == "raw" else _fake_exchange_server
+    target = {
+        "raw": _raw_picows_server,
+        "raw_batched": _raw_batched_server,
+        "fake": _fake_exchange_server,
+    }[kind]
     proc = mp.Process(target=target, args=(n, q), daemon=True)
     proc.start()
     try:
         port = q.get(timeout=60)
         url = f"ws://127.0.0.1:{port}/stream?streams={STREAM}"
-        if kind == "raw":
+        if kind != "fake":
             url = f"ws://127.0.0.1:{port}/"
         return uvloop.run(_receive(url, n))
     finally:
@@ -168,20 +218,25 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    results: dict[str, list[float]] = {"raw": [], "fake": []}
+    kinds = ("raw", "raw_batched", "fake")
+    results: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(args.rounds):
-        order = ("raw", "fake") if r % 2 == 0 else ("fake", "raw")
-        for kind in order:
+        for kind in kinds[r % 3 :] + kinds[: r % 3]:
             results[kind].append(run_round(kind, args.frames))
             print(f"round {r} {kind}: {results[kind][-1]:,.0f} frames/s", file=sys.stderr)
-    raw = statistics.median(results["raw"])
-    fake = statistics.median(results["fake"])
+    med = {k: statistics.median(v) for k, v in results.items()}
     print(f"# fake exchange send rate, {args.frames} frames/round, median of {args.rounds}")
-    print("| sender | frames/s (median) | min..max | ratio to raw picows |")
+    print("| sender | frames/s (median) | min..max | fake ÷ this |")
     print("|---|---:|---|---:|")
-    for name, key, med in (("raw picows", "raw", raw), ("fake exchange (max)", "fake", fake)):
+    names = {
+        "raw": "raw picows, send() per frame",
+        "raw_batched": "raw picows, pre-encoded frames, 256 per write",
+        "fake": "fake exchange (max pacing)",
+    }
+    for key in kinds:
         lo, hi = min(results[key]), max(results[key])
-        print(f"| {name} | {med:,.0f} | {lo:,.0f}..{hi:,.0f} | {med / raw:.2f} |")
+        ratio = med["fake"] / med[key]
+        print(f"| {names[key]} | {med[key]:,.0f} | {lo:,.0f}..{hi:,.0f} | {ratio:.2f} |")
     return 0
 
 

@@ -136,11 +136,14 @@ class FakeExchange:
         # Frames go out in runs (one write per connection per run): a run ends when
         # it is BATCH long, or, when paced, at the first frame not yet due.
         run: list[StreamFrame] = []
+        markets = self.ws.keys()
+        paced = self.speed is not None
         for frame in self.source.frames():
             self.frames_read += 1
-            if frame.market not in self.ws:
+            if frame.market not in markets:
                 continue
-            if self.speed is not None:
+            if paced:
+                assert self.speed is not None
                 if t0_ts is None:
                     t0_ts = frame.ts_ns
                 delay = t0_wall + (frame.ts_ns - t0_ts) / 1e9 / self.speed - loop.time()

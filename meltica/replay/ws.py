@@ -86,6 +86,18 @@ def _dumps(obj: object) -> bytes:
     return json.dumps(obj, separators=_JSON_SEPARATORS).encode()
 
 
+def _ws_header(n: int) -> bytes:
+    """The header of an unmasked server TEXT frame carrying n payload bytes."""
+    if n < 126:
+        return _SHORT_HEADERS[n]
+    if n < 1 << 16:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big")
+    return bytes((0x81, 127)) + n.to_bytes(8, "big")
+
+
+_SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+
+
 def _raw_ws_frame(payload: bytes) -> bytes:
     """A complete unmasked server TEXT frame, as picows would put it on the wire."""
     n = len(payload)
@@ -275,7 +287,12 @@ class _Connection(WSListener):
         server TEXT frames), but one syscall-sized write instead of one per frame.
         """
         assert self.transport is not None
-        self.transport.underlying_transport.write(b"".join(map(_raw_ws_frame, messages)))
+        parts: list[bytes] = []
+        append = parts.append
+        for message in messages:
+            append(_ws_header(len(message)))
+            append(message)
+        self.transport.underlying_transport.write(b"".join(parts))
         self.frames += len(messages)
         self.server.counters.frames_sent += len(messages)
 
