@@ -1121,3 +1121,17 @@ def test_array_frame_with_a_bad_item_is_rejected_whole() -> None:
         p.parse_into(bad, 0, out)
     assert out == ["sentinel"]
     assert (p.frames, p.events, p.errors) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("symbol", ["btcusdt", "BTC:USDT", "BTC USDT", ""])
+def test_symbols_that_would_bend_keys_are_rejected(symbol: str) -> None:
+    frame = (
+        b'{"e":"trade","E":1,"s":"' + symbol.encode() + b'","t":1,"p":"1","q":"1","T":1,"m":true}'
+    )
+    p = FrameParser()
+    with pytest.raises(MalformedFrame):
+        p.parse(frame)
+    assert p.events == 0
+    # the parser keeps going
+    good = b'{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true}'
+    assert one(p, good).symbol == "BTCUSDT"

@@ -31,6 +31,7 @@ from meltica._core.events cimport (
 from meltica._core.events cimport Trade as TradeEvent
 
 import json
+import re
 
 from meltica.errors import (
     FieldTypeError, FrameTooLarge, MalformedFrame, MissingField, NumberError,
@@ -114,6 +115,10 @@ cdef enum:
 cdef enum:
     MAX_SYMBOL = 64
     MAX_ROUTES = 65536
+
+# Binance symbols: upper-case letters and digits, "_" for COIN-M contracts
+# (BTCUSD_PERP), "-"/"." seen on a few listings.
+_SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9_.\-]*")
 
 # ticker window by event_type_kind()'s window index
 _WINDOWS = (None, "24h", "mini", "1h", "4h", "1d")
@@ -454,6 +459,9 @@ cdef class FrameParser:
             sym = self._symbols[cython.operator.dereference(it).second]
         else:
             sym = _sv_str(sv)
+            if _SYMBOL_RE.fullmatch(sym) is None:
+                # keys are "venue:market:SYMBOL:...": a symbol must not bend them
+                raise MalformedFrame(f"frame: {sym!r} is not a Binance symbol")
             if len(self._symbols) >= MAX_ROUTES:
                 self._symbol_ids.clear()
                 self._symbols = []
