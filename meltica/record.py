@@ -119,9 +119,10 @@ class Recorder:
             self._writer = writer
             for i, url in enumerate(market_urls(opts.market, ws_base, names)):
                 conn = f"ws{i}"
+                # written first: frames can arrive before ws_connect returns
+                writer.write_conn(time.time_ns(), conn, {"event": "connect", "url": url})
                 transport, _ = await ws_connect(lambda c=conn: _Listener(self, c), url)
                 transports.append(transport)
-                writer.write_conn(time.time_ns(), conn, {"event": "connect", "url": url})
             async with aiohttp.ClientSession() as http:
                 if any(s.startswith("depth") for s in opts.streams):
                     # let diffs buffer first, as a syncing client would
