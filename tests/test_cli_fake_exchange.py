@@ -1,0 +1,99 @@
+"""``meltica-engine fake-exchange`` as a separate process, reached over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+
+class Count(WSListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.frames = 0
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.frames += 1
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meltica", "fake-exchange", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=os.environ.copy(),
+    )
+    urls: dict[str, str] = {}
+    assert proc.stdout is not None
+    while "rest" not in urls:
+        line = proc.stdout.readline()
+        assert line, f"fake-exchange exited early: {proc.stderr.read() if proc.stderr else ''}"
+        name, _, url = line.strip().partition(": ")
+        urls[name] = url
+    return proc, urls
+
+
+def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None:
+    capture = captures_dir / "hftbacktest/examples/spot/btcusdt_20240808.gz"
+    proc, urls = start(
+        [str(capture), "--speed", "max", "--exit-when-done", "--duration", "120"], tmp_path
+    )
+    streams = "btcusdt@depth@100ms/btcusdt@trade/btcusdt@bookTicker"
+
+    async def client() -> int:
+        listener = Count()
+        transport, _ = await ws_connect(
+            lambda: listener, f"{urls['ws spot']}/stream?streams={streams}"
+        )
+        await asyncio.wait_for(listener.closed, 120)
+        transport.disconnect()
+        return listener.frames
+
+    try:
+        frames = uvloop.run(client())
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert frames == 41_248  # every ws frame of the capture (PROVENANCE: 41,249 lines, 1 REST)
+    assert "frames read: 41248" in stderr
+
+
+def test_bad_fault_spec_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meltica", "fake-exchange", "--fault", "explode:count=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown fault kind 'explode'" in result.stderr
+
+
+def test_missing_capture_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meltica", "fake-exchange", str(tmp_path / "nope.gz")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:")
