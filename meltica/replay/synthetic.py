@@ -17,7 +17,7 @@ the tick grid and every quantity on the step grid, exactly.
 
 Everything is deterministic for a seed: each instrument draws from its own RNG, so output does
 not depend on how many other instruments there are.  Memory is O(instruments): ``frames()``
-simulates one depth window of every instrument at a time and merges them by time.
+simulates every instrument a few depth windows ahead at most and merges them by time.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ _FUNDING_MS: Final = 8 * 3_600_000
 # next one.
 _EV_KLINE, _EV_TICKER, _EV_MINI, _EV_MARK, _EV_DEPTH, _EV_TOP, _EV_TAKER = range(7)
 _PERIODIC: Final = ("kline", "ticker", "mini_ticker", "mark_price")  # codes 0..3
-_RANDOM: Final = ("depth", "book_ticker", "taker")  # codes 4..6, Poisson arrivals
+# Codes 4..6 (depth, book_ticker, taker) arrive at random, exponential gaps.
 _NEVER: Final = 1 << 62  # next time of a process that is off; above any ns timestamp we use
 
 
@@ -217,10 +217,10 @@ def _generated_symbols(market: str, count: int) -> list[str]:
 class _Instrument:
     """One symbol of one market: its book, its counters, its candle and ticker, its RNG.
 
-    ``frames`` are produced one depth window at a time by ``window()``; the book always runs one
-    window ahead of what was yielded, so the changes of that window are kept with the value they
-    replaced (``old_bids``/``old_asks``) and ``snapshot()`` undoes them: a snapshot is the book at
-    the last published depth frame, the only state a client can sync to.
+    Frames are produced one depth window at a time by ``window()``, ahead of what
+    ``SyntheticMarket.frames()`` has yielded: so each window not yet published keeps the values
+    its changes replaced (``pending``), and ``snapshot()`` undoes them.  A snapshot is the book
+    at the last depth frame yielded, the only state a client can sync to.
     """
 
     __slots__ = (
@@ -461,19 +461,20 @@ class _Instrument:
         return 1 + int(-_log(1.0 - self.rnd()) * self.level_lots)
 
     def _seed_book(self) -> None:
-        rng = self.rng
-        spread = 1 + int(rng.random() * 3)
+        """The initial book: ``depth_levels`` per side around the fair price, gaps of ~2 ticks."""
+        rnd, lots = self.rnd, self.level_lots
+        spread = 1 + int(rnd() * 3)
         bid = self.fair - (spread + 1) // 2
         ask = bid + spread
+        bids, asks = self.bids, self.asks
         for _ in range(self.depth_levels):
             if bid > 0:
-                self.bids[bid] = self._lots()
-                self.bid_keys.append(bid)
-            self.asks[ask] = self._lots()
-            self.ask_keys.append(ask)
-            bid -= 1 + int(rng.expovariate(1.0))
-            ask += 1 + int(rng.expovariate(1.0))
-        self.bid_keys.reverse()
+                bids[bid] = 1 + int(-_log(1.0 - rnd()) * lots)
+            asks[ask] = 1 + int(-_log(1.0 - rnd()) * lots)
+            bid -= 1 + int(-_log(1.0 - rnd()))
+            ask += 1 + int(-_log(1.0 - rnd()))
+        self.bid_keys[:] = sorted(bids)
+        self.ask_keys[:] = sorted(asks)
 
     def price(self, tick: int) -> str:
         s = self.price_cache.get(tick)
@@ -599,6 +600,7 @@ class _Instrument:
         return -1.0 if p < -1.0 else (1.0 if p > 1.0 else p)
 
     def _depth_change(self, ts: int) -> None:
+        """A maker change anywhere in the book, keeping about ``depth_levels`` per side."""
         rng = self.rng
         is_bid = rng.random() < 0.5
         keys = self.bid_keys if is_bid else self.ask_keys
@@ -625,6 +627,7 @@ class _Instrument:
             self._set(is_bid, tick, 0, ts)
 
     def _top_change(self, ts: int) -> None:
+        """A maker change at the top: an improvement, a cancel of the best, or a new size."""
         rnd = self.rnd
         is_bid = rnd() < 0.5
         bb, ba = self.bb, self.ba
@@ -660,7 +663,7 @@ class _Instrument:
             fills += 1
         # Taker sizes are a fraction of a typical level, so an order usually fills partly
         # at one price and sometimes walks to the next level.
-        remaining = 1 + int(rng.expovariate(1.0) * self.level_lots * 0.3 * fills)
+        remaining = 1 + int(-_log(1.0 - rng.random()) * self.level_lots * 0.3 * fills)
         ms = ts // _NS_PER_MS
         want_trade = self.want["trade"]
         agg_tick = agg_first = agg_lots = 0
@@ -951,11 +954,20 @@ class _Instrument:
                             book[tick] = lots
                         else:
                             book.pop(tick, None)
-        price, fq = self.price, self.fmt_qty
-        top_bids = sorted(bids, reverse=True)[:limit]
-        top_asks = sorted(asks)[:limit]
-        b = ",".join([f'["{price(t)}","{fq(bids[t])}"]' for t in top_bids])
-        a = ",".join([f'["{price(t)}","{fq(asks[t])}"]' for t in top_asks])
+        pc, price = self.price_cache, self.price
+        pattern, mult, div = self.qty_fmt
+        b = ",".join(
+            [
+                f'["{pc.get(t) or price(t)}","{pattern % divmod(bids[t] * mult, div)}"]'
+                for t in sorted(bids, reverse=True)[:limit]
+            ]
+        )
+        a = ",".join(
+            [
+                f'["{pc.get(t) or price(t)}","{pattern % divmod(asks[t] * mult, div)}"]'
+                for t in sorted(asks)[:limit]
+            ]
+        )
         if self.futures:
             head = f'{{"lastUpdateId":{self.pub_u},"E":{now_ms},"T":{self.pub_T},'
         else:
@@ -966,10 +978,16 @@ class _Instrument:
 class SyntheticMarket:
     """A ``MarketSource`` that makes up a consistent Binance market (see the module docstring).
 
-    ``rates`` overrides ``DEFAULT_RATES`` per key (events per second per symbol; 0 turns a
-    stream off).  ``symbols`` names the symbols per market (known names such as BTCUSDT get
-    Binance-like filters, other names a shape derived from the name); otherwise
-    ``symbols_per_market`` are generated.  ``duration_s=None`` makes ``frames()`` endless.
+    - ``markets``: a subset of ``MARKETS``; default both, or the keys of ``symbols``.
+    - ``symbols``: the symbols per market.  Known names (BTCUSDT, DOGEUSDT, ...) get
+      Binance-like filters; other names a shape picked from the name.  Without it,
+      ``symbols_per_market`` symbols are made per market (the known ones, then SYN<i>USDT).
+    - ``rates``: overrides ``DEFAULT_RATES`` per key, per symbol per second; 0 turns a stream
+      off (it is then not in ``streams()``).  Unknown keys are an error.
+    - ``seed``: the whole output is a function of the arguments; ``start_ns`` is the synthetic
+      clock's start, ``duration_s`` its length (None: ``frames()`` never ends).
+    - ``depth_levels``: initial levels per side; ``depth_interval_ms``: the diff window (the
+      stream is ``@depth@100ms`` for 100, plain ``@depth`` at Binance's default speed).
     """
 
     def __init__(
@@ -981,7 +999,7 @@ class SyntheticMarket:
         rates: Mapping[str, float] | None = None,
         seed: int = 0,
         start_ns: int = 1_700_000_000_000_000_000,
-        duration_s: float | None = 60.0,
+        duration_s: float | None = None,
         depth_levels: int = 200,
         depth_interval_ms: int = 100,
     ) -> None:
@@ -1011,6 +1029,8 @@ class SyntheticMarket:
         self.depth_levels = depth_levels
         self.depth_interval_ms = depth_interval_ms
         self._symbols: dict[str, list[str]] = {}
+        if symbols is not None and any(isinstance(v, str) for v in symbols.values()):
+            raise ValueError("symbols maps a market to a list of symbols, not to one string")
         for market in self.markets:
             names = (
                 [s.upper() for s in symbols.get(market, ())]
@@ -1204,7 +1224,3 @@ class SyntheticMarket:
         if inst is None:
             return None
         return inst.snapshot(max(1, limit), self._now_ns // _NS_PER_MS)
-
-    def instrument_spec(self, market: str, symbol: str) -> InstrumentSpec | None:
-        """The spec of a symbol (tick, step, ...), for tests and tools checking the decimals."""
-        return self._specs.get((market, symbol.upper()))
