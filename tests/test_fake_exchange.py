@@ -275,3 +275,40 @@ def test_capture_without_snapshot_refuses_depth(captures_dir: Path) -> None:
 
     status, body = run(scenario)
     assert (status, body["code"]) == (400, -1121)
+
+
+@pytest.mark.parametrize(("market", "symbols"), [("spot", 1), ("usdm", 1), ("spot", 100)])
+def test_synthetic_market_syncs_over_sockets(market: str, symbols: int) -> None:
+    from meltica.replay.synthetic import SyntheticMarket
+
+    def make() -> SyntheticMarket:
+        return SyntheticMarket(
+            markets=(market,), symbols_per_market=symbols, seed=7, duration_s=3.0
+        )
+
+    source = make()
+    depth_streams = sorted(s for s in source.streams(market) if "@depth" in s)
+    total_depth = sum(1 for f in make().frames() if "@depth" in f.stream)
+
+    async def scenario() -> dict[str, RefBook]:
+        # paced (2x the 3 s market), so diffs keep flowing after the snapshots are fetched
+        async with FakeExchange(source, speed=2.0) as ex, aiohttp.ClientSession() as http:
+            client = SyncClient(market, total_depth)
+            url = f"{ex.ws_url(market)}/stream?streams=" + "/".join(depth_streams)
+            transport = await connect(url, client)  # type: ignore[arg-type]
+            for _ in depth_streams:
+                sym = await client.first_depth.get()
+                query = f"?symbol={sym}&limit=1000"
+                async with http.get(ex.rest_url + DEPTH_PATH[market] + query) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert client.books[sym].on_snapshot(await resp.json())
+            await client.done
+            transport.disconnect()
+            return client.books
+
+    books = run(scenario)
+    assert len(books) == symbols
+    for sym, book in books.items():
+        assert book.gaps == 0, f"{sym}: {book.gaps} gaps"
+        assert book.applied > 0
+        assert max(map(float, book.bids)) < min(map(float, book.asks)), f"{sym} crossed"
