@@ -27,7 +27,8 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 STREAM = "btcusdt@trade"
 
@@ -61,27 +62,18 @@ def _ws_frame(payload: bytes) -> bytes:
     return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
 
 
-def _raw_batched_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
-    """The ceiling: frames pre-encoded on the wire, written 256 at a time."""
+def _combined(payload: bytes) -> bytes:
+    return b'{"stream":"' + STREAM.encode() + b'","data":' + payload + b"}"
+
+
+def _serve_raw(pump: Callable[[Any], Awaitable[None]], port_q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """A bare picows server that runs ``pump(transport)`` for each client."""
     import uvloop
     from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
 
-    wire = [
-        _ws_frame(b'{"stream":"' + STREAM.encode() + b'","data":' + p + b"}")
-        for p in build_frames(n)
-    ]
-    chunks = [b"".join(wire[i : i + 256]) for i in range(0, n, 256)]
-
     class Sender(WSListener):  # type: ignore[misc]
         def on_ws_connected(self, transport: WSTransport) -> None:
-            asyncio.get_running_loop().create_task(self.pump(transport))
-
-        async def pump(self, transport: WSTransport) -> None:
-            flow = transport.underlying_transport
-            for chunk in chunks:
-                flow.write(chunk)
-                while flow.get_write_buffer_size() > 1 << 20:
-                    await asyncio.sleep(0)
+            asyncio.get_running_loop().create_task(pump(transport))
 
     async def main() -> None:
         def factory(request: WSUpgradeRequest) -> WSListener:
@@ -92,35 +84,36 @@ def _raw_batched_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-
         await asyncio.sleep(3600)
 
     uvloop.run(main())
+
+
+def _raw_batched_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """The ceiling: frames pre-encoded on the wire, written 256 at a time."""
+    wire = [_ws_frame(_combined(p)) for p in build_frames(n)]
+    chunks = [b"".join(wire[i : i + 256]) for i in range(0, n, 256)]
+
+    async def pump(transport: Any) -> None:
+        flow = transport.underlying_transport
+        for chunk in chunks:
+            flow.write(chunk)
+            while flow.get_write_buffer_size() > 1 << 20:
+                await asyncio.sleep(0)
+
+    _serve_raw(pump, port_q)
 
 
 def _raw_picows_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
-    import uvloop
-    from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
+    """picows as a user drives it: one ``send()`` per frame."""
+    payloads = [_combined(p) for p in build_frames(n)]
 
-    payloads = [b'{"stream":"' + STREAM.encode() + b'","data":' + p + b"}" for p in build_frames(n)]
+    async def pump(transport: Any) -> None:
+        flow = transport.underlying_transport
+        for i, p in enumerate(payloads):
+            transport.send(1, p)  # WSMsgType.TEXT
+            if i % 256 == 255 and flow.get_write_buffer_size() > 1 << 20:
+                while flow.get_write_buffer_size() > 1 << 18:
+                    await asyncio.sleep(0)
 
-    class Sender(WSListener):  # type: ignore[misc]
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            asyncio.get_running_loop().create_task(self.pump(transport))
-
-        async def pump(self, transport: WSTransport) -> None:
-            flow = transport.underlying_transport
-            for i, p in enumerate(payloads):
-                transport.send(1, p)  # WSMsgType.TEXT
-                if i % 256 == 255 and flow.get_write_buffer_size() > 1 << 20:
-                    while flow.get_write_buffer_size() > 1 << 18:
-                        await asyncio.sleep(0)
-
-    async def main() -> None:
-        def factory(request: WSUpgradeRequest) -> WSListener:
-            return Sender()
-
-        server = await ws_create_server(factory, "127.0.0.1", 0)
-        port_q.put(server.sockets[0].getsockname()[1])
-        await asyncio.sleep(3600)
-
-    uvloop.run(main())
+    _serve_raw(pump, port_q)
 
 
 def _fake_exchange_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -130,9 +123,8 @@ def _fake_exchange_server(n: int, port_q: mp.Queue) -> None:  # type: ignore[typ
     from meltica.replay.source import StreamFrame
 
     # like a capture, each frame carries its recorded combined envelope
-    head = b'{"stream":"' + STREAM.encode() + b'","data":'
     frames = [
-        StreamFrame(i, "spot", STREAM, p, head + p + b"}") for i, p in enumerate(build_frames(n))
+        StreamFrame(i, "spot", STREAM, p, _combined(p)) for i, p in enumerate(build_frames(n))
     ]
 
     class StaticSource:

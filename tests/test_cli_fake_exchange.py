@@ -73,27 +73,24 @@ def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None
     assert "frames read: 41248" in stderr
 
 
-def test_bad_fault_spec_is_a_clear_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "meltica", "fake-exchange", "--fault", "explode:count=1"],
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meltica", "fake-exchange", *args],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         env=os.environ.copy(),
         timeout=60,
     )
+
+
+def test_bad_fault_spec_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli(["--fault", "explode:count=1"], tmp_path)
     assert result.returncode == 2
     assert "unknown fault kind 'explode'" in result.stderr
 
 
 def test_missing_capture_exits_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "meltica", "fake-exchange", str(tmp_path / "nope.gz")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=os.environ.copy(),
-        timeout=60,
-    )
+    result = run_cli([str(tmp_path / "nope.gz")], tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error:")

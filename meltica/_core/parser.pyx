@@ -588,9 +588,17 @@ cdef class FrameParser:
             return self._mark_price(f, route, ts_recv)
         return self._liquidation(f, route, ts_recv)
 
+    cdef int _event_times(self, Event ev, const Fields &f) except -1:
+        """``E`` -> ts_event, ``T`` -> ts_transaction (each optional)."""
+        cdef int64_t t = 0
+        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
+        ev.ts_event_ = self._ns(t)
+        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
+        ev.ts_transaction_ = self._ns(t)
+        return 0
+
     cdef Event _trade(self, const Fields &f, int kind, Route route, int64_t ts_recv):
         cdef TradeEvent ev = TradeEvent.__new__(TradeEvent)
-        cdef int64_t t = 0
         cdef cbool m = False
         self._common(ev, kind, self._symbol(f, ord("s"), route), ts_recv)
         cdef int id_key = ord("t") if kind == TRADE else ord("a")
@@ -604,33 +612,25 @@ cdef class FrameParser:
             self._check(get_int(f, ord("l"), ev.last_trade_id_, self._fr.err_key))
         else:
             ev.first_trade_id_ = ev.last_trade_id_ = MT_NA
-        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
-        ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
-        ev.ts_transaction_ = self._ns(t)
+        self._event_times(ev, f)
         ev.seq_ = ev.trade_id_
         return ev
 
     cdef Event _book_ticker(self, const Fields &f, Route route, int64_t ts_recv):
         cdef BookTicker ev = BookTicker.__new__(BookTicker)
-        cdef int64_t t = 0
         self._common(ev, BOOK_TICKER, self._symbol(f, ord("s"), route), ts_recv)
         self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
         self._check(get_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, self._fr.err_key))
         self._check(get_dec(f, ord("B"), ev.bid_qty_, ev.bid_qty_exp, self._fr.err_key))
         self._check(get_dec(f, ord("a"), ev.ask_price_, ev.ask_price_exp, self._fr.err_key))
         self._check(get_dec(f, ord("A"), ev.ask_qty_, ev.ask_qty_exp, self._fr.err_key))
-        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
-        ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
-        ev.ts_transaction_ = self._ns(t)
+        self._event_times(ev, f)
         ev.seq_ = ev.update_id_
         return ev
 
     cdef BookDepth _depth(self, const Fields &f, int kind, int source, str symbol,
                           int64_t ts_recv, Route route=None):
         cdef BookDepth ev = BookDepth.__new__(BookDepth)
-        cdef int64_t t = 0
         if symbol is None:
             symbol = self._symbol(f, ord("s"), route)
         self._common(ev, kind, symbol, ts_recv)
@@ -650,10 +650,7 @@ cdef class FrameParser:
             if not f.present(ord("b")) or not f.present(ord("a")):
                 self._fr.err_key = ord("b") if not f.present(ord("b")) else ord("a")
                 self._check(ST_MISSING)
-        self._check(opt_int(f, ord("E"), t, self._fr.err_key))
-        ev.ts_event_ = self._ns(t)
-        self._check(opt_int(f, ord("T"), t, self._fr.err_key))
-        ev.ts_transaction_ = self._ns(t)
+        self._event_times(ev, f)
         ev.seq_ = ev.update_id_
         ev.set_levels(self._fr.bids.data(), self._fr.bids.size(),
                       self._fr.asks.data(), self._fr.asks.size())
