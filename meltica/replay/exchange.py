@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from itertools import islice
 from typing import Any
 
 from meltica.replay.faults import FaultPlan
@@ -26,7 +27,7 @@ log = logging.getLogger("meltica.replay.exchange")
 
 # Frames published per run: one transport write per connection per run, then
 # back-pressure ("max" pacing) and a turn of the event loop.
-BATCH = 256
+BATCH = 1024
 
 
 class FakeExchange:
@@ -138,7 +139,13 @@ class FakeExchange:
         run: list[StreamFrame] = []
         markets = self.ws.keys()
         paced = self.speed is not None
-        for frame in self.source.frames():
+        frames = iter(self.source.frames())
+        if not paced:
+            # "max": take runs straight off the source (no per-frame Python step here)
+            while run := list(islice(frames, BATCH)):
+                self.frames_read += len(run)
+                await self._flush(run)
+        for frame in frames:
             self.frames_read += 1
             if frame.market not in markets:
                 continue

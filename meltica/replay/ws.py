@@ -796,11 +796,12 @@ class WsServer:
         """
         batches: dict[_Connection, list[bytes]] = {}
         written = 0
+        by_stream = self._by_stream
         for frame in frames:
-            conns = self._by_stream.get(frame.stream)
+            conns = by_stream.get(frame.stream)
             if not conns:
                 continue
-            combined: bytes | None = None
+            combined = frame.envelope
             for conn in conns:
                 if conn.combined:
                     if combined is None:
