@@ -47,15 +47,37 @@ static inline int mt_all_digits(uint64_t v) {
             UINT64_C(0x3333333333333333));
 }
 
-/* Skip the run of digits at p (p < end), folding them into *acc (no overflow
- * check: callers bound the count).  Returns the first non-digit. */
+static const uint64_t mt_pow10[9] = {
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000,
+};
+
+/* Skip the run of digits at p, folding them into *acc (no overflow check:
+ * callers bound the count).  Returns the first non-digit.  Reads eight bytes
+ * at a time while eight remain: the first non-digit byte of a chunk is found
+ * with a mask, and the digits before it are converted in one step. */
 static inline const char *mt_scan_digits(const char *p, const char *end, uint64_t *acc) {
-    uint64_t a = *acc, chunk;
+    uint64_t a = *acc, chunk, x, nondigit, left;
+    int k;
     while (end - p >= 8) {
         memcpy(&chunk, p, 8);
-        if (!mt_all_digits(chunk)) break;
-        a = a * UINT64_C(100000000) + mt_eight_digits(chunk);
-        p += 8;
+        /* digits become 0x00..0x09; any other byte gets a bit in its high nibble
+         * (a carry out of x + 6 only reaches later bytes, past the first stop) */
+        x = chunk ^ UINT64_C(0x3030303030303030);
+        nondigit = (x | (x + UINT64_C(0x0606060606060606))) & UINT64_C(0xF0F0F0F0F0F0F0F0);
+        if (nondigit == 0) {
+            a = a * UINT64_C(100000000) + mt_eight_digits(chunk);
+            p += 8;
+            continue;
+        }
+        k = __builtin_ctzll(nondigit) >> 3; /* digits before the first non-digit */
+        if (k) {
+            /* move the k digits to the top and pad the bottom with '0's */
+            left = (chunk << (8 * (8 - k))) | (UINT64_C(0x3030303030303030) >> (8 * k));
+            a = a * mt_pow10[k] + mt_eight_digits(left);
+            p += k;
+        }
+        *acc = a;
+        return p;
     }
     while (p < end && (unsigned)(*p - '0') < 10u) {
         a = a * 10 + (uint64_t)(*p - '0');
@@ -102,7 +124,7 @@ static inline int mt_parse_fixed(const char *s, size_t n, int64_t *m, int *e) {
     int neg = 0;
     if (p < end && *p == '-') { neg = 1; ++p; }
     int_start = p;
-    p = mt_scan_digits(p, end, &acc);  /* may wrap past 18 digits: rechecked below */
+    p = mt_scan_digits(p, end, &acc); /* may wrap past 18 digits: rechecked below */
     int_end = p;
     if (int_end == int_start) return 0;
     frac_start = frac_end = p;

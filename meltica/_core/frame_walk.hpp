@@ -20,9 +20,17 @@ inline int parse_levels(od::value v, std::vector<Level> &out, int &err_key, int 
         Level L;
         int n = 0;
         for (auto x_r : lvl) {
-            std::string_view s;
-            auto err = std::move(x_r).get_string().get(s);
-            if (err) { err_key = code; return err == simdjson::INCORRECT_TYPE ? ST_TYPE : ST_JSON; }
+            od::value x;
+            if (std::move(x_r).get(x)) return ST_JSON;
+            // raw token, as in walk_object: decimals never need unescaping (an
+            // escape makes them fail as numbers)
+            std::string_view tok = x.raw_json_token();
+            if (tok.empty()) return ST_JSON;
+            if (tok[0] != '"') { err_key = code; return ST_TYPE; }
+            const char *q = tok.data() + tok.size() - 1;
+            while (q > tok.data() && *q != '"') --q;
+            if (q == tok.data()) return ST_JSON;
+            std::string_view s(tok.data() + 1, size_t(q - tok.data() - 1));
             int64_t m;
             int e;
             if (n >= 2 || !mt_parse_fixed(s.data(), s.size(), &m, &e)) {
