@@ -73,6 +73,9 @@ async def _serve_fake_exchange(args: argparse.Namespace) -> int:
     from meltica.replay.source import CaptureSource, MarketSource
 
     source: MarketSource
+    if args.capture and args.synthetic:
+        print("error: give a CAPTURE or --synthetic, not both", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.capture:
         source = CaptureSource(args.capture, market=args.market)
     else:
@@ -202,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local Binance (WebSocket + REST on loopback) replaying CAPTURE, "
         "or a synthetic market when no capture is given.",
     )
-    p.add_argument("capture", nargs="?", help="capture file to replay (default: synthetic)")
+    p.add_argument("capture", nargs="?", help="capture file to replay")
+    p.add_argument(
+        "--synthetic", action="store_true", help="serve a synthetic market (the default)"
+    )
     p.add_argument("--market", choices=("spot", "usdm", "coinm"), help="capture market override")
     p.add_argument("--markets", default="spot,usdm", help="synthetic markets (default spot,usdm)")
     p.add_argument("--symbols", type=int, default=4, help="synthetic symbols per market")

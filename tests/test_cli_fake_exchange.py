@@ -94,3 +94,35 @@ def test_missing_capture_exits_2(tmp_path: Path) -> None:
     result = run_cli([str(tmp_path / "nope.gz")], tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error:")
+
+
+def test_capture_and_synthetic_together_is_an_error(tmp_path: Path) -> None:
+    result = run_cli(["some.gz", "--synthetic"], tmp_path)
+    assert result.returncode == 2
+    assert "not both" in result.stderr
+
+
+def test_synthetic_market_is_served(tmp_path: Path) -> None:
+    proc, urls = start(
+        ["--synthetic", "--symbols", "2", "--speed", "5", "--duration", "3"], tmp_path
+    )
+    assert set(urls) == {"ws spot", "ws usdm", "rest"}
+
+    async def client() -> int:
+        listener = Count()
+        transport, _ = await ws_connect(
+            lambda: listener, f"{urls['ws spot']}/stream?streams=btcusdt@trade/btcusdt@depth@100ms"
+        )
+        await asyncio.wait_for(listener.closed, 60)  # the server stops after --duration
+        transport.disconnect()
+        return listener.frames
+
+    try:
+        frames = uvloop.run(client())
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert frames > 0
