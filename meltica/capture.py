@@ -39,7 +39,9 @@ __all__ = [
     "CaptureWriter",
     "capture_info",
     "detect_format",
+    "raw_stream",
     "read_capture",
+    "rest_depth_symbol",
 ]
 
 StrPath = str | os.PathLike[str]
@@ -198,6 +200,28 @@ def read_capture(path: StrPath, fmt: str = "auto") -> Iterator[CaptureRecord]:
     """
     p, fmt = _resolve(path, fmt)
     return _READERS[fmt](p)
+
+
+def raw_stream(url: str | None) -> str | None:
+    """The stream of a raw ``/ws/<stream>`` connection URL (a conn record's), else None."""
+    if not url:
+        return None
+    path = urllib.parse.urlsplit(url).path
+    if "/ws/" not in path:
+        return None
+    tail = path.split("/ws/", 1)[1]
+    return tail if tail and "/" not in tail else None
+
+
+def rest_depth_symbol(url: str | None) -> str | None:
+    """The symbol of a REST depth request URL (a rest record's), or None for other endpoints."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if not parts.path.endswith("/depth"):
+        return None
+    symbols = urllib.parse.parse_qs(parts.query).get("symbol")
+    return symbols[0].upper() if symbols else None
 
 
 class CaptureWriter:

@@ -8,7 +8,6 @@ frames are counted by reason and skipped, never fatal.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,13 @@ from typing import BinaryIO
 from meltica import log
 from meltica._core.events import Event
 from meltica._core.parser import FrameParser
-from meltica.capture import CaptureRecord, capture_info, read_capture
+from meltica.capture import (
+    CaptureRecord,
+    capture_info,
+    raw_stream,
+    read_capture,
+    rest_depth_symbol,
+)
 from meltica.errors import CaptureError, ParseError
 from meltica.wire import encode
 
@@ -65,28 +70,6 @@ class NormalizeSummary:
         ]
 
 
-def _raw_stream(url: str | None) -> str | None:
-    """The stream of a raw ``/ws/<stream>`` connection URL, else None."""
-    if not url:
-        return None
-    path = urllib.parse.urlsplit(url).path
-    if "/ws/" not in path:
-        return None
-    tail = path.split("/ws/", 1)[1]
-    return tail if tail and "/" not in tail else None
-
-
-def _rest_depth_symbol(url: str | None) -> str | None:
-    """Symbol of a REST depth request URL, or None for other endpoints."""
-    if not url:
-        return None
-    parts = urllib.parse.urlsplit(url)
-    if not parts.path.endswith("/depth"):
-        return None
-    symbols = urllib.parse.parse_qs(parts.query).get("symbol")
-    return symbols[0].upper() if symbols else None
-
-
 def iter_events(
     path: str | Path,
     fmt: str = "auto",
@@ -113,7 +96,7 @@ def iter_events(
     def parser_for(conn: str, url: str | None = None) -> FrameParser:
         p = parsers.get(conn)
         if p is None:
-            p = FrameParser(venue=venue, market=market, stream=_raw_stream(url))
+            p = FrameParser(venue=venue, market=market, stream=raw_stream(url))
             parsers[conn] = p
         return p
 
@@ -123,12 +106,12 @@ def iter_events(
             s.conn_records += 1
             # a (re)connect starts a fresh parser: raw streams come from the URL
             parsers[record.conn] = FrameParser(
-                venue=venue, market=market, stream=_raw_stream(record.url)
+                venue=venue, market=market, stream=raw_stream(record.url)
             )
             continue
         if record.kind == "rest":
             s.rest_bodies += 1
-            symbol = _rest_depth_symbol(record.url)
+            symbol = rest_depth_symbol(record.url)
             if symbol is None:
                 s.skipped_rest += 1
                 continue

@@ -9,12 +9,12 @@ client syncs exactly as it did live) or a synthetic market
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meltica.capture import capture_info, raw_stream, read_capture, rest_depth_symbol
 from meltica.errors import CaptureError
 
 __all__ = ["CaptureSource", "MarketSource", "StreamFrame", "combined_frame", "split_envelope"]
@@ -104,8 +104,6 @@ class CaptureSource:
         *,
         market: str | None = None,
     ) -> None:
-        from meltica.capture import capture_info
-
         # a session split across files (hftbacktest splits at 00:00 UTC) is one source
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         if not paths:
@@ -183,13 +181,11 @@ class CaptureSource:
     # -- reading
 
     def _scan(self, collect: bool = True) -> Iterator[StreamFrame]:
-        from meltica.capture import read_capture
-
         raw_streams: dict[str, str | None] = {}
         records = (rec for p in self.paths for rec in read_capture(p, self.format))
         for rec in records:
             if rec.kind == "conn":
-                raw_streams[rec.conn] = _raw_stream_of(rec.url)
+                raw_streams[rec.conn] = raw_stream(rec.url)
             elif rec.kind == "rest":
                 if collect:
                     self._collect_snapshot(rec.ts_recv, rec.url, rec.payload)
@@ -217,10 +213,9 @@ class CaptureSource:
         return None
 
     def _collect_snapshot(self, ts: int, url: str | None, body: bytes) -> None:
-        match = _URL_SYMBOL.search(url or "")
-        if match is None or "depth" not in (url or ""):
-            return
-        self._snapshots.setdefault(match.group(1).upper(), []).append(_Snapshot(ts, body))
+        symbol = rest_depth_symbol(url)
+        if symbol is not None:
+            self._snapshots.setdefault(symbol, []).append(_Snapshot(ts, body))
 
     def _collect_decimals(self, frame: StreamFrame) -> None:
         if not frame.stream.endswith(("@trade", "@aggTrade")):
@@ -233,16 +228,6 @@ class CaptureSource:
             self._decimals[sym] = (_decimals(obj["p"]), _decimals(obj["q"]))
         except (ValueError, KeyError, TypeError):
             pass
-
-
-_URL_SYMBOL = re.compile(r"[?&]symbol=([^&]+)")
-
-
-def _raw_stream_of(url: str | None) -> str | None:
-    if not url or "/ws/" not in url:
-        return None
-    tail = url.split("/ws/", 1)[1].split("?", 1)[0]
-    return tail if tail and "/" not in tail else None
 
 
 def _decimals(text: str) -> int:
