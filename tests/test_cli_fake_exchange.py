@@ -45,18 +45,12 @@ def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], dict[str, 
     return proc, urls
 
 
-def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None:
-    capture = captures_dir / "hftbacktest/examples/spot/btcusdt_20240808.gz"
-    proc, urls = start(
-        [str(capture), "--speed", "max", "--exit-when-done", "--duration", "120"], tmp_path
-    )
-    streams = "btcusdt@depth@100ms/btcusdt@trade/btcusdt@bookTicker"
+def frames_until_closed(proc: subprocess.Popen[str], url: str) -> tuple[int, str]:
+    """Count text frames on ``url`` until the server closes; then the process's stderr."""
 
     async def client() -> int:
         listener = Count()
-        transport, _ = await ws_connect(
-            lambda: listener, f"{urls['ws spot']}/stream?streams={streams}"
-        )
+        transport, _ = await ws_connect(lambda: listener, url)
         await asyncio.wait_for(listener.closed, 120)
         transport.disconnect()
         return listener.frames
@@ -68,6 +62,16 @@ def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    return frames, stderr
+
+
+def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None:
+    capture = captures_dir / "hftbacktest/examples/spot/btcusdt_20240808.gz"
+    proc, urls = start(
+        [str(capture), "--speed", "max", "--exit-when-done", "--duration", "120"], tmp_path
+    )
+    streams = "btcusdt@depth@100ms/btcusdt@trade/btcusdt@bookTicker"
+    frames, stderr = frames_until_closed(proc, f"{urls['ws spot']}/stream?streams={streams}")
     assert proc.returncode == 0, stderr
     assert frames == 41_248  # every ws frame of the capture (PROVENANCE: 41,249 lines, 1 REST)
     assert "frames read: 41248" in stderr
@@ -107,22 +111,7 @@ def test_synthetic_market_is_served(tmp_path: Path) -> None:
         ["--synthetic", "--symbols", "2", "--speed", "5", "--duration", "3"], tmp_path
     )
     assert set(urls) == {"ws spot", "ws usdm", "rest"}
-
-    async def client() -> int:
-        listener = Count()
-        transport, _ = await ws_connect(
-            lambda: listener, f"{urls['ws spot']}/stream?streams=btcusdt@trade/btcusdt@depth@100ms"
-        )
-        await asyncio.wait_for(listener.closed, 60)  # the server stops after --duration
-        transport.disconnect()
-        return listener.frames
-
-    try:
-        frames = uvloop.run(client())
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    url = f"{urls['ws spot']}/stream?streams=btcusdt@trade/btcusdt@depth@100ms"
+    frames, stderr = frames_until_closed(proc, url)  # the server stops after --duration
     assert proc.returncode == 0, stderr
     assert frames > 0
