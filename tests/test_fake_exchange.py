@@ -312,3 +312,34 @@ def test_synthetic_market_syncs_over_sockets(market: str, symbols: int) -> None:
         assert book.gaps == 0, f"{sym}: {book.gaps} gaps"
         assert book.applied > 0
         assert max(map(float, book.bids)) < min(map(float, book.asks)), f"{sym} crossed"
+
+
+def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() -> None:
+    from meltica.replay.source import StreamFrame
+    from meltica.replay.ws import WsServer
+
+    payload = b'{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1.0","q":"1.0","T":1,"m":true}' * 8
+    frame = StreamFrame(0, "spot", "btcusdt@trade", payload)
+    high, cap = 64 * 1024, 256 * 1024
+
+    async def scenario() -> tuple[int, int, bool]:
+        server = WsServer("spot", high_water=high, max_buffer=cap)
+        await server.start()
+        try:
+            listener = Collector(expected=1 << 30)
+            transport = await connect(f"{server.url}/ws/btcusdt@trade", listener)
+            transport.underlying_transport.pause_reading()  # a consumer that stops reading
+            peak = 0
+            for _ in range(400):  # paced publishing never waits on drain()
+                server.publish_many([frame] * 64)
+                peak = max([peak, *server.write_buffer_sizes()])
+                await asyncio.sleep(0)
+            transport.underlying_transport.resume_reading()  # now it can see the drop
+            await asyncio.wait_for(listener.done, 5)
+            return server.counters.slow_consumers, peak, transport.is_disconnected
+        finally:
+            await server.stop()
+
+    dropped, peak, gone = run(scenario)
+    assert dropped == 1 and gone
+    assert peak <= cap + 64 * (len(payload) + 10)  # at most one batch beyond the cap

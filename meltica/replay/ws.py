@@ -122,6 +122,7 @@ class WsCounters:
     limit_violations: int = 0  # connections closed for exceeding the message rate
     pong_timeouts: int = 0
     faults_fired: int = 0
+    slow_consumers: int = 0  # connections closed because their write buffer passed max_buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +296,7 @@ class _Connection(WSListener):
         self.transport.underlying_transport.write(b"".join(parts))
         self.frames += len(messages)
         self.server.counters.frames_sent += len(messages)
+        self._check_buffer()
 
     def deliver(self, frame: StreamFrame, data: bytes) -> bool:
         """Write one stream frame (already shaped for this connection); True if written."""
@@ -364,6 +366,18 @@ class _Connection(WSListener):
     def _send(self, message: bytes) -> None:
         assert self.transport is not None
         self.transport.send(WSMsgType.TEXT, message)
+        self._check_buffer()
+
+    def _check_buffer(self) -> None:
+        """Close a slow consumer whose queued bytes passed the server's max_buffer."""
+        assert self.transport is not None
+        if self.transport.underlying_transport.get_write_buffer_size() > self.server.max_buffer:
+            # like Binance, drop it at once: a close frame would queue behind the backlog
+            self.server.counters.slow_consumers += 1
+            log.info("connection %d: slow consumer, disconnecting", self.index)
+            self.closing = True
+            self._cancel_timers()
+            self.transport.disconnect(False)
 
     def _send_control(self, obj: object) -> None:
         """A reply or event; a stalled connection sends nothing at all."""
@@ -683,6 +697,7 @@ class WsServer:
         pong_timeout_s: float | None = None,
         lifetime_s: float = 86400.0,
         high_water: int = 1 << 20,
+        max_buffer: int | None = None,
         known_streams: set[str] | None = None,
         on_subscribe: Callable[[str, set[str]], None] | None = None,
         legacy_all_classes: bool = False,
@@ -703,6 +718,11 @@ class WsServer:
         )
         self.lifetime_s = lifetime_s
         self.high_water = high_water
+        # A client that stops reading while frames are paced (nothing waits on drain()
+        # then) is closed once this much is queued for it: memory stays bounded.
+        self.max_buffer = max_buffer if max_buffer is not None else 64 * high_water
+        if self.max_buffer < high_water:
+            raise ValueError("max_buffer must be at least high_water")
         self.known_streams = known_streams
         self.on_subscribe = on_subscribe
         self.legacy_all_classes = legacy_all_classes
