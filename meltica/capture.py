@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from meltica._core.events import MARKETS, VENUES
 from meltica.errors import CaptureError
 
 __all__ = [
@@ -48,8 +49,6 @@ StrPath = str | os.PathLike[str]
 
 FORMATS: Final = ("meltica", "hftbacktest", "cryptofeed")
 KINDS: Final = ("ws", "rest", "conn")
-VENUES: Final = ("binance", "binance_us")
-MARKETS: Final = ("spot", "usdm", "coinm")
 MELTICA_VERSION: Final = 1
 
 _GZIP_MAGIC = b"\x1f\x8b"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from meltica import __version__, log
+from meltica._core.events import MARKETS, VENUES
 from meltica.errors import CaptureError, ConfigError
 
 EXIT_OK = 0
@@ -194,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "meltica", "hftbacktest", "cryptofeed"),
         help="capture format (default: detect)",
     )
-    p.add_argument("--market", choices=("spot", "usdm", "coinm"), help="override the market")
-    p.add_argument("--venue", choices=("binance", "binance_us"), help="override the venue")
+    p.add_argument("--market", choices=MARKETS, help="override the market")
+    p.add_argument("--venue", choices=VENUES, help="override the venue")
     p.add_argument("--strict", action="store_true", help="exit 1 when any frame was rejected")
     p.set_defaults(func=_cmd_normalize)
 
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--synthetic", action="store_true", help="serve a synthetic market (the default)"
     )
-    p.add_argument("--market", choices=("spot", "usdm", "coinm"), help="capture market override")
+    p.add_argument("--market", choices=MARKETS, help="capture market override")
     p.add_argument("--markets", default="spot,usdm", help="synthetic markets (default spot,usdm)")
     p.add_argument("--symbols", type=int, default=4, help="synthetic symbols per market")
     p.add_argument("--seed", type=int, default=1, help="synthetic market seed")

@@ -93,21 +93,21 @@ def iter_events(
     parsers: dict[str, FrameParser] = {}
     out: list[object] = []
 
-    def parser_for(conn: str, url: str | None = None) -> FrameParser:
+    def new_parser(url: str | None) -> FrameParser:
+        # raw /ws/<stream> connections name their stream only in the URL
+        return FrameParser(venue=venue, market=market, stream=raw_stream(url))
+
+    def parser_for(conn: str) -> FrameParser:
         p = parsers.get(conn)
         if p is None:
-            p = FrameParser(venue=venue, market=market, stream=raw_stream(url))
-            parsers[conn] = p
+            p = parsers[conn] = new_parser(None)
         return p
 
     record: CaptureRecord
     for record in read_capture(path, info.format):
         if record.kind == "conn":
             s.conn_records += 1
-            # a (re)connect starts a fresh parser: raw streams come from the URL
-            parsers[record.conn] = FrameParser(
-                venue=venue, market=market, stream=raw_stream(record.url)
-            )
+            parsers[record.conn] = new_parser(record.url)  # a (re)connect starts afresh
             continue
         if record.kind == "rest":
             s.rest_bodies += 1

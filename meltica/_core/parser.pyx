@@ -33,6 +33,7 @@ from meltica._core.events cimport Trade as TradeEvent
 import json
 import re
 
+from meltica._core.events import MARKETS, VENUES
 from meltica.errors import (
     FieldTypeError, FrameTooLarge, MalformedFrame, MissingField, NumberError,
     ParseError,
@@ -275,9 +276,9 @@ cdef class FrameParser:
 
     def __init__(self, str venue="binance", str market="spot", stream=None,
                  str time_unit="ms", size_t max_frame_bytes=1 << 20):
-        if venue not in ("binance", "binance_us"):
+        if venue not in VENUES:
             raise ValueError(f"unknown venue {venue!r}")
-        if market not in ("spot", "usdm", "coinm"):
+        if market not in MARKETS:
             raise ValueError(f"unknown market {market!r}")
         if time_unit not in ("ms", "us"):
             raise ValueError(f"time_unit must be 'ms' or 'us', not {time_unit!r}")

@@ -50,6 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meltica._core.events import MARKETS
 from meltica.replay.faults import Fault, FaultPlan
 from meltica.replay.source import MarketSource
 
@@ -63,7 +64,6 @@ __all__ = [
 
 log = logging.getLogger("meltica.replay.rest")
 
-MARKETS = ("spot", "usdm", "coinm")
 DEFAULT_WEIGHT_LIMITS: Mapping[str, int] = {"spot": 6000, "usdm": 2400, "coinm": 2400}
 WINDOW_S = 60.0
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"

@@ -35,6 +35,7 @@ from picows import (
     ws_create_server,
 )
 
+from meltica._core.events import MARKETS
 from meltica.replay.faults import Fault, FaultPlan
 from meltica.replay.source import StreamFrame, combined_frame
 
@@ -43,7 +44,6 @@ __all__ = ["WsCounters", "WsServer", "stream_class"]
 # meltica/log.py names every logger; it has no "replay" entry yet (owned by another change).
 log = logging.getLogger("meltica.replay.ws")
 
-MARKETS: Final = ("spot", "usdm", "coinm")
 _MSG_LIMIT: Final = {"spot": 5, "usdm": 10, "coinm": 10}
 _PING_INTERVAL_S: Final = {"spot": 20.0, "usdm": 180.0, "coinm": 180.0}
 _PONG_TIMEOUT_S: Final = {"spot": 60.0, "usdm": 600.0, "coinm": 600.0}
