@@ -68,10 +68,10 @@ else:
     macros += [("CYTHON_WITHOUT_ASSERTIONS", "1"), ("NDEBUG", "1")]
 
 
-def ext(name: str, *sources: str) -> Extension:
+def ext(pyx: Path, *sources: str) -> Extension:
     return Extension(
-        f"meltica._core.{name}",
-        [str(CORE / f"{name}.pyx"), *sources],
+        ".".join(pyx.with_suffix("").parts),
+        [str(pyx), *sources],
         include_dirs=[str(CORE), str(SIMDJSON)],
         language="c++",
         extra_compile_args=compile_args,
@@ -79,9 +79,13 @@ def ext(name: str, *sources: str) -> Extension:
     )
 
 
+# Every .pyx under meltica/ is an extension; only the parser compiles simdjson.
+PYX = sorted(Path("meltica").rglob("*.pyx"))
+EXTRA_SOURCES = {CORE / "parser.pyx": [str(SIMDJSON / "simdjson.cpp")]}
+
 setup(
     ext_modules=cythonize(
-        [ext("events"), ext("parser", str(SIMDJSON / "simdjson.cpp"))],
+        [ext(pyx, *EXTRA_SOURCES.get(pyx, [])) for pyx in PYX],
         compiler_directives=directives,
         annotate=DEBUG,
     ),

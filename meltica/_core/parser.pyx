@@ -765,3 +765,9 @@ cdef class FrameParser:
         if st == ST_MISSING:
             return None
         return self._check(st)
+
+
+cdef int parse_frame(object parser, const char *ptr, size_t n, int64_t ts_recv,
+                     list out) except -1:
+    """See parser.pxd: the per-frame entry point of compiled callers."""
+    return (<FrameParser?>parser).parse_ptr(ptr, n, ts_recv, out)
