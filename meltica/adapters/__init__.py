@@ -1,0 +1,1 @@
+"""Exchange adapters: connections, REST and parsing per venue."""

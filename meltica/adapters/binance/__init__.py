@@ -1,0 +1,1 @@
+"""The Binance adapter: WebSocket connections (picows), REST (aiohttp), instruments."""

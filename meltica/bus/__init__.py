@@ -1,0 +1,1 @@
+"""Buses: the Data Bus (canonical events to many consumers) and the Control Bus."""

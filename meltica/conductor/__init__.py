@@ -1,0 +1,1 @@
+"""The Conductor: order books, fused outputs, throttling and analytics hooks."""

@@ -1,0 +1,1 @@
+"""The Dispatcher: the authoritative dispatch table and the control plane."""

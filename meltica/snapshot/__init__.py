@@ -1,0 +1,1 @@
+"""SnapshotStore: latest state per key with compare-and-set and TTL."""
