@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics and health endpoints read from component counters."""

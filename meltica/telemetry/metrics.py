@@ -1,0 +1,168 @@
+"""Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` on the engine's event loop.
+
+Nothing here is on the hot path: components keep plain counters (C integers in
+``_core``, ints in Python) and a scrape reads them through one callable that
+yields `Sample`s.  Latency histograms are `Histogram` objects fed once per
+batch.  The server is aiohttp, bound to loopback unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+PREFIX = "meltica_"
+
+# Latency buckets in seconds: 10 µs .. 10 s, roughly 1-2.5-5 per decade.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    *(m * 10.0**e for e in range(-5, 1) for m in (1.0, 2.5, 5.0)),
+    10.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One metric value: ``kind`` is ``counter`` or ``gauge``; ``name`` without prefix."""
+
+    name: str
+    kind: str
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Histogram:
+    """A cumulative histogram of seconds with fixed buckets (fed per batch, not per event)."""
+
+    name: str
+    help: str
+    labels: tuple[tuple[str, str], ...] = ()
+    buckets: Sequence[float] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, seconds: float, count: int = 1) -> None:
+        """Record `count` observations of `seconds`."""
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += count
+        self.total += seconds * count
+        self.n += count
+
+
+def _families(samples: Iterable[Sample], histograms: Iterable[Histogram]) -> Iterator[Metric]:
+    grouped: dict[str, tuple[str, str, list[Sample]]] = {}
+    for s in samples:
+        grouped.setdefault(s.name, (s.kind, s.help, []))[2].append(s)
+    for name, (kind, help_text, group) in grouped.items():
+        label_names = [k for k, _ in group[0].labels]
+        fam: CounterMetricFamily | GaugeMetricFamily
+        if kind == "counter":
+            fam = CounterMetricFamily(PREFIX + name, help_text, labels=label_names)
+        else:
+            fam = GaugeMetricFamily(PREFIX + name, help_text, labels=label_names)
+        for s in group:
+            fam.add_metric([v for _, v in s.labels], s.value)
+        yield fam
+    by_name: dict[str, list[Histogram]] = {}
+    for h in histograms:
+        by_name.setdefault(h.name, []).append(h)
+    for name, hs in by_name.items():
+        hfam = HistogramMetricFamily(PREFIX + name, hs[0].help, labels=[k for k, _ in hs[0].labels])
+        for h in hs:
+            cumulative, acc = [], 0
+            for bound, c in zip([*h.buckets, math.inf], h.counts, strict=True):
+                acc += c
+                cumulative.append(("+Inf" if bound == math.inf else repr(bound), acc))
+            hfam.add_metric([v for _, v in h.labels], cumulative, sum_value=h.total)
+        yield hfam
+
+
+class StatsCollector(Collector):
+    """A prometheus-client collector reading `Sample`s and `Histogram`s at scrape time."""
+
+    def __init__(
+        self,
+        samples: Callable[[], Iterable[Sample]],
+        histograms: Callable[[], Iterable[Histogram]] = lambda: (),
+    ) -> None:
+        self._samples = samples
+        self._histograms = histograms
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _families(self._samples(), self._histograms())
+
+
+class MetricsServer:
+    """Serves ``/metrics`` (Prometheus text), ``/healthz`` (the loop answers) and
+    ``/readyz`` (200 once `ready()` is true, else 503)."""
+
+    def __init__(
+        self,
+        collector: StatsCollector,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.host = host
+        self.port = port
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        if server is not None and self.port == 0:
+            sockets = getattr(server, "sockets", None) or ()
+            for sock in sockets:
+                self.port = sock.getsockname()[1]
+                break
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
