@@ -24,4 +24,4 @@ bench: install
 	$(BIN)/python bench/bench_parse.py
 
 clean:
-	rm -rf build dist *.egg-info meltica/_core/*.cpp meltica/_core/*.so meltica/_core/*.html
+	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info
