@@ -1,0 +1,198 @@
+# cython: language_level=3
+# distutils: language = c++
+"""The per-frame hot path: a picows listener that parses in C.
+
+picows calls ``on_ws_frame`` through its C vtable, so a TEXT frame costs no
+Python-level call: the receive time is read with ``clock_gettime``, the payload
+is parsed in place by ``meltica._core.parser.parse_frame`` into the current
+batch, and one flush per batch is scheduled with ``loop.call_soon``.  The flush
+calls ``sink(batch)`` (Python, once per batch).  Rare frames go to the owning
+connection object (Python): ``Reply`` objects (acks, error frames,
+``serverShutdown``), parse errors, pings, pongs, CLOSE and the disconnect.
+
+The owner must provide ``on_reply(reply)``, ``on_parse_error(exc)``,
+``on_ping(payload)``, ``on_close_frame(code, reason)`` and
+``on_disconnected()``; see ``meltica/adapters/binance/ws_conn.py``.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
+
+from meltica._core.events cimport Event
+from meltica._core.parser cimport parse_frame
+
+from meltica._core.parser import Reply
+from meltica.errors import ParseError
+
+# Python globals rebound once: the type checks below are pointer compares.
+cdef object _Reply = Reply
+cdef object _ParseError = ParseError
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+@cython.final
+cdef class FrameListener(WSListener):
+    """picows listener of one Binance connection (see the module docstring).
+
+    parser: a ``meltica._core.parser.FrameParser`` for this connection;
+    owner: the connection object receiving the rare frames; sink: callable
+    taking each batch (a list of events; may be swapped at any time, e.g.
+    during a rotation overlap).  Set ``track_symbols`` to a dict to collect,
+    per event kind id, the set of symbols seen since the sets were last cleared
+    (per-stream silence watch): a list indexed by kind id, holding a set for
+    each kind to watch and None for the others.
+    """
+    # wiring
+    cdef readonly object parser
+    cdef readonly object owner
+    cdef public object sink
+    cdef public list track_symbols
+    cdef readonly WSTransport transport
+    cdef object _loop
+    cdef object _flush_cb
+    # the batch being collected; a flush is scheduled iff _scheduled
+    cdef list _batch
+    cdef bint _scheduled
+    # counters (plain C, read by the Python layer at scrape time)
+    cdef readonly uint64_t frames          # every frame received (any opcode)
+    cdef readonly uint64_t bytes           # payload bytes of those frames
+    cdef readonly uint64_t data_frames     # TEXT/BINARY frames handed to the parser
+    cdef readonly uint64_t events          # events appended to batches
+    cdef readonly uint64_t replies         # Reply objects handed to the owner
+    cdef readonly uint64_t parse_errors    # frames rejected by the parser (skipped)
+    cdef readonly uint64_t pings           # PING frames received
+    cdef readonly uint64_t pongs           # PONG frames received
+    cdef readonly uint64_t batches         # flushes that called the sink
+    cdef readonly int64_t last_recv_ns     # CLOCK_REALTIME of the last frame, ns
+
+    def __init__(self, parser, owner, sink, loop):
+        self.parser = parser
+        self.owner = owner
+        self.sink = sink
+        self.track_symbols = None
+        self.transport = None
+        self._loop = loop
+        self._flush_cb = self._flush
+        self._batch = []
+        self._scheduled = False
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.transport = transport
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef int64_t ts = _now_ns()
+        cdef WSMsgType msg_type = frame.msg_type
+        self.frames += 1
+        self.bytes += <uint64_t>frame.payload_size
+        self.last_recv_ns = ts
+        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
+            self._on_data(frame, ts)
+        elif msg_type == WSMsgType.PING:
+            self.pings += 1
+            self.owner.on_ping(frame.get_payload_as_bytes())
+        elif msg_type == WSMsgType.PONG:
+            self.pongs += 1
+        elif msg_type == WSMsgType.CLOSE:
+            self.owner.on_close_frame(int(frame.get_close_code()), frame.get_close_reason())
+        # CONTINUATION: Binance does not fragment; counted above and ignored.
+
+    cdef inline void _on_data(self, WSFrame frame, int64_t ts) noexcept:
+        cdef list batch = self._batch
+        cdef Py_ssize_t n0 = len(batch)
+        cdef Py_ssize_t n
+        cdef object item
+        cdef list appended
+        self.data_frames += 1
+        try:
+            parse_frame(self.parser, frame.payload_ptr, <size_t>frame.payload_size, ts, batch)
+        except BaseException as exc:  # noqa: B036 -- a noexcept callback must not leak
+            self._on_error(exc)
+            return
+        n = len(batch)
+        if n == n0:
+            return
+        # A reply frame yields Reply objects only: checking the first item is enough.
+        if type(batch[n0]) is _Reply:
+            appended = batch[n0:]
+            del batch[n0:]
+            for item in appended:
+                if type(item) is _Reply:
+                    self.replies += 1
+                    self._call_owner_reply(item)
+                else:
+                    batch.append(item)
+            if len(batch) == n0:
+                return
+        self.events += <uint64_t>(len(batch) - n0)
+        if self.track_symbols is not None:
+            self._track(batch, n0)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_cb)
+
+    cdef void _call_owner_reply(self, object reply) noexcept:
+        try:
+            self.owner.on_reply(reply)
+        except BaseException as exc:  # noqa: B036
+            self._loop.call_exception_handler(
+                {"message": "FrameListener owner.on_reply failed", "exception": exc})
+
+    cdef void _on_error(self, object exc) noexcept:
+        if isinstance(exc, _ParseError):
+            self.parse_errors += 1
+        try:
+            self.owner.on_parse_error(exc)
+        except BaseException as exc2:  # noqa: B036
+            self._loop.call_exception_handler(
+                {"message": "FrameListener owner.on_parse_error failed", "exception": exc2})
+
+    cdef void _track(self, list batch, Py_ssize_t n0) noexcept:
+        """Record (kind id, symbol) of the new events: one set add per event."""
+        cdef Py_ssize_t i
+        cdef Event ev
+        cdef object seen
+        cdef list track = self.track_symbols
+        cdef Py_ssize_t nk = len(track)
+        try:
+            for i in range(n0, len(batch)):
+                ev = <Event>batch[i]
+                if 0 <= ev.kind_id < nk:
+                    seen = track[ev.kind_id]
+                    if seen is not None:
+                        (<set>seen).add(ev.symbol)
+        except BaseException as exc:  # noqa: B036
+            self._loop.call_exception_handler(
+                {"message": "FrameListener symbol tracking failed", "exception": exc})
+
+    def _flush(self):
+        """Hand the collected batch to the sink (scheduled once per batch)."""
+        cdef list batch = self._batch
+        self._batch = []
+        self._scheduled = False
+        if batch:
+            self.batches += 1
+            self.sink(batch)
+
+    def flush_now(self):
+        """Deliver what is collected at once (before swapping the sink)."""
+        self._flush()
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        # events already parsed still go out, in order, before the owner hears of the drop
+        self._flush()
+        self.owner.on_disconnected()
+
+    def pause_reading(self):
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.underlying_transport.pause_reading()
+
+    def resume_reading(self):
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.underlying_transport.resume_reading()
