@@ -339,6 +339,10 @@ class BinanceConfig(_Section):
     reconnect_max_s: float = _f(30.0, _between(0.01, 600))
     # Binance cuts every connection at 24 h; rotating earlier makes it ours to time.
     rotate_after_s: float = _f(82800.0, _between(60, 86399))
+    # How long a SUBSCRIBE/UNSUBSCRIBE waits for its ack before it is resent.
+    ack_timeout_s: float = _f(5.0, _between(0.05, 120))
+    # Longest make-before-break overlap of a rotation before the old connection closes.
+    overlap_max_s: float = _f(5.0, _between(0.1, 600))
 
     def _check_together(self) -> None:
         if self.reconnect_initial_s > self.reconnect_max_s:
@@ -384,6 +388,7 @@ class SnapshotConfig(_Section):
     ttl_s: float = _f(60.0, _positive)
     redis_url: str = _f("redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"))
     key_prefix: str = _f("meltica", _non_empty)
+    max_entries: int = _f(100_000, _between(1, 100_000_000))
 
 
 @dataclass(frozen=True, slots=True)
