@@ -1,0 +1,721 @@
+"""Binance REST: depth snapshots and exchangeInfo through a weight-aware scheduler.
+
+The Conductor fetches book snapshots here and the ``InstrumentRegistry`` its exchangeInfo
+(docs/pipeline.md).  Every request passes one scheduler per market that knows the request's
+weight (BINANCE.md §6), keeps the weight used in the current minute window below a budget
+(limit × fraction) by holding requests until the next window, tracks the exchange's own count
+from ``X-MBX-USED-WEIGHT-1M``, backs a market off on 429 ``Retry-After`` and stops every
+market on a 418 ban (bans are per IP).  5xx, 408, timeouts and dropped connections are
+retried with jittered exponential backoff until a per-request deadline.  Urgent requests
+(books out of sync) are granted before normal ones.  Each market's outstanding requests are
+bounded; past the bound a request fails at once with ``RestQueueFull``.
+
+Time: ``clock`` (seconds; wall time by default, since Binance's windows are clock minutes)
+drives windows, back-offs and deadlines and ``sleep`` waits on it; tests inject both.  The
+per-request ``request_timeout_s`` is real time (aiohttp's timer).  TLS verification is always
+on; plain ``http`` is accepted for loopback hosts only (the local fake exchange).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from meltica._core.events import BookDepth
+from meltica._core.parser import FrameParser
+from meltica.errors import ConfigError, MelticaError, ParseError
+from meltica.telemetry.metrics import Sample
+
+if TYPE_CHECKING:
+    from meltica.config import BinanceConfig
+
+__all__ = [
+    "EXCHANGE_INFO_WEIGHT",
+    "SPOT_DEPTH_LIMITS",
+    "USDM_DEPTH_LIMITS",
+    "BinanceRest",
+    "RestBanned",
+    "RestClosed",
+    "RestDeadlineError",
+    "RestError",
+    "RestMarket",
+    "RestQueueFull",
+    "RestRateLimited",
+    "RestRequestError",
+    "RestStatusError",
+    "depth_limit",
+    "depth_weight",
+]
+
+log = logging.getLogger("meltica.rest")
+
+WINDOW_S = 60.0
+WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+DEFAULT_BAN_S = 120.0  # Binance's first ban step, when a 418 names no Retry-After
+
+_PATHS = {
+    "spot": {"depth": "/api/v3/depth", "exchangeInfo": "/api/v3/exchangeInfo"},
+    "usdm": {"depth": "/fapi/v1/depth", "exchangeInfo": "/fapi/v1/exchangeInfo"},
+}
+EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1}
+# Spot accepts any limit 1..5000; weight steps at these bounds (BINANCE.md §6).
+SPOT_DEPTH_LIMITS: tuple[tuple[int, int], ...] = ((100, 5), (500, 25), (1000, 50), (5000, 250))
+USDM_DEPTH_LIMITS: tuple[tuple[int, int], ...] = (
+    (5, 2),
+    (10, 2),
+    (20, 2),
+    (50, 2),
+    (100, 5),
+    (500, 10),
+    (1000, 20),
+)
+_DEPTH_LIMITS = {"spot": SPOT_DEPTH_LIMITS, "usdm": USDM_DEPTH_LIMITS}
+
+
+# ---------------------------------------------------------------- errors
+
+
+class RestError(MelticaError):
+    """A Binance REST request failed."""
+
+    reason = "rest"
+
+
+class RestRequestError(RestError, ValueError):
+    """The request cannot be made as asked (unknown market, bad limit, weight over budget)."""
+
+    reason = "rest_request"
+
+
+class RestStatusError(RestError):
+    """Binance answered a status that retrying cannot fix (400 bad symbol, 403 WAF, ...)."""
+
+    reason = "rest_status"
+
+    def __init__(self, message: str, status: int, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RestDeadlineError(RestError, TimeoutError):
+    """Retries (5xx, 408, timeouts, dropped connections) did not succeed before the deadline."""
+
+    reason = "rest_deadline"
+
+
+class RestRateLimited(RestError, ConnectionError):
+    """A 429 back-off outlasts the request's retry deadline."""
+
+    reason = "rest_rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RestBanned(RestRateLimited):
+    """A 418 IP ban outlasts the request's retry deadline (every market is stopped)."""
+
+    reason = "rest_banned"
+
+
+class RestQueueFull(RestError, asyncio.QueueFull):
+    """The market already has ``max_pending`` outstanding requests."""
+
+    reason = "rest_queue_full"
+
+
+class RestClosed(RestError, RuntimeError):
+    """The client was closed."""
+
+    reason = "rest_closed"
+
+
+# ---------------------------------------------------------------- weights and limits
+
+
+def depth_limit(market: str, requested: int | None, default: int) -> int:
+    """The depth limit to ask for: the cheapest Binance accepts with at least ``requested``.
+
+    Futures accept only 5/10/20/50/100/500/1000, so ``requested`` rounds up to the next
+    one.  Spot accepts 1..5000 but charges by band (<=100, <=500, <=1000, <=5000), so it
+    rounds up to the band's top: the same weight buys the most levels.  Above the maximum
+    the maximum is used (Binance clamps spot the same way).  None means ``default``.
+    """
+    table = _DEPTH_LIMITS.get(market)
+    if table is None:
+        raise RestRequestError(f"unknown market {market!r} (one of {sorted(_DEPTH_LIMITS)})")
+    want = default if requested is None else requested
+    if isinstance(want, bool) or not isinstance(want, int) or want < 1:
+        raise RestRequestError(f"depth limit must be a positive int, got {want!r}")
+    for limit, _ in table:
+        if want <= limit:
+            return limit
+    return table[-1][0]
+
+
+def depth_weight(market: str, limit: int) -> int:
+    """Request weight of a depth snapshot of ``limit`` levels (BINANCE.md §6)."""
+    for top, weight in _DEPTH_LIMITS[market]:
+        if limit <= top:
+            return weight
+    return _DEPTH_LIMITS[market][-1][1]
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class RestMarket:
+    """One market's REST endpoint and weight budget."""
+
+    base_url: str
+    weight_limit_per_minute: int
+    budget_fraction: float = 0.5
+    depth_limit: int = 1000  # used when depth_snapshot() gets no limit
+
+    @property
+    def budget(self) -> int:
+        return max(1, math.floor(self.weight_limit_per_minute * self.budget_fraction))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(market: str, url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigError(f"binance.{market}.rest_url: no host in {url!r}")
+    if parts.scheme == "https":
+        return url.rstrip("/")
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return url.rstrip("/")
+    raise ConfigError(
+        f"binance.{market}.rest_url: {url!r} must be https (http only for loopback hosts)"
+    )
+
+
+def _check_ssl(ctx: ssl.SSLContext | None) -> ssl.SSLContext:
+    if ctx is None:
+        return ssl.create_default_context()
+    if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
+        raise ConfigError("BinanceRest: TLS certificate and host name verification cannot be off")
+    return ctx
+
+
+# ---------------------------------------------------------------- scheduler state
+
+
+@dataclass(slots=True)
+class _Market:
+    """One market's scheduler state and counters."""
+
+    name: str
+    cfg: RestMarket
+    base_url: str
+    budget: int
+    parser: FrameParser
+    heap: list[tuple[int, int, int, asyncio.Future[int]]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    window: int = -1
+    own_used: int = 0  # weight we were granted in ``window``
+    seen_used: int = 0  # highest X-MBX-USED-WEIGHT-1M of ``window``
+    in_flight: int = 0
+    in_flight_weight: int = 0  # granted, not yet answered (not in ``seen_used`` for sure)
+    outstanding: int = 0  # accepted requests not yet finished (queued, in flight, retrying)
+    backoff_until: float = 0.0  # 429 Retry-After
+    # counters
+    requests: int = 0
+    responses: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    banned: int = 0
+    server_errors: int = 0
+    timeouts: int = 0
+    connection_errors: int = 0
+    status_errors: int = 0
+    parse_errors: int = 0
+    failures: int = 0
+    rejected: int = 0
+    deferred: int = 0
+    urgent: int = 0
+    weight_used: int = 0  # total weight granted, all windows
+    last_server_weight: int = 0
+
+    def roll(self, now: float) -> None:
+        window = math.floor(now / WINDOW_S)
+        if window != self.window:
+            # Requests still in flight may be charged in the new window: count them there.
+            self.window, self.own_used, self.seen_used = window, self.in_flight_weight, 0
+
+    def estimate(self) -> int:
+        """Weight used in the current window, as far as we can tell, conservatively."""
+        return max(self.own_used, self.seen_used + self.in_flight_weight)
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _binance_error(body: bytes) -> tuple[int | None, str]:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None, body[:200].decode(errors="replace")
+    if isinstance(obj, dict):
+        code = obj.get("code")
+        return (code if isinstance(code, int) else None), str(obj.get("msg", ""))
+    return None, body[:200].decode(errors="replace")
+
+
+class BinanceRest:
+    """Binance's market-data REST endpoints behind a weight-aware scheduler.
+
+    ``markets`` maps "spot" / "usdm" to their endpoint and budget.  A request is retried
+    on 5xx/408/timeouts/dropped connections with jittered exponential backoff
+    (``backoff_initial_s`` doubling up to ``backoff_max_s``) while the next attempt can
+    start within ``retry_deadline_s`` of the first; 429/418 waits count toward the same
+    deadline.  ``max_pending`` bounds each market's outstanding requests and
+    ``max_in_flight`` its concurrent ones.  ``trace_configs`` go to aiohttp's session
+    (tracing, tests).
+    """
+
+    def __init__(
+        self,
+        markets: Mapping[str, RestMarket],
+        *,
+        request_timeout_s: float = 10.0,
+        retry_deadline_s: float = 30.0,
+        backoff_initial_s: float = 0.25,
+        backoff_max_s: float = 5.0,
+        max_pending: int = 1024,
+        max_in_flight: int = 4,
+        window_margin_s: float = 0.5,
+        max_body_bytes: int = 16 << 20,
+        ssl_context: ssl.SSLContext | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not markets:
+            raise ConfigError("BinanceRest: no markets")
+        if request_timeout_s <= 0 or retry_deadline_s < 0:
+            raise ConfigError("BinanceRest: request_timeout_s > 0 and retry_deadline_s >= 0")
+        if not 0 < backoff_initial_s <= backoff_max_s:
+            raise ConfigError("BinanceRest: 0 < backoff_initial_s <= backoff_max_s")
+        if max_pending < 1 or max_in_flight < 1 or window_margin_s < 0:
+            raise ConfigError("BinanceRest: max_pending >= 1, max_in_flight >= 1, margin >= 0")
+        self._markets: dict[str, _Market] = {}
+        for name, cfg in markets.items():
+            if name not in _PATHS:
+                raise ConfigError(f"BinanceRest: unknown market {name!r} (one of {list(_PATHS)})")
+            if cfg.weight_limit_per_minute < 1 or not 0 < cfg.budget_fraction <= 1:
+                raise ConfigError(f"binance.{name}: weight limit >= 1 and 0 < fraction <= 1")
+            self._markets[name] = _Market(
+                name=name,
+                cfg=cfg,
+                base_url=_check_url(name, cfg.base_url),
+                budget=cfg.budget,
+                parser=FrameParser(venue="binance", market=name, max_frame_bytes=max_body_bytes),
+            )
+            depth_limit(name, cfg.depth_limit, cfg.depth_limit)  # validates it
+        self.request_timeout_s = request_timeout_s
+        self.retry_deadline_s = retry_deadline_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.max_pending = max_pending
+        self.max_in_flight = max_in_flight
+        self.window_margin_s = window_margin_s
+        self._ssl = _check_ssl(ssl_context)
+        self._trace_configs = list(trace_configs)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._seq = itertools.count()
+        self._ban_until = 0.0
+        self._bans = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: BinanceConfig, **options: Any) -> BinanceRest:
+        """A client for ``cfg.markets`` (``binance.<market>`` sections); options as __init__."""
+        markets: dict[str, RestMarket] = {}
+        for name in cfg.markets:
+            section = cfg.market(name)
+            markets[name] = RestMarket(
+                base_url=section.rest_base_url,
+                weight_limit_per_minute=section.rest_weight_limit_per_minute,
+                budget_fraction=section.rest_weight_budget_fraction,
+                depth_limit=section.depth_snapshot_limit,
+            )
+        return cls(markets, **options)
+
+    # -- public API
+
+    async def depth_snapshot(
+        self, market: str, symbol: str, limit: int | None = None, *, urgent: bool = False
+    ) -> BookDepth:
+        """A REST depth snapshot as a ``book_snapshot`` event (``source == "rest"``).
+
+        ``limit`` is rounded up as ``depth_limit`` says; ``urgent`` (a book out of sync)
+        puts the request ahead of every non-urgent one of its market.
+        """
+        st = self._market(market)
+        levels = depth_limit(market, limit, st.cfg.depth_limit)
+        sym = symbol.upper()
+        body = await self._request(
+            st, "depth", {"symbol": sym, "limit": str(levels)}, depth_weight(market, levels), urgent
+        )
+        try:
+            return st.parser.parse_rest_depth(body, sym, time.time_ns())
+        except ParseError:
+            st.parse_errors += 1
+            raise
+
+    async def exchange_info(self, market: str) -> dict[str, Any]:
+        """The market's exchangeInfo body, decoded."""
+        st = self._market(market)
+        body = await self._request(st, "exchangeInfo", {}, EXCHANGE_INFO_WEIGHT[market], False)
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            st.parse_errors += 1
+            raise ParseError(f"{market} exchangeInfo: not valid JSON") from exc
+        if not isinstance(obj, dict):
+            st.parse_errors += 1
+            raise ParseError(f"{market} exchangeInfo: not a JSON object")
+        return obj
+
+    async def close(self) -> None:
+        """Stop the schedulers, fail queued requests with ``RestClosed``, close the session."""
+        if self._closed:
+            return
+        self._closed = True
+        for st in self._markets.values():
+            task, st.task = st.task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for _, _, _, fut in st.heap:
+                if not fut.done():
+                    fut.set_exception(RestClosed("BinanceRest closed"))
+            st.heap.clear()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> BinanceRest:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        return tuple(self._markets)
+
+    def budget(self, market: str) -> int:
+        """The weight per minute window this client allows itself on ``market``."""
+        return self._market(market).budget
+
+    def banned_until(self) -> float:
+        """``clock`` time a 418 ban ends (0 or past: not banned)."""
+        return self._ban_until
+
+    def stats(self, market: str) -> dict[str, int | float]:
+        """Counters and gauges of one market, for metrics and tests."""
+        st = self._market(market)
+        st.roll(self._clock())
+        return {
+            "requests": st.requests,
+            "responses": st.responses,
+            "retries": st.retries,
+            "rate_limited": st.rate_limited,
+            "banned": st.banned,
+            "server_errors": st.server_errors,
+            "timeouts": st.timeouts,
+            "connection_errors": st.connection_errors,
+            "status_errors": st.status_errors,
+            "parse_errors": st.parse_errors,
+            "failures": st.failures,
+            "rejected": st.rejected,
+            "deferred": st.deferred,
+            "urgent": st.urgent,
+            "weight_used": st.weight_used,
+            "window_weight": st.estimate(),
+            "server_weight": st.last_server_weight,
+            "budget": st.budget,
+            "queue_depth": sum(1 for *_, fut in st.heap if not fut.done()),
+            "outstanding": st.outstanding,
+            "in_flight": st.in_flight,
+            "bans": self._bans,
+        }
+
+    def samples(self) -> Iterator[Sample]:
+        """The counters as telemetry ``Sample``s (``meltica_rest_*``, label ``market``)."""
+        gauges = {"window_weight", "server_weight", "budget", "queue_depth", "outstanding"}
+        gauges |= {"in_flight"}
+        for market in self._markets:
+            labels = (("market", market),)
+            for key, value in self.stats(market).items():
+                if key == "bans":
+                    continue
+                kind = "gauge" if key in gauges else "counter"
+                name = f"rest_{key}" + ("_total" if kind == "counter" else "")
+                yield Sample(name, kind, f"Binance REST {key.replace('_', ' ')}", value, labels)
+        yield Sample("rest_bans_total", "counter", "Binance REST 418 bans", self._bans)
+
+    # -- request path
+
+    def _market(self, market: str) -> _Market:
+        st = self._markets.get(market)
+        if st is None:
+            raise RestRequestError(f"market {market!r} not configured (have {list(self._markets)})")
+        return st
+
+    async def _request(
+        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+    ) -> bytes:
+        if self._closed:
+            raise RestClosed("BinanceRest closed")
+        if weight > st.budget:
+            st.rejected += 1
+            raise RestRequestError(
+                f"{st.name} {endpoint}: weight {weight} exceeds the budget of "
+                f"{st.budget} per minute"
+            )
+        if st.outstanding >= self.max_pending:
+            st.rejected += 1
+            raise RestQueueFull(
+                f"{st.name}: {st.outstanding} REST requests outstanding (max_pending="
+                f"{self.max_pending})"
+            )
+        url = st.base_url + _PATHS[st.name][endpoint]
+        what = f"{st.name} {endpoint} {params.get('symbol', '')}".rstrip()
+        priority = 0 if urgent else 1
+        seq = next(self._seq)
+        st.urgent += urgent
+        st.outstanding += 1
+        deadline: float | None = None
+        attempt = 0
+        failure = ""
+        cause: BaseException | None = None
+        try:
+            while True:
+                window = await self._grant(st, priority, seq, weight)
+                if deadline is None:
+                    deadline = self._clock() + self.retry_deadline_s
+                attempt += 1
+                try:
+                    answer = await self._send(st, url, params, weight)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    if isinstance(exc, TimeoutError):
+                        st.timeouts += 1
+                    else:
+                        st.connection_errors += 1
+                    failure = f"{type(exc).__name__}: {exc}"
+                    cause = exc
+                else:
+                    cause = None
+                    self._observe(st, window, answer.headers)
+                    status = answer.status
+                    if status == 200:
+                        return answer.body
+                    failure = f"HTTP {status}"
+                    if status in (429, 418):
+                        self._limited(st, status, answer, deadline, what)
+                    elif status >= 500 or status == 408:
+                        st.server_errors += 1
+                    else:
+                        st.status_errors += 1
+                        code, msg = _binance_error(answer.body)
+                        raise RestStatusError(
+                            f"{what}: HTTP {status} code={code} {msg}", status, code
+                        )
+                    if status in (429, 418):
+                        st.retries += 1
+                        continue  # the scheduler holds the request until the back-off ends
+                delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
+                delay *= 0.5 + 0.5 * self._rng.random()
+                if self._clock() + delay > deadline:
+                    st.failures += 1
+                    raise RestDeadlineError(
+                        f"{what}: no success in {attempt} attempts within "
+                        f"{self.retry_deadline_s} s (last: {failure})"
+                    ) from cause
+                st.retries += 1
+                log.debug("%s: %s, retry %d in %.2f s", what, failure, attempt, delay)
+                await self._sleep(delay)
+        finally:
+            st.outstanding -= 1
+
+    def _limited(
+        self, st: _Market, status: int, answer: _Answer, deadline: float, what: str
+    ) -> None:
+        """Record a 429 (this market backs off) or 418 (every market stops) and check the
+        request's deadline."""
+        now = self._clock()
+        st.roll(now)
+        after = _retry_after(answer.headers)
+        _, msg = _binance_error(answer.body)
+        if status == 418:
+            st.banned += 1
+            until = now + (after if after is not None else DEFAULT_BAN_S)
+            if until > self._ban_until:
+                self._bans += 1
+                self._ban_until = until
+                log.warning(
+                    "%s: IP banned for %.0f s, all REST requests stopped: %s",
+                    what,
+                    until - now,
+                    msg,
+                )
+            if self._ban_until > deadline:
+                st.failures += 1
+                left = self._ban_until - now
+                raise RestBanned(f"{what}: IP banned for {left:.0f} s: {msg}", left)
+            return
+        st.rate_limited += 1
+        if after is None:
+            after = (st.window + 1) * WINDOW_S - now
+        until = now + after
+        st.backoff_until = max(st.backoff_until, until)
+        log.warning("%s: rate limited (429), backing off %.1f s: %s", what, after, msg)
+        if st.backoff_until > deadline:
+            st.failures += 1
+            raise RestRateLimited(f"{what}: rate limited for {after:.0f} s: {msg}", after)
+
+    def _observe(self, st: _Market, window: int, headers: Mapping[str, str]) -> None:
+        st.responses += 1
+        raw = headers.get(WEIGHT_HEADER)
+        if raw is None or not raw.isdigit():
+            return
+        used = int(raw)
+        st.last_server_weight = used
+        st.roll(self._clock())
+        if window == st.window:  # a count from an earlier window says nothing about this one
+            st.seen_used = max(st.seen_used, used)
+
+    async def _send(self, st: _Market, url: str, params: Mapping[str, str], weight: int) -> _Answer:
+        st.requests += 1
+        try:
+            session = self._open_session()
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+            async with session.get(url, params=params, timeout=timeout) as resp:
+                body = await resp.read()
+                return _Answer(resp.status, resp.headers, body)
+        finally:
+            self._release(st, weight)
+
+    def _release(self, st: _Market, weight: int) -> None:
+        st.in_flight -= 1
+        st.in_flight_weight -= weight
+        st.wake.set()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RestClosed("BinanceRest closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                trace_configs=self._trace_configs or None,
+                trust_env=False,
+                headers={"User-Agent": "meltica"},
+            )
+            # aiohttp silently resends an idempotent request once when the connection drops
+            # (RFC 9112 §9.3.1); Binance would charge that hidden request's weight outside
+            # the scheduler.  Every resend must be ours: counted, budgeted, backed off.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
+        return self._session
+
+    # -- scheduler
+
+    async def _grant(self, st: _Market, priority: int, seq: int, weight: int) -> int:
+        """Wait for the scheduler to admit a request of ``weight``; returns its window."""
+        if self._closed:
+            raise RestClosed("BinanceRest closed")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        heapq.heappush(st.heap, (priority, seq, weight, fut))
+        if st.task is None:
+            st.task = asyncio.create_task(self._schedule(st), name=f"meltica-rest-{st.name}")
+        st.wake.set()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release(st, weight)  # granted, then cancelled before it could run
+            raise
+
+    def _hold(self, st: _Market, weight: int) -> float:
+        """Seconds the head request must wait (0: admit now)."""
+        now = self._clock()
+        wait = max(self._ban_until - now, st.backoff_until - now)
+        if wait > 0:
+            return wait
+        st.roll(now)
+        if st.estimate() + weight > st.budget:
+            return (st.window + 1) * WINDOW_S + self.window_margin_s - now
+        return 0.0
+
+    async def _schedule(self, st: _Market) -> None:
+        while True:
+            while st.heap and st.heap[0][3].done():  # cancelled by its caller
+                heapq.heappop(st.heap)
+            if not st.heap or st.in_flight >= self.max_in_flight:
+                st.wake.clear()
+                await st.wake.wait()
+                continue
+            weight = st.heap[0][2]
+            wait = self._hold(st, weight)
+            if wait > 0:
+                st.deferred += 1
+                log.debug("%s: REST scheduler holds %.2f s", st.name, wait)
+                await self._sleep(wait)
+                continue
+            _, _, _, fut = heapq.heappop(st.heap)
+            st.own_used += weight
+            st.weight_used += weight
+            st.in_flight += 1
+            st.in_flight_weight += weight
+            fut.set_result(st.window)
