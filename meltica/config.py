@@ -343,6 +343,10 @@ class BinanceConfig(_Section):
     ack_timeout_s: float = _f(5.0, _between(0.05, 120))
     # Longest make-before-break overlap of a rotation before the old connection closes.
     overlap_max_s: float = _f(5.0, _between(0.1, 600))
+    # REST: one request's timeout, and how long a request is retried (5xx,
+    # timeouts, 429/418 back-off) before it fails.
+    rest_request_timeout_s: float = _f(10.0, _between(0.1, 300))
+    rest_retry_deadline_s: float = _f(30.0, _between(0.1, 3600))
 
     def _check_together(self) -> None:
         if self.reconnect_initial_s > self.reconnect_max_s:
