@@ -46,6 +46,7 @@ cpdef enum Source:
     SOURCE_STREAM = 0
     SOURCE_REST = 1
     SOURCE_BOOK = 2
+    SOURCE_BBO = 3      # best bid/offer derived from a book (top level only)
 
 
 # Slots of the per-kind decimal arrays (order = wire field order).

@@ -24,7 +24,7 @@ KIND_NAMES = (
     "resync_done", "stale", "connection_state",
 )
 KIND_IDS = {name: i for i, name in enumerate(KIND_NAMES) if name}
-SOURCE_NAMES = ("stream", "rest", "book")
+SOURCE_NAMES = ("stream", "rest", "book", "bbo")
 VENUES = ("binance", "binance_us")
 MARKETS = ("spot", "usdm", "coinm")
 TICKER_WINDOWS = ("24h", "mini", "1h", "4h", "1d")

@@ -1,0 +1,98 @@
+# Order books in C: scaled-int64 price levels, Binance's sequence rules.
+#
+# One OrderBook per instrument.  Each side is a sorted C array with the best
+# level at the BACK (bids keyed by price, asks by -price, both ascending), so
+# updates near the top move only a few entries.  Prices and quantities are
+# held at ONE price exponent and ONE quantity exponent per book: fixed from
+# the instrument's tick/step size when given, else adapted exactly (the book
+# is rescaled to a finer exponent when a level needs it).  Anything that would
+# lose exactness or overflow int64 is a status code, never a rounding.
+#
+# The book also runs the per-event half of BINANCE.md §7 (stale drop, the
+# straddle of the first event after the snapshot, continuity on every event)
+# and reports a status code; the Conductor (Python) runs the state machine.
+# Pure computation: no clocks, I/O or logging.
+
+from libc.stdint cimport int64_t, uint64_t
+
+from meltica._core.events cimport BookDepth
+
+
+cdef struct bk_level:
+    int64_t key          # bids: price mantissa; asks: -price mantissa
+    int64_t qty          # quantity mantissa, > 0
+
+
+cdef struct bk_side:
+    bk_level *lv         # ascending by key, best at lv[n - 1]
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+# Status of one depth event against one book (also BookSet.last_status).
+cpdef enum BookStatus:
+    BOOK_APPLIED = 0     # applied
+    BOOK_SYNCED = 1      # applied: the first event bridging the snapshot
+    BOOK_STALE = 2       # dropped: not newer than the book (old or duplicate)
+    BOOK_GAP = 3         # continuity broken; the book is unchanged
+    BOOK_UNBRIDGED = 4   # snapshot older than the stream: refetch it
+    BOOK_CROSSED = 5     # applied, and best bid >= best ask afterwards
+    BOOK_OVERFLOW = 6    # a level does not fit int64 at the book's exponents
+    BOOK_PRECISION = 7   # a level is finer than the fixed tick/step size
+    BOOK_BAD_LEVEL = 8   # a negative quantity
+    BOOK_NOT_MANAGED = 9  # no snapshot loaded: the caller buffers the event
+
+
+cdef class OrderBook:
+    # identity
+    cdef readonly str venue
+    cdef readonly str market
+    cdef readonly str symbol
+    cdef readonly bint futures        # USD-M/COIN-M rules (pu chain, u < L stale)
+    # levels; exponents are MT_DEC_NA until the first level fixes them
+    cdef bk_side bids_
+    cdef bk_side asks_
+    cdef readonly int price_exp
+    cdef readonly int qty_exp
+    cdef readonly bint fixed_exp      # exponents from tick/step: never adapted
+    cdef readonly Py_ssize_t max_levels   # per side; the worst are trimmed
+    # sequence state
+    cdef int64_t update_id_           # snapshot id, then the last applied u (MT_NA: none)
+    cdef readonly bint managed        # a snapshot is loaded: events apply here
+    cdef readonly bint bridged        # the first event after it was applied
+    cdef public bint live             # set by the Conductor: publish fused outputs
+    # the last applied event (times carried onto fused outputs)
+    cdef int64_t ts_event_, ts_transaction_, ts_recv_
+    # fused-output bookkeeping
+    cdef public bint dirty            # applied since the last fused output
+    cdef int64_t bbo_pub[4]           # bid px, bid qty, ask px, ask qty last published
+    cdef public object owner          # the Conductor's per-instrument state
+    # counters (read by the Python layer)
+    cdef readonly uint64_t applied, stale, gaps, crossed, errors, trimmed, rescales
+    cdef readonly uint64_t published  # fused events built
+
+    cdef void _reset(self) noexcept
+    cdef int apply_delta(self, BookDepth ev) except -1
+    cdef int _apply_levels(self, BookDepth ev) except -1
+    cdef int _prepare(self, BookDepth ev) except -1
+    cdef int _rescale(self, int pexp, int qexp) except -1
+    cdef bint _crossed(self) noexcept
+    cdef BookDepth make_depth(self, Py_ssize_t depth, int source)
+    cdef int fused_into(self, list out, Py_ssize_t depth) except -1
+
+
+cdef class BookSet:
+    # market -> {symbol -> OrderBook}
+    cdef dict _books
+    cdef str _last_market, _last_symbol
+    cdef OrderBook _last_book
+    # publish mode: emit_depth > 0 appends fused outputs on every applied
+    # update of a live book; else applied live books join `dirty` once
+    cdef public Py_ssize_t emit_depth
+    cdef readonly list dirty
+    # what stopped apply_batch (valid when it returned < len(batch))
+    cdef readonly int last_status
+    cdef readonly OrderBook last_book
+
+    cdef OrderBook _lookup(self, str market, str symbol)
+    cpdef Py_ssize_t apply_batch(self, list batch, Py_ssize_t start, list out) except -1

@@ -1,0 +1,587 @@
+"""The Conductor: per-instrument order books, fused outputs, analytics, store writes.
+
+It sits between the Dispatcher and the Data Bus (docs/pipeline.md).  Each
+batch goes through ``on_events``: the C ``BookSet`` applies every depth diff of
+a live book and stops only at events this module must handle (a book still
+syncing, a gap, a crossed book, ...).  Python runs the per-instrument state
+machine SYNCING -> LIVE -> RESYNCING (BINANCE.md §7, spot and futures rules),
+fetches snapshots on asyncio tasks, throttles fused outputs with the loop's
+timers and calls hooks and the SnapshotStore.  Exchange events pass through
+unchanged and in order; fused and control events are appended; the batch goes
+``downstream`` once.  See docs/conductor.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any, Protocol
+
+from meltica._core.book import BookSet, OrderBook
+from meltica._core.events import BookDepth, Control, Event, Trade
+from meltica.conductor.analytics import Hook, load_hook
+from meltica.log import root as _root_log
+
+__all__ = ["Conductor", "Instrument", "SnapshotStoreLike", "State"]
+
+log = _root_log.getChild("conductor")
+
+# BookStatus values (book.pxd)
+APPLIED, SYNCED, STALE, GAP, UNBRIDGED, CROSSED = 0, 1, 2, 3, 4, 5
+OVERFLOW, PRECISION, BAD_LEVEL, NOT_MANAGED = 6, 7, 8, 9
+_ERROR_REASON = {OVERFLOW: "overflow", PRECISION: "precision", BAD_LEVEL: "bad_level"}
+
+
+class State(StrEnum):
+    SYNCING = "syncing"  # first sync: buffering diffs, snapshot being fetched or bridged
+    LIVE = "live"  # book correct and published
+    RESYNCING = "resyncing"  # was live, found wrong: stale until synced again
+
+
+class SnapshotStoreLike(Protocol):
+    """The part of the SnapshotStore the Conductor uses (meltica/snapshot)."""
+
+    def get(self, key: str) -> tuple[int, object] | None: ...
+
+    def compare_and_set(
+        self,
+        key: str,
+        expected_version: int | None,
+        version: int,
+        value: object,
+        ttl_s: float | None,
+    ) -> bool: ...
+
+
+class Instrument:
+    """Sync state and counters of one tracked instrument."""
+
+    def __init__(self, market: str, symbol: str, book: OrderBook) -> None:
+        self.market = market
+        self.symbol = symbol
+        self.book = book
+        self.state = State.SYNCING
+        self.buffer: deque[BookDepth] = deque()
+        self.fetch: asyncio.Task[None] | None = None
+        self.flush: asyncio.TimerHandle | None = None
+        self.last_pub_ns = -(1 << 62)
+        self.store_version: int | None = None
+        self.gaps = 0
+        self.resyncs = 0
+        self.refetches = 0
+        self.buffer_overflows = 0
+        self.crossed = 0
+        self.errors = 0
+        self.snapshots = 0
+        self.snapshot_errors = 0
+
+    def status(self) -> dict[str, Any]:
+        b = self.book
+        return {
+            "state": self.state.value,
+            "update_id": b.update_id,
+            "bids": b.n_bids,
+            "asks": b.n_asks,
+            "buffered": len(self.buffer),
+            "fetching": self.fetch is not None,
+            "gaps": self.gaps,
+            "resyncs": self.resyncs,
+            "refetches": self.refetches,
+            "buffer_overflows": self.buffer_overflows,
+            "crossed": self.crossed,
+            "errors": self.errors,
+            "snapshots": self.snapshots,
+            "snapshot_errors": self.snapshot_errors,
+            "applied": b.applied,
+            "stale_dropped": b.stale,
+            "published": b.published,
+        }
+
+
+class Conductor:
+    """Order books and fused outputs for a stream of event batches.
+
+    downstream: called once per batch (the Data Bus's ``publish_batch``).
+    fetch_snapshot: ``(market, symbol) -> Awaitable[BookDepth]``, a REST depth
+    snapshot (kind book_snapshot, update_id = lastUpdateId).
+    store: a SnapshotStore (``compare_and_set``/``get``) or None.
+    book_depth: levels per side of fused snapshots.  publish_interval_ms: at
+    most one fused output per instrument per interval, latest wins (0 = on
+    every applied update).  snapshot_buffer_max: diffs buffered per
+    instrument while syncing (overflow restarts the sync).  snapshot_ttl_s:
+    TTL of store entries.  analytics: hooks or ``"pkg.mod:Name"`` paths.
+    clock: ns wall clock for throttling and control-event times.
+    """
+
+    def __init__(
+        self,
+        downstream: Callable[[list[Any]], None],
+        fetch_snapshot: Callable[[str, str], Awaitable[BookDepth]],
+        *,
+        store: SnapshotStoreLike | None = None,
+        book_depth: int = 20,
+        publish_interval_ms: float = 0,
+        snapshot_buffer_max: int = 10000,
+        snapshot_ttl_s: float | None = 60.0,
+        analytics: Sequence[str | object] = (),
+        clock: Callable[[], int] = time.time_ns,
+        snapshot_retry_s: float = 0.5,
+        max_levels: int = 10000,
+    ) -> None:
+        if not 1 <= book_depth <= 5000:
+            raise ValueError("book_depth must be in 1..5000")
+        if publish_interval_ms < 0 or snapshot_buffer_max < 1 or snapshot_retry_s < 0:
+            raise ValueError("publish_interval_ms, snapshot_buffer_max or snapshot_retry_s")
+        self._downstream = downstream
+        self._fetch = fetch_snapshot
+        self._store = store
+        self.book_depth = book_depth
+        self._interval_ns = int(publish_interval_ms * 1_000_000)
+        self._buffer_max = snapshot_buffer_max
+        self._ttl = snapshot_ttl_s
+        self._clock = clock
+        self._retry_s = snapshot_retry_s
+        self._max_levels = max_levels
+        self.hooks: list[Hook] = [load_hook(h) for h in analytics]
+        self._hooks_by_kind: dict[str, list[Hook]] = {}
+        for h in self.hooks:
+            for k in h.kinds:
+                self._hooks_by_kind.setdefault(k, []).append(h)
+        self._trade_hooks = bool(self._hooks_by_kind.keys() & {"trade", "agg_trade"})
+        self.books = BookSet(0 if self._interval_ns else book_depth)
+        self._instruments: dict[tuple[str, str], Instrument] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "batches",
+                "control",
+                "store_writes",
+                "store_conflicts",
+                "store_errors",
+                "hook_errors",
+                "derived",
+                "flushes",
+            ),
+            0,
+        )
+        self.hook_errors: dict[str, int] = {h.name: 0 for h in self.hooks}
+
+    # ------------------------------------------------------------ control
+
+    def track(
+        self,
+        market: str,
+        symbol: str,
+        *,
+        price_exp: int | None = None,
+        qty_exp: int | None = None,
+        venue: str = "binance",
+    ) -> None:
+        """Keep a book for (market, symbol); exponents from tick/step sizes if known.
+
+        Idempotent.  The sync starts with the first diff that arrives.
+        """
+        key = (market, symbol)
+        if key in self._instruments:
+            return
+        book = OrderBook(
+            market,
+            symbol,
+            futures=market != "spot",
+            price_exp=price_exp,
+            qty_exp=qty_exp,
+            max_levels=self._max_levels,
+            venue=venue,
+        )
+        inst = Instrument(market, symbol, book)
+        book.owner = inst
+        self._instruments[key] = inst
+        self.books.add(book)
+
+    def untrack(self, market: str, symbol: str) -> bool:
+        """Stop keeping the book; False when it was not tracked."""
+        inst = self._instruments.pop((market, symbol), None)
+        if inst is None:
+            return False
+        self.books.remove(market, symbol)
+        self._cancel(inst)
+        inst.book.clear()
+        return True
+
+    def resync(self, market: str, symbol: str) -> bool:
+        """Throw the book away and sync it again (control plane); False if untracked."""
+        inst = self._instruments.get((market, symbol))
+        if inst is None:
+            return False
+        out: list[Any] = []
+        self._restart(inst, out, "requested", inst.book.update_id, self._clock())
+        self._start_fetch(inst)
+        self._emit(out)
+        return True
+
+    def instrument(self, market: str, symbol: str) -> Instrument | None:
+        return self._instruments.get((market, symbol))
+
+    def book(self, market: str, symbol: str) -> OrderBook | None:
+        inst = self._instruments.get((market, symbol))
+        return inst.book if inst else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "instruments": {f"{m}:{s}": i.status() for (m, s), i in self._instruments.items()},
+            "counters": dict(self.counters),
+            "hook_errors": dict(self.hook_errors),
+        }
+
+    async def stop(self) -> None:
+        """Cancel snapshot fetches and pending flushes (idempotent)."""
+        for inst in self._instruments.values():
+            self._cancel(inst)
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ hot path
+
+    def on_events(self, batch: list[Any]) -> None:
+        """Apply a batch, append fused/control/derived events, hand it downstream."""
+        out: list[Any] = []
+        books = self.books
+        n = len(batch)
+        i = books.apply_batch(batch, 0, out)
+        while i < n:
+            self._on_notice(batch[i], books.last_book, books.last_status, out)
+            i = books.apply_batch(batch, i + 1, out)
+        if books.dirty:
+            self._throttle(books.take_dirty(), out)
+        if out and (self._store is not None or self._hooks_by_kind):
+            self._post(out)
+        if self._trade_hooks:
+            self._trades(batch, out)
+        self.counters["batches"] += 1
+        if out:
+            batch.extend(out)
+        self._downstream(batch)
+
+    # ------------------------------------------------------------ state machine
+
+    def _on_notice(
+        self, ev: BookDepth, book: OrderBook | None, status: int, out: list[Any]
+    ) -> None:
+        assert book is not None  # apply_batch stopped on a tracked book
+        inst: Instrument = book.owner
+        if status == NOT_MANAGED:
+            self._buffer(inst, ev)
+        elif status == SYNCED:
+            self._go_live(inst, out)
+        elif status == GAP:
+            inst.gaps += 1
+            self._control(
+                out,
+                "gap",
+                inst,
+                ev.update_id,
+                ev.ts_recv,
+                "continuity",
+                from_seq=book.update_id,
+                to_seq=ev.update_id,
+            )
+            self._restart(inst, out, "gap", ev.update_id, ev.ts_recv)
+            self._buffer(inst, ev)
+        elif status == UNBRIDGED:
+            # the snapshot is older than the stream: keep this event, fetch again
+            inst.refetches += 1
+            book.clear()
+            self._buffer(inst, ev)
+        elif status == CROSSED:
+            inst.crossed += 1
+            self._restart(inst, out, "crossed", ev.update_id, ev.ts_recv)
+            self._buffer(inst, ev)
+        else:
+            inst.errors += 1
+            log.warning(
+                "%s %s: depth event u=%s rejected (%s); resyncing",
+                inst.market,
+                inst.symbol,
+                ev.update_id,
+                _ERROR_REASON.get(status, status),
+            )
+            self._restart(inst, out, _ERROR_REASON.get(status, "error"), ev.update_id, ev.ts_recv)
+            self._start_fetch(inst)
+
+    def _buffer(self, inst: Instrument, ev: BookDepth) -> None:
+        if len(inst.buffer) >= self._buffer_max:
+            # a snapshot slower than the buffer: start over from this event
+            inst.buffer_overflows += 1
+            inst.buffer.clear()
+            if inst.fetch is not None:
+                inst.fetch.cancel()
+                inst.fetch = None
+        inst.buffer.append(ev)
+        if inst.fetch is None:
+            self._start_fetch(inst)
+
+    def _restart(
+        self, inst: Instrument, out: list[Any], reason: str, seq: int | None, ts: int
+    ) -> None:
+        """Discard the book; a live one turns RESYNCING and is announced stale."""
+        if inst.state is State.LIVE:
+            inst.state = State.RESYNCING
+            inst.resyncs += 1
+            self._control(out, "resync_started", inst, seq, ts, reason)
+            self._control(out, "stale", inst, seq, ts, reason, stale=True)
+        inst.book.clear()
+        inst.buffer.clear()
+        if inst.flush is not None:
+            inst.flush.cancel()
+            inst.flush = None
+        if inst.fetch is not None:
+            inst.fetch.cancel()
+            inst.fetch = None
+
+    def _go_live(self, inst: Instrument, out: list[Any]) -> None:
+        book = inst.book
+        was = inst.state
+        inst.state = State.LIVE
+        book.live = True
+        ts = self._clock()
+        reason = "resynced" if was is State.RESYNCING else "synced"
+        self._control(out, "resync_done", inst, book.update_id, ts, reason)
+        if was is State.RESYNCING:
+            self._control(out, "stale", inst, book.update_id, ts, reason, stale=False)
+        self._mark(book, out)
+
+    def _mark(self, book: OrderBook, out: list[Any]) -> None:
+        """A live book changed outside apply_batch: publish now or when due."""
+        if not self._interval_ns:
+            book.publish(out, self.book_depth)
+        else:
+            self._throttle([book], out)
+
+    def _start_fetch(self, inst: Instrument) -> None:
+        task = asyncio.get_running_loop().create_task(self._sync(inst))
+        inst.fetch = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel(self, inst: Instrument) -> None:
+        if inst.fetch is not None:
+            inst.fetch.cancel()
+            inst.fetch = None
+        if inst.flush is not None:
+            inst.flush.cancel()
+            inst.flush = None
+
+    async def _sync(self, inst: Instrument) -> None:
+        """Fetch snapshots until one installs (BINANCE.md §7 steps 2-5)."""
+        me = asyncio.current_task()
+        try:
+            while True:
+                try:
+                    snap = await self._fetch(inst.market, inst.symbol)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    inst.snapshot_errors += 1
+                    if inst.snapshot_errors == 1 or inst.snapshot_errors % 100 == 0:
+                        log.warning(
+                            "%s %s: depth snapshot failed (%d so far): %s",
+                            inst.market,
+                            inst.symbol,
+                            inst.snapshot_errors,
+                            exc,
+                        )
+                    await asyncio.sleep(self._retry_s)
+                    continue
+                if inst.fetch is not me:
+                    return
+                out: list[Any] = []
+                done = self._install(inst, snap, out)
+                self._emit(out)
+                if done:
+                    return
+                await asyncio.sleep(self._retry_s if inst.refetches > 3 else 0)
+        finally:
+            if inst.fetch is me:
+                inst.fetch = None
+
+    def _install(self, inst: Instrument, snap: BookDepth, out: list[Any]) -> bool:
+        """Install a snapshot and replay the buffer; False to fetch again."""
+        book = inst.book
+        if (
+            not isinstance(snap, BookDepth)
+            or snap.kind != "book_snapshot"
+            or snap.symbol != inst.symbol
+        ):
+            inst.snapshot_errors += 1
+            return False
+        inst.snapshots += 1
+        st = book.load_snapshot(snap)
+        if st != APPLIED:
+            if st == CROSSED:
+                inst.crossed += 1
+            else:
+                inst.errors += 1
+            return False
+        buf = inst.buffer
+        if buf:
+            first = buf[0].first_update_id
+            first = buf[0].update_id if first is None else first
+            # spot bridges with U == L + 1, futures needs U <= L
+            if snap.update_id < first - (0 if book.futures else 1):
+                inst.refetches += 1
+                book.clear()
+                return False
+        while buf:
+            ev = buf[0]
+            st = book.apply(ev)
+            if st in (APPLIED, SYNCED, STALE):
+                buf.popleft()
+                continue
+            book.clear()
+            if st == GAP:
+                # a hole inside the buffered stream: what came before is useless
+                inst.gaps += 1
+                self._control(out, "gap", inst, ev.update_id, ev.ts_recv, "continuity")
+            elif st == UNBRIDGED:
+                inst.refetches += 1
+            else:
+                buf.popleft()
+                if st == CROSSED:
+                    inst.crossed += 1
+                else:
+                    inst.errors += 1
+            return False
+        if book.bridged:
+            self._go_live(inst, out)
+        # else: the book waits in C for the first event that bridges it
+        return True
+
+    # ------------------------------------------------------------ outputs
+
+    def _throttle(self, books: Iterable[OrderBook], out: list[Any]) -> None:
+        now = self._clock()
+        interval = self._interval_ns
+        for book in books:
+            inst: Instrument = book.owner
+            if not book.live:
+                book.dirty = False
+                continue
+            due = inst.last_pub_ns + interval
+            if now >= due:
+                book.publish(out, self.book_depth)
+                inst.last_pub_ns = now
+            else:
+                book.dirty = True
+                if inst.flush is None:
+                    loop = asyncio.get_running_loop()
+                    inst.flush = loop.call_later((due - now) / 1e9, self._flush, inst)
+
+    def _flush(self, inst: Instrument) -> None:
+        """Publish a throttled book at the end of its interval (latest wins)."""
+        inst.flush = None
+        book = inst.book
+        if not (book.live and book.dirty):
+            return
+        out: list[Any] = []
+        book.publish(out, self.book_depth)
+        self.counters["flushes"] += 1
+        inst.last_pub_ns = self._clock()
+        self._emit(out)
+
+    def _emit(self, out: list[Any]) -> None:
+        """A batch made here (snapshot installs, flushes, control)."""
+        if not out:
+            return
+        if self._store is not None or self._hooks_by_kind:
+            self._post(out)
+        self._downstream(out)
+
+    def _control(
+        self,
+        out: list[Any],
+        kind: str,
+        inst: Instrument,
+        seq: int | None,
+        ts: int,
+        reason: str,
+        **kw: Any,
+    ) -> None:
+        out.append(
+            Control(
+                kind,
+                venue=inst.book.venue,
+                market=inst.market,
+                symbol=inst.symbol,
+                seq=seq if seq is not None else 0,
+                ts_recv=ts,
+                reason=reason,
+                **kw,
+            )
+        )
+        self.counters["control"] += 1
+
+    def _post(self, out: list[Any]) -> None:
+        """Store writes and analytics for the fused events in ``out``."""
+        derived: list[Any] = []
+        for ev in out:
+            if type(ev) is not BookDepth:
+                continue
+            src = ev.source
+            if src == "book" and self._store is not None:
+                self._store_write(ev)
+            for hook in self._hooks_by_kind.get(src, ()):
+                self._call(hook, ev, derived)
+        out.extend(derived)
+
+    def _trades(self, batch: list[Any], out: list[Any]) -> None:
+        derived: list[Any] = []
+        for ev in batch:
+            if type(ev) is Trade:
+                for hook in self._hooks_by_kind.get(ev.kind, ()):
+                    self._call(hook, ev, derived)
+        out.extend(derived)
+
+    def _call(self, hook: Hook, ev: Event, derived: list[Any]) -> None:
+        try:
+            res = hook.on_event(ev)
+            if res is not None:
+                before = len(derived)
+                derived.extend(res)
+                self.counters["derived"] += len(derived) - before
+        except Exception:
+            n = self.hook_errors[hook.name] = self.hook_errors.get(hook.name, 0) + 1
+            self.counters["hook_errors"] += 1
+            if n == 1 or n % 1000 == 0:
+                log.exception("analytics hook %s failed (%d so far)", hook.name, n)
+
+    def _store_write(self, ev: BookDepth) -> None:
+        inst = self._instruments.get((ev.market, ev.symbol))
+        if inst is None or self._store is None:
+            return
+        key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
+        version = ev.update_id
+        try:
+            ok = self._store.compare_and_set(key, inst.store_version, version, ev, self._ttl)
+            if not ok:
+                # someone else wrote (another shard, an earlier run): retry once from
+                # the current version unless it is already newer than ours
+                cur = self._store.get(key)
+                cur_v = None if cur is None else cur[0]
+                if cur_v is None or cur_v < version:
+                    ok = self._store.compare_and_set(key, cur_v, version, ev, self._ttl)
+                if not ok:
+                    self.counters["store_conflicts"] += 1
+                    inst.store_version = cur_v
+                    return
+            inst.store_version = version
+            self.counters["store_writes"] += 1
+        except Exception:
+            self.counters["store_errors"] += 1
+            if self.counters["store_errors"] == 1:
+                log.exception("snapshot store write failed")

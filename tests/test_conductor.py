@@ -1,0 +1,466 @@
+"""The Conductor: Binance book sync on real captures, faults, fused outputs, store writes.
+
+Real captures are fed straight into the Conductor (frames parsed by FrameParser, REST
+snapshots served by CaptureSource at the replay position): zero gaps, never a crossed
+book, and the exchange's own bookTicker agrees with the book at every update id they
+share.  Fault tests script gaps, duplicates, reorders and stale snapshots on a small
+hand-written stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from meltica._core.book import OrderBook
+from meltica._core.events import BookDepth, BookTicker, Control, Fixed
+from meltica._core.parser import FrameParser
+from meltica.conductor import Conductor, State
+from meltica.replay.source import CaptureSource, combined_frame
+
+T = TypeVar("T")
+
+CRYPTOFEED = ["BINANCE", "BINANCE_FUTURES", "BINANCE_DELIVERY", "BINANCE_US"]
+SESSIONS = {
+    "spot-20240808+09": ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"],
+    "usdm-20230404+05": ["usdm/btcusdt_20230404.dat.gz", "usdm/btcusdt_20230405.dat.gz"],
+    "usdm-20240718+19": ["usdm/btcusdt_20240718.gz", "usdm/btcusdt_20240719.gz"],
+    "usdm-20240808": ["usdm/btcusdt_20240808.gz"],
+    **{name: [name] for name in CRYPTOFEED},
+}
+
+
+def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 300) -> T:
+    """Run on uvloop; an exception reaching the loop's handler fails the test."""
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    result = uvloop.run(main())
+    assert not errors, f"loop exception handler fired: {errors}"
+    return result
+
+
+def capture_path(captures_dir: Path, name: str) -> Path:
+    if name in CRYPTOFEED:
+        return captures_dir / "cryptofeed" / "sample_data" / f"{name}.ws.1.0"
+    return captures_dir / "hftbacktest" / "examples" / name
+
+
+def _top_matches(book: OrderBook, t: BookTicker) -> bool:
+    bb, ba = book.best_bid(), book.best_ask()
+    return (
+        bb is not None
+        and ba is not None
+        and (bb[0], bb[1], ba[0], ba[1]) == (t.bid_price, t.bid_qty, t.ask_price, t.ask_qty)
+    )
+
+
+class CaptureRun:
+    """Feed a capture through a Conductor frame by frame and check every step."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.source = CaptureSource(paths)
+        self.market = self.source.market
+        self.parser = FrameParser(venue=self.source.venue, market=self.market)
+        self.rest = FrameParser(venue=self.source.venue, market=self.market)
+        self.out: list[Any] = []
+        self.points: set[tuple[str, int]] = set()
+        self.mismatches: list[str] = []
+        self.tickers: dict[str, dict[int, BookTicker]] = {}
+        self.crossed_seen = 0
+
+    async def fetch(self, market: str, symbol: str) -> BookDepth:
+        await asyncio.sleep(0)  # a fetch takes a while: diffs get buffered meanwhile
+        body = self.source.depth_snapshot(market, symbol, 1000)
+        if body is None:
+            raise LookupError(f"no snapshot for {symbol} in the capture")
+        return self.rest.parse_rest_depth(body, symbol)
+
+    def check_point(self, sym: str, book: OrderBook, t: BookTicker) -> None:
+        if (sym, t.update_id) in self.points:
+            return
+        self.points.add((sym, t.update_id))
+        if not _top_matches(book, t):
+            self.mismatches.append(
+                f"{sym} u={t.update_id}: book {book.best_bid()} {book.best_ask()} != "
+                f"ticker {t.bid_price} {t.bid_qty} {t.ask_price} {t.ask_qty}"
+            )
+
+    async def go(self) -> Conductor:
+        cond = Conductor(self.out.extend, self.fetch, book_depth=20, snapshot_retry_s=0)
+        depth_syms = {
+            s.split("@", 1)[0].upper() for s in self.source.streams(self.market) if "@depth" in s
+        }
+        for sym in depth_syms:
+            cond.track(self.market, sym, venue=self.source.venue)
+        for frame in self.source.frames():
+            events = self.parser.parse(combined_frame(frame), frame.ts_ns)
+            exchange = list(events)
+            cond.on_events(events)
+            assert events[: len(exchange)] == exchange  # passed through, in order
+            for ev in exchange:
+                inst = cond.instrument(ev.market, ev.symbol)
+                if inst is None:
+                    continue
+                book = inst.book
+                if isinstance(ev, BookTicker):
+                    self.tickers.setdefault(ev.symbol, {})[ev.update_id] = ev
+                    if inst.state is State.LIVE and book.update_id == ev.update_id:
+                        self.check_point(ev.symbol, book, ev)
+                elif isinstance(ev, BookDepth) and inst.state is State.LIVE:
+                    if book.is_crossed:
+                        self.crossed_seen += 1
+                    seen = self.tickers.get(ev.symbol, {}).get(book.update_id or -1)
+                    if seen is not None and book.update_id == ev.update_id:
+                        self.check_point(ev.symbol, book, seen)
+            for sym, tick in self.tickers.items():
+                if len(tick) > 4096:  # bounded: only recent tickers can meet a depth u
+                    self.tickers[sym] = dict(list(tick.items())[-1024:])
+            if any(i["fetching"] for i in cond.status()["instruments"].values()):
+                for _ in range(3):
+                    await asyncio.sleep(0)
+        await cond.stop()
+        return cond
+
+
+@pytest.mark.parametrize("session", sorted(SESSIONS))
+def test_real_capture_syncs_with_no_gap_and_matches_book_ticker(
+    captures_dir: Path, session: str
+) -> None:
+    paths = [capture_path(captures_dir, n) for n in SESSIONS[session]]
+    r = CaptureRun(paths)
+    cond = run(r.go)
+    st = cond.status()["instruments"]
+    assert st, "no depth stream in the capture"
+    print(f"\n{session}: {len(r.points)} bookTicker points checked, all equal")
+    for name, s in st.items():
+        assert s["state"] == "live", f"{session} {name}: {s}"
+        assert s["gaps"] == 0 and s["crossed"] == 0 and s["errors"] == 0, (name, s)
+        assert s["resyncs"] == 0 and s["buffer_overflows"] == 0, (name, s)
+        assert s["applied"] > 0 and s["published"] > 0, (name, s)
+    assert r.crossed_seen == 0
+    assert not r.mismatches, r.mismatches[:5]
+    kinds = {ev.kind for ev in r.out if isinstance(ev, Control)}
+    assert kinds <= {"resync_done"}, kinds
+    if session.startswith(("spot-", "usdm-")):
+        assert len(r.points) > 0, "a long session must share update ids with bookTicker"
+    # the last fused snapshot of each symbol is the book's top 20
+    last: dict[str, BookDepth] = {}
+    for ev in r.out:
+        if isinstance(ev, BookDepth) and ev.source == "book":
+            last[ev.symbol] = ev
+    for sym, ev in last.items():
+        book = cond.book(r.market, sym)
+        assert book is not None
+        assert (ev.bids, ev.asks) == book.top(20)
+        assert ev.update_id == book.update_id
+
+
+def test_capture_without_snapshot_never_goes_live(captures_dir: Path) -> None:
+    r = CaptureRun([capture_path(captures_dir, "spot/btcusdt_20230405.dat.gz")])
+    cond = run(r.go)
+    s = cond.status()["instruments"]["spot:BTCUSDT"]
+    assert s["state"] == "syncing" and s["snapshot_errors"] > 0 and s["published"] == 0
+    assert not any(isinstance(ev, BookDepth) and ev.kind == "book_snapshot" for ev in r.out)
+
+
+# ---------------------------------------------------------------- scripted faults
+
+
+def delta(
+    sym: str,
+    first: int,
+    u: int,
+    bids: Any = (),
+    asks: Any = (),
+    market: str = "spot",
+    pu: int | None = None,
+) -> BookDepth:
+    from meltica._core.events import event_from_wire
+
+    d = {
+        "v": 1,
+        "venue": "binance",
+        "market": market,
+        "symbol": sym,
+        "kind": "book_delta",
+        "seq": u,
+        "ts_recv": u,
+        "update_id": u,
+        "first_update_id": first,
+        "prev_update_id": pu,
+        "bids": [list(x) for x in bids],
+        "asks": [list(x) for x in asks],
+    }
+    e = event_from_wire(d)
+    assert isinstance(e, BookDepth)
+    return e
+
+
+def rest(sym: str, last: int, market: str = "spot", bid: str = "10", ask: str = "11") -> BookDepth:
+    from meltica._core.events import event_from_wire
+
+    e = event_from_wire(
+        {
+            "v": 1,
+            "venue": "binance",
+            "market": market,
+            "symbol": sym,
+            "kind": "book_snapshot",
+            "source": "rest",
+            "seq": last,
+            "ts_recv": 0,
+            "update_id": last,
+            "bids": [[bid, "1"]],
+            "asks": [[ask, "1"]],
+        }
+    )
+    assert isinstance(e, BookDepth)
+    return e
+
+
+class Harness:
+    """A Conductor with scripted snapshots and a recording downstream."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.snaps: dict[str, list[BookDepth]] = {}
+        self.fetches: list[str] = []
+        self.batches: list[list[Any]] = []
+        self.cond = Conductor(self.batches.append, self.fetch, snapshot_retry_s=0, **kw)
+
+    async def fetch(self, market: str, symbol: str) -> BookDepth:
+        self.fetches.append(symbol)
+        await asyncio.sleep(0)
+        return self.snaps[symbol].pop(0)
+
+    def feed(self, *events: BookDepth) -> list[Any]:
+        batch = list(events)
+        self.cond.on_events(batch)
+        return batch[len(events) :]
+
+    @property
+    def out(self) -> list[Any]:
+        return [e for b in self.batches for e in b]
+
+    def controls(self, sym: str) -> list[tuple[str, Any]]:
+        return [(e.kind, e.stale) for e in self.out if isinstance(e, Control) and e.symbol == sym]
+
+    def fused(self, sym: str) -> list[int]:
+        return [
+            e.update_id
+            for e in self.out
+            if isinstance(e, BookDepth)
+            and e.kind == "book_snapshot"
+            and e.source == "book"
+            and e.symbol == sym
+        ]
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_gap_resyncs_only_that_symbol_and_consumers_see_control_events() -> None:
+    async def scenario() -> Harness:
+        h = Harness()
+        h.snaps = {"AAA": [rest("AAA", 100), rest("AAA", 205)], "BBB": [rest("BBB", 500)]}
+        for s in ("AAA", "BBB"):
+            h.cond.track("spot", s)
+        h.feed(delta("AAA", 99, 101), delta("BBB", 500, 501))
+        await settle()
+        assert h.cond.instrument("spot", "AAA").state is State.LIVE  # type: ignore[union-attr]
+        h.feed(delta("AAA", 102, 103), delta("BBB", 502, 502))
+        extra = h.feed(delta("AAA", 200, 201, bids=[("10.5", "2")]), delta("BBB", 503, 504))
+        kinds = [(e.kind, getattr(e, "source", None)) for e in extra]
+        assert ("gap", None) in kinds and ("book_snapshot", "book") in kinds  # BBB flows
+        assert h.cond.instrument("spot", "AAA").state is State.RESYNCING  # type: ignore[union-attr]
+        h.feed(delta("AAA", 202, 206), delta("BBB", 505, 505))
+        await settle()
+        h.feed(delta("AAA", 207, 207), delta("BBB", 506, 506))
+        return h
+
+    h = run(scenario)
+    a = h.cond.status()["instruments"]["spot:AAA"]
+    b = h.cond.status()["instruments"]["spot:BBB"]
+    assert a["state"] == "live" and a["gaps"] == 1 and a["resyncs"] == 1
+    assert b["state"] == "live" and b["gaps"] == 0 and b["resyncs"] == 0
+    assert h.controls("AAA") == [
+        ("resync_done", None),
+        ("gap", None),
+        ("resync_started", None),
+        ("stale", True),
+        ("resync_done", None),
+        ("stale", False),
+    ]
+    assert h.controls("BBB") == [("resync_done", None)]
+    assert h.fused("BBB") == [501, 502, 504, 505, 506]
+    assert h.fused("AAA") == [101, 103, 206, 207]  # never published while known wrong
+    assert h.fetches == ["AAA", "BBB", "AAA"]
+
+
+def test_stale_snapshot_is_refetched() -> None:
+    async def scenario() -> Harness:
+        h = Harness()
+        h.snaps = {"AAA": [rest("AAA", 50), rest("AAA", 102)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 100, 101), delta("AAA", 102, 104))
+        await settle()
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["spot:AAA"]
+    assert s["state"] == "live" and s["refetches"] == 1 and s["gaps"] == 0
+    assert h.fetches == ["AAA", "AAA"] and h.cond.book("spot", "AAA").update_id == 104  # type: ignore[union-attr]
+
+
+def test_snapshot_newer_than_stream_waits_for_the_bridging_event() -> None:
+    async def scenario() -> Harness:
+        h = Harness()
+        h.snaps = {"AAA": [rest("AAA", 110, market="usdm")]}
+        h.cond.track("usdm", "AAA")
+        h.feed(delta("AAA", 100, 105, market="usdm", pu=99))
+        await settle()
+        assert h.cond.instrument("usdm", "AAA").state is State.SYNCING  # type: ignore[union-attr]
+        h.feed(delta("AAA", 106, 109, market="usdm", pu=105))  # u < L: stale
+        h.feed(delta("AAA", 108, 110, market="usdm", pu=109))  # futures keeps u == L
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["usdm:AAA"]
+    assert s["state"] == "live" and s["stale_dropped"] == 2 and h.fused("AAA") == [110]
+
+
+def test_duplicates_and_reorders_are_dropped_without_a_gap() -> None:
+    async def scenario() -> Harness:
+        h = Harness()
+        h.snaps = {"AAA": [rest("AAA", 100, market="usdm")]}
+        h.cond.track("usdm", "AAA")
+        d1 = delta("AAA", 95, 101, market="usdm", pu=94)
+        d2 = delta("AAA", 102, 110, market="usdm", pu=101)
+        d3 = delta("AAA", 111, 120, market="usdm", pu=110, bids=[("10.5", "3")])
+        h.feed(d1)
+        await settle()
+        h.feed(d2, d2, d1, d3, d2)  # duplicate, an old one arriving late, a late duplicate
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["usdm:AAA"]
+    assert s["state"] == "live" and s["gaps"] == 0 and s["stale_dropped"] == 3
+    assert h.fused("AAA") == [101, 110, 120]
+    assert h.cond.book("usdm", "AAA").best_bid()[0] == Fixed("10.5")  # type: ignore[union-attr,index]
+
+
+def test_buffer_overflow_restarts_the_sync() -> None:
+    async def scenario() -> Harness:
+        h = Harness(snapshot_buffer_max=3)
+        h.snaps = {"AAA": [rest("AAA", 100), rest("AAA", 104)]}
+        h.cond.track("spot", "AAA")
+        for i in range(5):  # no yield: the fetch cannot finish
+            h.feed(delta("AAA", 101 + i, 101 + i))
+        await settle()
+        h.feed(delta("AAA", 106, 106))
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["spot:AAA"]
+    assert s["buffer_overflows"] == 1 and s["state"] == "live" and s["gaps"] == 0
+    assert h.fetches == ["AAA", "AAA"]
+
+
+def test_crossed_book_is_a_desync() -> None:
+    async def scenario() -> Harness:
+        h = Harness()
+        h.snaps = {"AAA": [rest("AAA", 100), rest("AAA", 102, bid="12", ask="13")]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101))
+        await settle()
+        h.feed(delta("AAA", 102, 102, bids=[("11.5", "1")]))  # bid above the 11 ask
+        await settle()
+        h.feed(delta("AAA", 103, 103))
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["spot:AAA"]
+    assert s["crossed"] == 1 and s["resyncs"] == 1 and s["state"] == "live"
+    assert h.fused("AAA") == [101, 103]
+    assert ("resync_started", None) in h.controls("AAA")
+
+
+def test_throttle_conflates_and_flushes_the_latest_when_the_interval_ends() -> None:
+    now = [1_000_000_000]
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30, clock=lambda: now[0])
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101))
+        await settle()  # live: published at once (101)
+        for u in range(102, 106):
+            h.feed(delta("AAA", u, u))
+        assert h.fused("AAA") == [101]
+        await asyncio.sleep(0.1)
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [101, 105]
+    assert h.cond.counters["flushes"] == 1
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[int, object]] = {}
+        self.calls: list[tuple[str, int | None, int, float | None]] = []
+
+    def get(self, key: str) -> tuple[int, object] | None:
+        return self.data.get(key)
+
+    def compare_and_set(
+        self,
+        key: str,
+        expected_version: int | None,
+        version: int,
+        value: object,
+        ttl_s: float | None,
+    ) -> bool:
+        self.calls.append((key, expected_version, version, ttl_s))
+        cur = self.data.get(key)
+        if (cur[0] if cur else None) != expected_version:
+            return False
+        self.data[key] = (version, value)
+        return True
+
+
+def test_store_gets_each_fused_snapshot_with_cas_on_the_update_id() -> None:
+    store = FakeStore()
+    store.data["binance:spot:AAA:book"] = (50, "an older run")
+
+    async def scenario() -> Harness:
+        h = Harness(store=store, snapshot_ttl_s=5.0)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101))
+        await settle()
+        h.feed(delta("AAA", 102, 102))
+        store.data["binance:spot:AAA:book"] = (999, "a newer writer")
+        h.feed(delta("AAA", 103, 103))
+        return h
+
+    h = run(scenario)
+    k = "binance:spot:AAA:book"
+    assert store.calls == [
+        (k, None, 101, 5.0),
+        (k, 50, 101, 5.0),
+        (k, 101, 102, 5.0),
+        (k, 102, 103, 5.0),
+    ]
+    assert store.data[k] == (999, "a newer writer")  # never overwritten by older state
+    assert h.cond.counters["store_writes"] == 2 and h.cond.counters["store_conflicts"] == 1
