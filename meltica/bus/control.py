@@ -1,0 +1,110 @@
+"""The Control Bus: commands in, replies out.
+
+``ControlBus`` is the interface every transport offers (``await request(req) ->
+reply``); ``InProcessControlBus`` serves a Dispatcher in the same process.  It
+admits at most ``max_pending`` requests at a time (more get an immediate error
+reply, never an unbounded queue), bounds each with ``timeout_s`` (a timed-out
+request is cancelled and the Dispatcher rolls it back), and turns any handler
+crash into an error reply.  Mutating requests on the same instrument are
+serialised, in arrival order, by the Dispatcher's per-instrument locks.
+``request_json`` is the JSON door a NATS request/reply responder will use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Protocol
+
+from meltica.dispatcher.messages import ControlError, ControlReply, ControlRequest
+
+__all__ = ["ControlBus", "ControlHandler", "InProcessControlBus"]
+
+log = logging.getLogger("meltica.bus.control")
+
+
+class ControlBus(Protocol):
+    """Where control requests go; every transport implements this."""
+
+    async def request(self, req: ControlRequest) -> ControlReply: ...
+
+
+class ControlHandler(Protocol):
+    """What serves requests (``Dispatcher.handle``)."""
+
+    async def handle(self, req: ControlRequest) -> ControlReply: ...
+
+
+class InProcessControlBus:
+    """A ControlBus calling a handler directly, with admission control and timeouts."""
+
+    def __init__(
+        self, handler: ControlHandler, *, max_pending: int = 64, timeout_s: float | None = 30.0
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError("timeout_s must be positive or None")
+        self._handler = handler
+        self.max_pending = max_pending
+        self.timeout_s = timeout_s
+        self.pending = 0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("requests", "ok", "errors", "full", "timeouts", "crashes", "closed", "malformed"), 0
+        )
+
+    async def request(self, req: ControlRequest) -> ControlReply:
+        """Serve one request; always returns a reply (errors are replies too)."""
+        self.counters["requests"] += 1
+        if self._closed:
+            self.counters["closed"] += 1
+            return ControlReply.failure(req, "control bus is closed")
+        if self.pending >= self.max_pending:
+            self.counters["full"] += 1
+            return ControlReply.failure(
+                req, f"control bus full: {self.pending} requests pending (max {self.max_pending})"
+            )
+        self.pending += 1
+        self._idle.clear()
+        try:
+            reply = await asyncio.wait_for(self._handler.handle(req), self.timeout_s)
+        except TimeoutError:
+            self.counters["timeouts"] += 1
+            reply = ControlReply.failure(
+                req, f"{req.op} timed out after {self.timeout_s} s (rolled back)"
+            )
+        except Exception as exc:
+            self.counters["crashes"] += 1
+            log.exception("control %s %s crashed", req.op, req.request_id)
+            reply = ControlReply.failure(req, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self.pending -= 1
+            if not self.pending:
+                self._idle.set()
+        self.counters["ok" if reply.ok else "errors"] += 1
+        return reply
+
+    async def request_json(self, payload: bytes | str) -> bytes:
+        """A JSON request in, a JSON reply out (for remote transports)."""
+        data: Any = None
+        try:
+            data = json.loads(payload)
+            req = ControlRequest.from_dict(data)
+        except (ValueError, ControlError) as exc:
+            self.counters["malformed"] += 1
+            rid = data.get("request_id") if isinstance(data, dict) else None
+            reply = ControlReply(rid if isinstance(rid, str) else "", False, str(exc))
+            return json.dumps(reply.to_dict()).encode()
+        return json.dumps((await self.request(req)).to_dict()).encode()
+
+    async def close(self) -> None:
+        """Refuse new requests; wait for those in flight.  Idempotent."""
+        self._closed = True
+        await self._idle.wait()
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "pending": self.pending, "max_pending": self.max_pending}
