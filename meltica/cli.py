@@ -170,6 +170,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from meltica.commands.run import run_gateway
+
+    return _run_async(run_gateway(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from meltica.commands.demo import run_demo
+
+    return _run_async(run_demo(args))
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from meltica.commands.replay import run_replay
+
+    return _run_async(run_replay(args))
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from meltica.commands.tail import run_tail
+
+    return _run_async(run_tail(args))
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. bus.capacity=1024 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meltica-engine",
@@ -239,6 +274,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
     p.add_argument("--snapshot-limit", type=int, default=1000)
     p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser(
+        "run",
+        help="run the gateway against live Binance",
+        description="Connect to Binance with the configured markets, symbols and streams, "
+        "keep books, serve /metrics and the bus until SIGINT/SIGTERM.",
+    )
+    _config_args(p)
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole gateway offline against a local fake Binance, with a live view",
+        description="Start a fake Binance with a synthetic market in its own process, run "
+        "the gateway against it over loopback and show books, rates and latency.",
+    )
+    _config_args(p)
+    p.add_argument("--duration", type=float, help="stop after this many seconds, with a summary")
+    p.add_argument("--symbols", type=int, default=3, help="symbols per market (default 3)")
+    p.add_argument("--seed", type=int, default=1, help="synthetic market seed")
+    p.add_argument("--speed", type=float, default=1.0, help="market speed (1 = real time)")
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="/metrics port (default: a free one)"
+    )
+    p.add_argument(
+        "--no-view", dest="view", action="store_false", help="no live view, summary only"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "replay",
+        help="replay a capture through the whole gateway, writing bus events",
+        description="Serve CAPTURE from a local fake Binance, subscribe the gateway to its "
+        "symbols and streams and write every Data Bus event as wire JSON; a report goes "
+        "to stderr.",
+    )
+    p.add_argument("capture", nargs="+", help="capture file(s) of one session")
+    _config_args(p)
+    p.add_argument("--speed", type=_speed, default=None, help="'max' (default), 1 or N×")
+    p.add_argument("-o", "--output", help="output JSONL file (default: stdout; '-' too)")
+    p.add_argument("--market", choices=MARKETS, help="capture market override")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser(
+        "tail",
+        help="print the bus events of a running gateway",
+        description="Connect to a running gateway's HTTP endpoint and print its Data Bus "
+        "events as wire JSON lines (a slow reader loses the oldest, never slows the gateway).",
+    )
+    p.add_argument(
+        "--url", default="http://127.0.0.1:9464", help="the gateway's metrics/tail endpoint"
+    )
+    p.add_argument("--kind", action="append", default=[], help="event kind (repeatable)")
+    p.add_argument("--symbol", action="append", default=[], help="symbol (repeatable)")
+    p.add_argument("--market", action="append", default=[], help="market (repeatable)")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.set_defaults(func=_cmd_tail)
 
     p = sub.add_parser("check-config", help="validate a config file and print the result")
     p.add_argument("file", help="YAML config file")

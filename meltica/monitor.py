@@ -121,24 +121,20 @@ class BusMonitor:
     def table(self, title: str = "Meltica", extra: dict[str, Any] | None = None) -> Table:
         """A rich table: one row per instrument plus the totals in the caption."""
         t = Table(title=title, expand=False)
-        for col in ("market", "symbol", "bid", "bid qty", "ask", "ask qty", "last trade"):
-            t.add_column(col, justify="right" if col not in ("market", "symbol") else "left")
-        t.add_column("trades/s", justify="right")
-        t.add_column("events", justify="right")
+        for col in ("market", "symbol", "bid", "ask", "last trade", "trades/s", "events/s"):
+            t.add_column(col, justify="left" if col in ("market", "symbol") else "right")
         secs = self.elapsed_s
         for (market, symbol), v in sorted(self.symbols.items()):
-            if not symbol:
-                continue
+            if not symbol or symbol == "*":
+                continue  # connection-wide control events
             t.add_row(
                 market,
                 symbol,
-                v.bid,
-                v.bid_qty,
-                v.ask,
-                v.ask_qty,
+                f"{v.bid} × {v.bid_qty}" if v.bid else "",
+                f"{v.ask} × {v.ask_qty}" if v.ask else "",
                 v.last_trade,
-                f"{v.trades / secs:,.0f}",
-                f"{v.events:,}",
+                f"{v.trades / secs:,.1f}",
+                f"{v.events / secs:,.1f}",
             )
         trouble = ", ".join(f"{k} {n}" for k, n in self.trouble().items())
         parts = [

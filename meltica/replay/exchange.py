@@ -34,7 +34,8 @@ class FakeExchange:
     """A local Binance serving ``source`` on loopback.
 
     speed: None = as fast as clients read; 1.0 = recorded time; N = N times faster.
-    start: "first_subscribe" (the timeline waits for a subscription) or "now".
+    start: "first_subscribe" (the timeline waits for a subscription), "now", or
+    "manual" (it waits for `begin()`: a client subscribes everything first).
     ws_options / rest_options: passed to each WsServer / the RestServer.
     """
 
@@ -53,8 +54,8 @@ class FakeExchange:
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for max)")
-        if start not in ("first_subscribe", "now"):
-            raise ValueError("start must be 'first_subscribe' or 'now'")
+        if start not in ("first_subscribe", "now", "manual"):
+            raise ValueError("start must be 'first_subscribe', 'now' or 'manual'")
         self.source = source
         self.speed = speed
         self.faults = faults or FaultPlan()
@@ -126,11 +127,16 @@ class FakeExchange:
     # -- timeline
 
     def _on_subscribe(self, market: str, streams: set[str]) -> None:
+        if self._start_mode == "first_subscribe":
+            self._subscribed.set()
+
+    def begin(self) -> None:
+        """Start the timeline now (any start mode; idempotent)."""
         self._subscribed.set()
 
     async def _timeline(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._start_mode == "first_subscribe":
+        if self._start_mode != "now":
             await self._subscribed.wait()
         t0_wall = loop.time()
         t0_ts: int | None = None

@@ -119,12 +119,14 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9464,
         ready: Callable[[], bool] = lambda: True,
+        routes: Callable[[web.Application], None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.host = host
         self.port = port
         self._ready = ready
+        self._routes = routes
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -134,6 +136,8 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._routes is not None:
+            self._routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)

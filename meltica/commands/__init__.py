@@ -1,0 +1,1 @@
+"""The gateway's subcommands (``run``, ``demo``, ``replay``, ``tail``); cli.py parses."""

@@ -1,0 +1,104 @@
+"""Pieces the gateway commands share: pointing a config at a local fake exchange,
+and running a fake exchange in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from meltica.errors import MelticaError
+
+
+class FakeExchangeError(MelticaError, RuntimeError):
+    """The local fake exchange did not start."""
+
+    reason = "fake_exchange"
+
+
+def _yaml_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(items) + "]"
+
+
+def local_overrides(
+    ws_urls: Mapping[str, str],
+    rest_url: str,
+    *,
+    symbols: Mapping[str, Sequence[str]] | None = None,
+    streams: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Config overrides that point the gateway at a fake exchange on loopback.
+
+    Only the markets in ``ws_urls`` are enabled.  USD-M uses the routed
+    ``/public`` and ``/market`` paths under its URL, as Binance does.
+    """
+    out = [f"binance.markets={_yaml_list(sorted(ws_urls))}"]
+    for market, url in ws_urls.items():
+        out.append(f"binance.{market}.ws_url={url}")
+        out.append(f"binance.{market}.rest_url={rest_url}")
+        if market == "spot":
+            out.append("binance.spot.market_data_only=false")
+        if symbols and symbols.get(market):
+            out.append(
+                f"binance.{market}.symbols={_yaml_list([s.lower() for s in symbols[market]])}"
+            )
+        if streams and streams.get(market):
+            out.append(f"binance.{market}.streams={_yaml_list(list(streams[market]))}")
+    return out
+
+
+@dataclass
+class FakeProcess:
+    """A ``meltica-engine fake-exchange`` child process and the URLs it printed."""
+
+    proc: asyncio.subprocess.Process
+    ws_urls: dict[str, str]
+    rest_url: str
+
+    @classmethod
+    async def start(cls, args: Sequence[str], *, timeout_s: float = 30.0) -> FakeProcess:
+        """Start ``python -m meltica fake-exchange ARGS`` and wait for its URLs."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "meltica",
+            "--log-level",
+            "WARNING",
+            "fake-exchange",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        ws: dict[str, str] = {}
+        rest = ""
+        try:
+            async with asyncio.timeout(timeout_s):
+                assert proc.stdout is not None
+                while not rest:
+                    line = (await proc.stdout.readline()).decode()
+                    if not line:
+                        raise FakeExchangeError("the fake exchange exited before it was ready")
+                    head, _, url = line.strip().partition(": ")
+                    if head.startswith("ws "):
+                        ws[head[3:]] = url
+                    elif head == "rest":
+                        rest = url
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        return cls(proc, ws, rest)
+
+    async def stop(self) -> None:
+        """Terminate the child (idempotent)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()

@@ -1,0 +1,296 @@
+"""``meltica-engine replay CAPTURE``: a recorded session through the whole gateway.
+
+The capture is served by the fake exchange (in this process, on loopback) the
+way Binance would serve it: every stream over WebSocket, depth snapshots over
+REST.  The gateway subscribes to the capture's streams before the first frame
+goes out (the fake's "manual" start), so every recorded frame reaches it; at
+``--speed max`` the fake sends as fast as the gateway reads.  Every Data Bus
+event is written in the wire format (a ``block`` consumer: nothing is lost),
+and a report goes to stderr: frames, events by kind, gaps, resyncs, drops,
+throughput, receive->consumer latency, and the book check — at every exchange
+``bookTicker`` whose update id equals a published book's update id, the
+book's best bid/ask must equal the exchange's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from meltica.commands.common import local_overrides
+from meltica.config import load_config
+from meltica.engine import Engine
+from meltica.errors import CaptureError, ConfigError, MelticaError
+from meltica.monitor import BusMonitor
+
+_Top = tuple[int, int, int, int, int, int, int, int]
+
+
+def _top_of_ticker(ev: Any) -> _Top:
+    return (
+        *_fx(ev.bid_price),
+        *_fx(ev.bid_qty),
+        *_fx(ev.ask_price),
+        *_fx(ev.ask_qty),
+    )
+
+
+def _fx(f: Any) -> tuple[int, int]:
+    """A Fixed as a canonical (mantissa, exponent): trailing zeros stripped."""
+    m, e = f.mantissa, f.exponent
+    if m == 0:
+        return 0, 0
+    while m % 10 == 0:
+        m //= 10
+        e += 1
+    return m, e
+
+
+@dataclass
+class BookCheck:
+    """Exchange bookTicker vs the gateway's published book at the same update id.
+
+    A point is an update id for which both the exchange's bookTicker and a
+    published top-N book exist; they arrive in either order (a diff-depth
+    event covers 100 ms of updates), so recent tickers are kept per symbol.
+    """
+
+    points: int = 0
+    mismatches: int = 0
+    examples: list[str] = field(default_factory=list)
+    keep: int = 4096
+    _tickers: dict[tuple[str, str], OrderedDict[int, _Top]] = field(default_factory=dict)
+    _book: dict[tuple[str, str], tuple[int, _Top]] = field(default_factory=dict)
+
+    def observe(self, batch: list[Any]) -> None:
+        for ev in batch:
+            kind = ev.kind
+            if kind == "book_ticker":
+                key = (ev.market, ev.symbol)
+                uid, top = ev.update_id, _top_of_ticker(ev)
+                book = self._book.get(key)
+                if book is not None and book[0] == uid:
+                    self._compare(key, uid, top, book[1])
+                    continue
+                recent = self._tickers.setdefault(key, OrderedDict())
+                recent[uid] = top
+                if len(recent) > self.keep:
+                    recent.popitem(last=False)
+            elif kind == "book_snapshot" and ev.source == "book":
+                bids, asks = ev.bids, ev.asks
+                if not bids or not asks:
+                    continue
+                key = (ev.market, ev.symbol)
+                top = (*_fx(bids[0][0]), *_fx(bids[0][1]), *_fx(asks[0][0]), *_fx(asks[0][1]))
+                self._book[key] = (ev.update_id, top)
+                ticker = self._tickers.get(key, {}).pop(ev.update_id, None)
+                if ticker is not None:
+                    self._compare(key, ev.update_id, ticker, top)
+
+    def _compare(self, key: tuple[str, str], uid: int, ticker: _Top, book: _Top) -> None:
+        self.points += 1
+        if ticker != book:
+            self.mismatches += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"{key[0]}:{key[1]} u={uid}: ticker {ticker} != book {book}")
+
+
+async def run_replay(args: argparse.Namespace) -> int:
+    from meltica.replay.exchange import FakeExchange
+    from meltica.replay.source import CaptureSource
+
+    err = Console(stderr=True)
+    try:
+        source = CaptureSource(args.capture, market=args.market)
+    except (CaptureError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    market = source.market
+    streams = sorted(source.streams(market))
+    depth_speed = _depth_speed(market, streams)
+    fake = FakeExchange(source, speed=args.speed, start="manual")
+    await fake.start()
+    engine: Engine | None = None
+    try:
+        overrides = local_overrides(
+            {market: fake.ws_url(market)},
+            fake.rest_url,
+            symbols={market: [s.lower() for s in source.symbols(market)]},
+        )
+        if depth_speed is not None:
+            overrides.append(f"binance.{market}.depth_speed_ms={depth_speed}")
+        overrides += ["telemetry.metrics_enabled=false", *args.set]
+        try:
+            config = load_config(args.config, overrides=overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        engine = Engine(config, subscribe_on_start=False)
+        consumer = engine.bus.subscribe("replay", policy="block")
+        monitor = BusMonitor()
+        check = BookCheck()
+        await engine.start()
+        reply = await engine.subscribe_streams(market, streams)
+        if not reply.ok:
+            print(f"error: subscribing {streams} failed: {reply.error}", file=sys.stderr)
+            return 1
+        t0 = time.monotonic()
+        fake.begin()
+        with ExitStack() as stack:
+            if args.output in (None, "-"):
+                out = cast(BinaryIO, sys.stdout.buffer)
+            else:
+                out = stack.enter_context(open(args.output, "wb"))
+            progress = Progress(
+                TextColumn("replay"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,} frames"),
+                TimeElapsedColumn(),
+                console=err,
+                disable=not args.progress,
+                transient=True,
+            )
+            stack.enter_context(progress)
+            task = progress.add_task("replay", total=source.frame_count)
+
+            def received() -> int:
+                assert engine is not None
+                return sum(int(m.stats().get("frames", 0)) for m in engine.managers.values())
+
+            def write(batch: list[Any]) -> None:
+                now = time.time_ns()
+                monitor.observe(batch, now)
+                check.observe(batch)
+                out.write(
+                    b"".join(
+                        json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n"
+                        for ev in batch
+                    )
+                )
+
+            await _pump(
+                consumer, write, fake, received, lambda n: progress.update(task, completed=n)
+            )
+            elapsed = time.monotonic() - t0
+            await engine.stop()
+            rest = consumer.poll()
+            while rest:
+                write(rest)
+                rest = consumer.poll()
+            out.flush()
+        report = _report(engine, fake, source, monitor, check, consumer, received(), elapsed)
+        # a book whose capture holds no depth snapshot can never sync: say so, it is
+        # the capture's limit; any other book that is not live is a failure
+        not_live = [k for k, state in report["books"].items() if state != "live"]
+        unsyncable = [
+            k for k in not_live if source.depth_snapshot(market, k.split(":", 1)[1], 1000) is None
+        ]
+        report["books_without_snapshot_in_capture"] = unsyncable
+        _print_report(err, report)
+        failed = set(not_live) - set(unsyncable)
+        for key in unsyncable:
+            err.print(f"warning: {key}: the capture holds no depth snapshot; no book to check")
+        for key in sorted(failed):
+            err.print(f"error: {key}: book not live at the end of the replay")
+        bad = report["gaps"] or report["drops"] or report["book_check"]["mismatches"] or failed
+        return 1 if bad else 0
+    except MelticaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if engine is not None:
+            await engine.stop()
+        await fake.stop()
+
+
+def _depth_speed(market: str, streams: list[str]) -> int | None:
+    """The depth update speed the capture's diff-depth streams use (ms), if any."""
+    for s in streams:
+        name = s.split("@", 1)[1] if "@" in s else s
+        if name == "depth":  # the bare name is the market's default speed
+            return 1000 if market == "spot" else 250
+        if name.startswith("depth@") and name.endswith("ms"):
+            return int(name[6:-2])
+    return None
+
+
+async def _pump(
+    consumer: Any,
+    write: Callable[[list[Any]], None],
+    fake: Any,
+    received: Callable[[], int],
+    progress: Callable[[int], None],
+) -> None:
+    """Consume until the fake has sent everything and the gateway went quiet."""
+    quiet_since: float | None = None
+    last_seen = -1
+    while True:
+        try:
+            batch = await asyncio.wait_for(consumer.next_batch(), 0.1)
+        except TimeoutError:
+            batch = []
+        if batch:
+            write(batch)
+        n = received()
+        progress(fake.frames_read)
+        if not fake.finished.is_set():
+            continue
+        now = time.monotonic()
+        if batch or n != last_seen:
+            last_seen, quiet_since = n, now
+        elif quiet_since is not None and now - quiet_since >= 0.5:
+            return
+
+
+def _report(
+    engine: Engine,
+    fake: Any,
+    source: Any,
+    monitor: BusMonitor,
+    check: BookCheck,
+    consumer: Any,
+    received: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    instruments = engine.conductor.status()["instruments"]
+    table = engine.table.stats()
+    return {
+        "capture": [str(p) for p in source.paths],
+        "market": source.market,
+        "frames": {
+            "in_capture": source.frame_count,
+            "sent": fake.frames_published,
+            "received": received,
+        },
+        "events": monitor.events,
+        "by_kind": dict(sorted(monitor.kinds.items())),
+        "gaps": sum(i.get("gaps", 0) for i in instruments.values()),
+        "resyncs": sum(i.get("resyncs", 0) for i in instruments.values()),
+        "drops": consumer.dropped,
+        "unrouted": int(table.get("unrouted", 0)),
+        "duplicates_dropped": int(table.get("duplicates", 0)),
+        "books": {k: v.get("state") for k, v in instruments.items()},
+        "throughput_frames_per_s": round(received / max(elapsed, 1e-9), 1),
+        "elapsed_s": round(elapsed, 3),
+        "latency_us": monitor.summary()["latency_us"],
+        "book_check": {
+            "points": check.points,
+            "mismatches": check.mismatches,
+            "examples": check.examples,
+        },
+    }
+
+
+def _print_report(console: Console, report: dict[str, Any]) -> None:
+    console.print_json(json.dumps(report))

@@ -1,0 +1,25 @@
+"""``meltica-engine run``: the gateway against live Binance until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meltica.config import load_config
+from meltica.engine import Engine
+from meltica.errors import ConfigError, MelticaError
+
+
+async def run_gateway(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides=args.set)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    engine = Engine(config)
+    try:
+        await engine.run(duration_s=args.duration)
+    except MelticaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

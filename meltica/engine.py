@@ -1,0 +1,424 @@
+"""The gateway: adapters -> Dispatcher -> Conductor -> Data Bus, wired from config.
+
+`Engine` builds every component of docs/pipeline.md from a `Config`, starts
+them in dependency order and stops them in reverse.  ``start``/``stop`` are
+idempotent; ``run`` starts, waits for SIGINT/SIGTERM (or `request_stop`) and
+stops cleanly: connections are closed first (their last frames are flushed
+through the pipeline), then the Conductor's timers, the REST session and the
+HTTP endpoint.  Everything runs on one event loop (uvloop in the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from meltica._core.dispatch import DispatchTable
+from meltica._core.events import Control, Event
+from meltica.adapters.binance.instruments import InstrumentRegistry
+from meltica.adapters.binance.rest import BinanceRest
+from meltica.adapters.binance.ws import ConnectionManager
+from meltica.bus.control import InProcessControlBus
+from meltica.bus.data import InMemoryDataBus
+from meltica.conductor import Conductor
+from meltica.config import Config, Market
+from meltica.dispatcher.dispatcher import Dispatcher
+from meltica.dispatcher.messages import ControlReply, ControlRequest
+from meltica.errors import MelticaError
+from meltica.log import root as _root_log
+from meltica.snapshot import MemorySnapshotStore
+from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
+
+log = _root_log.getChild("engine")
+
+__all__ = ["Engine", "StartupError"]
+
+
+class StartupError(MelticaError, RuntimeError):
+    """The gateway could not start (exchangeInfo unreachable, subscription refused, ...)."""
+
+    reason = "startup"
+
+
+class _BookTracker:
+    """What the Dispatcher calls on depth (un)subscription: the Conductor, with the
+    instrument's tick/step exponents from exchangeInfo when known."""
+
+    def __init__(self, conductor: Conductor, instruments: InstrumentRegistry) -> None:
+        self._conductor = conductor
+        self._instruments = instruments
+
+    def track(self, market: str, symbol: str) -> None:
+        inst = self._instruments.get(market, symbol)
+        price_exp = getattr(inst, "price_exp", None)
+        qty_exp = getattr(inst, "qty_exp", None)
+        self._conductor.track(market, symbol, price_exp=price_exp, qty_exp=qty_exp)
+
+    def untrack(self, market: str, symbol: str) -> None:
+        self._conductor.untrack(market, symbol)
+
+    def resync(self, market: str, symbol: str) -> None:
+        self._conductor.resync(market, symbol)
+
+
+class Engine:
+    """One gateway process.  ``config`` is the effective `Config`.
+
+    ``subscribe_on_start``: subscribe the configured symbols x streams of every
+    market during `start` (the CLI's ``run``); ``replay`` subscribes its own.
+    """
+
+    def __init__(self, config: Config, *, subscribe_on_start: bool = True) -> None:
+        self.config = config
+        self._subscribe_on_start = subscribe_on_start
+        b = config.binance
+        self.markets: tuple[Market, ...] = tuple(b.markets)
+        self.rest = BinanceRest.from_config(
+            b,
+            request_timeout_s=b.rest_request_timeout_s,
+            retry_deadline_s=b.rest_retry_deadline_s,
+        )
+        self.instruments = InstrumentRegistry(self.rest)
+        self.bus = InMemoryDataBus(
+            config.bus.capacity,
+            policy=config.bus.policy,
+            batch_size=config.bus.batch_size,
+            on_pause=self._pause_reading,
+            on_resume=self._resume_reading,
+        )
+        self.store = MemorySnapshotStore(
+            config.snapshot.max_entries, default_ttl_s=config.snapshot.ttl_s
+        )
+        c = config.conductor
+        self.conductor = Conductor(
+            self._publish,
+            self._fetch_snapshot,
+            store=self.store,
+            book_depth=c.book_depth,
+            publish_interval_ms=c.publish_interval_ms,
+            snapshot_buffer_max=c.snapshot_buffer_max,
+            snapshot_ttl_s=config.snapshot.ttl_s,
+            analytics=c.analytics,
+        )
+        self.table = DispatchTable()
+        self.managers: dict[str, ConnectionManager] = {}
+        for market in self.markets:
+            self.managers[market] = self._manager(market)
+        self.dispatcher = Dispatcher(
+            self.table,
+            self.managers,
+            self.instruments,
+            self.conductor.on_events,
+            conductor=_BookTracker(self.conductor, self.instruments),
+            depth_speed_ms={m: b.market(m).depth_speed_ms for m in self.markets},
+            ack_timeout_s=max(10.0, 4 * b.ack_timeout_s),
+        )
+        self.control = InProcessControlBus(self.dispatcher)
+        t = config.telemetry
+        self.metrics: MetricsServer | None = None
+        if t.metrics_enabled:
+            self.metrics = MetricsServer(
+                StatsCollector(self.samples, self.histograms),
+                host=t.metrics_host,
+                port=t.metrics_port,
+                ready=self.ready,
+                routes=self.add_routes,
+            )
+        self.pipeline_latency = Histogram(
+            "pipeline_latency_seconds",
+            "Local receive time to Data Bus publish, per batch (oldest event of the batch)",
+        )
+        self._state = "new"
+        self._stopping: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_ns = 0
+
+    # ------------------------------------------------------------ wiring
+
+    def _manager(self, market: Market) -> ConnectionManager:
+        b = self.config.binance
+        m = b.market(market)
+        urls: str | dict[str, str]
+        if market == "usdm":
+            urls = {"public": b.usdm.public_ws_url, "market": b.usdm.market_ws_url}
+        else:
+            urls = m.ws_base_url
+        return ConnectionManager(
+            urls,
+            market=market,
+            sink=self._on_batch,
+            on_control=self._on_control,
+            time_unit=m.time_unit,
+            max_streams_per_connection=m.max_streams_per_connection,
+            control_msgs_per_second=m.control_msgs_per_second,
+            silence_timeout_s=m.silence_timeout_s,
+            reconnect_initial_s=b.reconnect_initial_s,
+            reconnect_max_s=b.reconnect_max_s,
+            rotate_after_s=b.rotate_after_s,
+            max_frame_bytes=self.config.parser.max_frame_bytes,
+            ack_timeout_s=b.ack_timeout_s,
+            overlap_max_s=b.overlap_max_s,
+        )
+
+    def _on_batch(self, batch: list[Any]) -> None:
+        self.dispatcher.on_events(batch)
+
+    def _on_control(self, event: Control) -> None:
+        self.dispatcher.on_events([event])
+
+    def _publish(self, batch: list[Any]) -> None:
+        if batch:
+            ts = batch[0].ts_recv
+            if ts > 0:
+                self.pipeline_latency.observe(max(0, time.time_ns() - ts) / 1e9)
+        self.bus.publish_batch(batch)
+
+    def _fetch_snapshot(self, market: str, symbol: str) -> Any:
+        return self.rest.depth_snapshot(market, symbol, urgent=True)
+
+    def _pause_reading(self) -> None:
+        for manager in self.managers.values():
+            manager.pause_reading()
+
+    def _resume_reading(self) -> None:
+        for manager in self.managers.values():
+            manager.resume_reading()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    async def start(self) -> None:
+        """Load instruments, open the HTTP endpoint, start connections, subscribe."""
+        if self._state in ("starting", "running"):
+            return
+        self._state = "starting"
+        self._stopping = asyncio.Event()
+        self.started_ns = time.time_ns()
+        try:
+            for market in self.markets:
+                try:
+                    await self.instruments.refresh(market)
+                except MelticaError as exc:
+                    raise StartupError(f"exchangeInfo for {market} failed: {exc}") from exc
+            if self.metrics is not None:
+                await self.metrics.start()
+                log.info("metrics on %s/metrics", self.metrics.url)
+            for manager in self.managers.values():
+                await manager.start()
+            refresh: dict[str, float] = {
+                m: self.config.binance.market(m).exchange_info_refresh_s for m in self.markets
+            }
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(self.instruments.run(refresh), name="instruments"))
+            if self._subscribe_on_start:
+                for market in self.markets:
+                    m = self.config.binance.market(market)
+                    reply = await self.request(
+                        ControlRequest(
+                            "subscribe",
+                            market=market,
+                            symbols=tuple(m.symbols),
+                            channels=tuple(m.streams),
+                        )
+                    )
+                    if not reply.ok:
+                        raise StartupError(f"subscribing {market} failed: {reply.error}")
+        except BaseException:
+            await self.stop()
+            raise
+        self._state = "running"
+
+    async def stop(self) -> None:
+        """Stop everything (idempotent): connections first, so their last frames flush."""
+        if self._state in ("stopped", "new"):
+            self._state = "stopped"
+            return
+        if self._state == "stopping":
+            return
+        self._state = "stopping"
+        for manager in self.managers.values():
+            with contextlib.suppress(Exception):
+                await manager.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.conductor.stop()
+        await self.control.close()
+        await self.rest.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        self._state = "stopped"
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def request_stop(self) -> None:
+        """Ask `run` to stop (signal handlers call this)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self, *, duration_s: float | None = None) -> None:
+        """Start, run until SIGINT/SIGTERM, `request_stop` or `duration_s`, then stop."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        assert self._stopping is not None
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), duration_s)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # ------------------------------------------------------------ control plane
+
+    async def request(self, req: ControlRequest) -> ControlReply:
+        """A control-plane request through the Control Bus."""
+        return await self.control.request(req)
+
+    async def subscribe_streams(self, market: str, streams: Iterable[str]) -> ControlReply:
+        """Subscribe Binance stream names (grouped into symbol x channel requests)."""
+        from meltica.adapters.binance.streams import channel_of
+
+        by_channel: dict[str, list[str]] = {}
+        for stream in streams:
+            symbol, channel = channel_of(market, stream)
+            by_channel.setdefault(channel, []).append(symbol)
+        reply: ControlReply | None = None
+        for channel, symbols in sorted(by_channel.items()):
+            reply = await self.request(
+                ControlRequest(
+                    "subscribe", market=market, symbols=tuple(symbols), channels=(channel,)
+                )
+            )
+            if not reply.ok:
+                return reply
+        if reply is None:
+            raise StartupError(f"no streams to subscribe on {market}")
+        return reply
+
+    # ------------------------------------------------------------ health and metrics
+
+    def ready(self) -> bool:
+        """Running, every market connected, every tracked book live."""
+        if self._state != "running":
+            return False
+        for manager in self.managers.values():
+            st = manager.stats()
+            if st.get("streams", 0) and not st.get("connections", 0):
+                return False
+        instruments = self.conductor.status().get("instruments", {})
+        return all(i.get("state") == "live" for i in instruments.values())
+
+    def histograms(self) -> Iterator[Histogram]:
+        yield self.pipeline_latency
+
+    def samples(self) -> Iterator[Sample]:
+        """Every counter and gauge, read at scrape time."""
+        for market, manager in self.managers.items():
+            for name, value in manager.stats().items():
+                yield _sample(f"ws_{name}", value, "WebSocket connection manager", market=market)
+        yield from self.rest.samples()
+        for dname, dvalue in self.dispatcher.stats().items():
+            if dvalue is not None:
+                yield _sample(f"dispatch_{dname}", dvalue, "Dispatcher and dispatch table")
+        cstat = self.conductor.status()
+        for name, value in cstat["counters"].items():
+            yield _sample(f"conductor_{name}", value, "Conductor")
+        for key, inst in cstat["instruments"].items():
+            market, symbol = key.split(":", 1)
+            for name in ("gaps", "resyncs", "refetches", "buffer_overflows", "crossed"):
+                if name in inst:
+                    yield _sample(
+                        f"book_{name}",
+                        inst[name],
+                        "Order book sync events",
+                        kind="counter",
+                        market=market,
+                        symbol=symbol,
+                    )
+            yield _sample(
+                "book_live",
+                1 if inst.get("state") == "live" else 0,
+                "1 while the book is live",
+                kind="gauge",
+                market=market,
+                symbol=symbol,
+            )
+        for name, value in self.bus.stats().items():
+            yield _sample(f"bus_{name}", value, "In-memory Data Bus")
+        for name, value in self.store.stats().items():
+            yield _sample(f"snapshot_{name}", value, "SnapshotStore")
+
+    # ------------------------------------------------------------ tail endpoint
+
+    def add_routes(self, app: web.Application) -> None:
+        """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines."""
+        app.router.add_get("/tail", self._tail)
+
+    async def _tail(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        kinds = q.getall("kind", []) or None
+        markets = q.getall("market", []) or None
+        symbols = [s.upper() for s in q.getall("symbol", [])] or None
+        consumer = self.bus.subscribe(
+            f"tail-{id(request):x}",
+            kinds=kinds,
+            markets=markets,
+            symbols=symbols,
+            policy="drop_oldest",
+        )
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        try:
+            async for batch in consumer:
+                lines = [
+                    json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n" for ev in batch
+                ]
+                await resp.write(b"".join(lines))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            consumer.close()
+        return resp
+
+
+_COUNTER_HINTS = ("gauge_", "depth", "lag", "connections", "streams", "paused", "slots")
+
+
+def _sample(
+    name: str,
+    value: float,
+    help_text: str,
+    *,
+    kind: str | None = None,
+    **labels: str,
+) -> Sample:
+    if kind is None:
+        kind = "gauge" if any(h in name for h in _COUNTER_HINTS) else "counter"
+    return Sample(name, kind, help_text, float(value), tuple(sorted(labels.items())))
+
+
+def wire_lines(events: Iterable[Event]) -> bytes:
+    """Events as wire-format JSON lines."""
+    return b"".join(
+        json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n" for ev in events
+    )
+
+
+Factory = Callable[[Config], Engine]

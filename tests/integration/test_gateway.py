@@ -1,0 +1,263 @@
+"""Smoke suite: the whole gateway against the fake exchange over loopback.
+
+Fake Binance (WebSocket + REST, synthetic spot and USD-M market) -> Engine
+(ConnectionManager, Dispatcher, Conductor, SnapshotStore, Data Bus) -> bus
+consumers.  Covers start-up, subscribe and unsubscribe at runtime, scripted
+faults (an injected gap on one symbol, a dropped connection), /metrics, the
+tail endpoint, and a clean, idempotent shutdown.  No wall-time assertions:
+waits are bounded by generous deadlines and only conditions are asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import uvloop
+
+from meltica.commands.common import local_overrides
+from meltica.config import load_config
+from meltica.dispatcher.messages import ControlRequest
+from meltica.engine import Engine
+from meltica.replay.exchange import FakeExchange
+from meltica.replay.faults import FaultPlan
+from meltica.replay.synthetic import SyntheticMarket
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 240) -> T:
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    result = uvloop.run(main())
+    assert not errors, f"loop exception handler fired: {errors}"
+    return result
+
+
+class Collector:
+    """A bus consumer task that keeps every event it receives."""
+
+    def __init__(self, engine: Engine, name: str, **filters: Any) -> None:
+        self.consumer = engine.bus.subscribe(name, **filters)
+        self.events: list[Any] = []
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async for batch in self.consumer:
+            self.events.extend(batch)
+
+    async def wait_for(self, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for ev in self.events[seen:]:
+                if pred(ev):
+                    return ev
+            seen = len(self.events)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no matching event within {timeout} s ({len(self.events)} seen)")
+
+    async def close(self) -> None:
+        self.consumer.close()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    def kinds(self, market: str, symbol: str) -> set[str]:
+        return {e.kind for e in self.events if e.market == market and e.symbol == symbol}
+
+
+def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
+    symbols = {m: source.symbols(m) for m in source.markets}
+    overrides = [
+        *local_overrides(
+            {m: fake.ws_url(m) for m in source.markets}, fake.rest_url, symbols=symbols
+        ),
+        "telemetry.metrics_port=0",
+        "binance.spot.streams=[trade, book_ticker, depth]",
+        "binance.usdm.streams=[agg_trade, book_ticker, depth]",
+        "binance.reconnect_initial_s=0.05",
+        "binance.reconnect_max_s=0.5",
+        *extra,
+    ]
+    return Engine(load_config(None, env={}, overrides=overrides))
+
+
+def test_gateway_end_to_end_with_faults_and_runtime_control() -> None:
+    source = SyntheticMarket(markets=("spot", "usdm"), symbols_per_market=2, seed=7)
+    spot_a, spot_b = source.symbols("spot")
+    faults = FaultPlan.parse(
+        [
+            # a gap on one spot symbol: only that book must resync
+            f"drop:market=spot,symbol={spot_a},at_frame=400,count=3",
+            # the first usdm /public connection is cut; the gateway must reconnect
+            "close:market=usdm,connection=0,at_frame=600,code=1011",
+        ]
+    )
+
+    async def scenario() -> None:
+        fake = FakeExchange(source, speed=4.0, faults=faults)
+        await fake.start()
+        engine = make_engine(fake, source)
+        events = Collector(engine, "all")
+        try:
+            await engine.start()
+            await engine.start()  # idempotent
+            assert engine.state == "running"
+
+            # every configured symbol flows, and every book goes live
+            for market in ("spot", "usdm"):
+                for sym in source.symbols(market):
+                    await events.wait_for(
+                        lambda e, m=market, s=sym: (
+                            e.market == m
+                            and e.symbol == s
+                            and e.kind == "book_snapshot"
+                            and e.source == "book"
+                        )
+                    )
+
+            # the injected gap: gap -> resync_started -> resync_done, on spot_a only
+            gap = await events.wait_for(lambda e: e.kind == "gap" and e.market == "spot")
+            at = events.events.index(gap)
+            await events.wait_for(
+                lambda e: (
+                    e.kind == "resync_done" and e.symbol == spot_a and events.events.index(e) > at
+                )
+            )
+            # (a dropped connection also means lost frames: the usdm books resync then)
+            troubled = {
+                (e.market, e.symbol)
+                for e in events.events
+                if e.kind in ("gap", "resync_started") and e.market == "spot"
+            }
+            assert troubled == {("spot", spot_a)}, troubled
+            assert gap.symbol == spot_a
+            assert any(
+                e.symbol == spot_b and e.kind == "book_ticker" for e in events.events[at:]
+            )  # the other book kept flowing
+
+            # the dropped usdm connection: data flows again afterwards
+            await events.wait_for(
+                lambda e: (
+                    e.kind == "connection_state"
+                    and e.market == "usdm"
+                    and e.state in ("disconnected", "reconnecting")
+                )
+            )
+            n = len(events.events)
+            await events.wait_for(
+                lambda e: (
+                    e.market == "usdm" and e.kind == "book_ticker" and events.events.index(e) >= n
+                )
+            )
+            stats = engine.managers["usdm"].stats()
+            assert stats["connects"] >= 3, stats  # /public, /market, and the reconnect
+
+            # SnapshotStore: every live book is stored, version = its update id
+            for (market, sym), inst in engine.conductor._instruments.items():
+                if inst.state == "live":
+                    got = engine.store.get(f"binance:{market}:{sym}:book")
+                    assert got is not None, (market, sym, engine.store.stats())
+                    assert got[0] <= inst.book.update_id
+
+            # runtime subscribe: a new channel on spot_b; its first event arrives
+            reply = await engine.request(
+                ControlRequest(
+                    "subscribe", market="spot", symbols=(spot_b,), channels=("agg_trade",)
+                )
+            )
+            assert reply.ok, reply
+            await events.wait_for(lambda e: e.kind == "agg_trade" and e.symbol == spot_b)
+            again = await engine.request(
+                ControlRequest(
+                    "subscribe", market="spot", symbols=(spot_b,), channels=("agg_trade",)
+                )
+            )
+            assert again.ok  # idempotent
+
+            # runtime unsubscribe: after the reply, no trade of spot_b is delivered
+            reply = await engine.request(
+                ControlRequest("unsubscribe", market="spot", symbols=(spot_b,), channels=("trade",))
+            )
+            assert reply.ok, reply
+            mark = len(events.events)
+            await asyncio.sleep(1.0)
+            late = [e for e in events.events[mark:] if e.kind == "trade" and e.symbol == spot_b]
+            assert late == []
+            assert any(e.symbol == spot_b for e in events.events[mark:])  # the rest flows
+
+            # an unknown symbol is a clear error reply, nothing changes
+            bad = await engine.request(
+                ControlRequest(
+                    "subscribe", market="spot", symbols=("NOPEUSDT",), channels=("trade",)
+                )
+            )
+            assert not bad.ok and "NOPEUSDT" in (bad.error or "")
+
+            # no event reached the consumer twice (by key)
+            keys = [e.key for e in events.events if e.kind not in ("connection_state",)]
+            assert len(keys) == len(set(keys))
+
+            # /metrics and /readyz answer; the tail endpoint streams wire JSON
+            assert engine.metrics is not None
+            async with aiohttp.ClientSession() as http:
+                async with http.get(engine.metrics.url + "/metrics") as resp:
+                    body = await resp.text()
+                assert resp.status == 200
+                assert "meltica_ws_frames_total" in body
+                assert "meltica_bus_published" in body
+                assert "meltica_pipeline_latency_seconds_bucket" in body
+                async with http.get(engine.metrics.url + "/healthz") as resp:
+                    assert resp.status == 200
+                async with http.get(
+                    engine.metrics.url + "/tail", params={"kind": "book_ticker"}
+                ) as resp:
+                    line = await asyncio.wait_for(resp.content.readline(), 30)
+                    wire = json.loads(line)
+                    assert wire["kind"] == "book_ticker" and wire["v"] == 1
+        finally:
+            await engine.stop()
+            await engine.stop()  # idempotent
+            await events.close()
+            await fake.stop()
+        assert engine.state == "stopped"
+        assert all(m.stats()["connections"] == 0 for m in engine.managers.values())
+
+    run(scenario)
+
+
+def test_engine_stop_before_start_and_bad_exchange() -> None:
+    async def scenario() -> None:
+        cfg = load_config(
+            None,
+            env={},
+            overrides=[
+                "binance.markets=[spot]",
+                "binance.spot.ws_url=ws://127.0.0.1:9",
+                "binance.spot.rest_url=http://127.0.0.1:9",
+                "binance.rest_retry_deadline_s=0.5",
+                "telemetry.metrics_enabled=false",
+            ],
+        )
+        engine = Engine(cfg)
+        await engine.stop()  # never started: fine
+        try:
+            await engine.start()
+        except Exception as exc:
+            from meltica.engine import StartupError
+
+            assert isinstance(exc, StartupError), exc
+            assert "exchangeInfo" in str(exc)
+        else:
+            raise AssertionError("start against a dead exchange must fail")
+        assert engine.state == "stopped"
+
+    run(scenario)
