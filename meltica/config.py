@@ -53,8 +53,9 @@ __all__ = [
     "load_config",
 ]
 
-Market = Literal["spot", "usdm"]
+Market = Literal["spot", "usdm", "coinm"]
 TimeUnit = Literal["ms", "us"]
+Venue = Literal["binance", "binance_us"]
 Policy = Literal["block", "drop_oldest", "conflate"]
 Backend = Literal["memory", "redis"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
@@ -79,6 +80,7 @@ _FUTURES_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8
 KLINE_INTERVALS: Final[Mapping[str, frozenset[str]]] = {
     "spot": frozenset(("1s", *_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
     "usdm": frozenset((*_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
+    "coinm": frozenset((*_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
 }
 
 # Environment variables with the MELTICA_ prefix that belong to other tools.
@@ -152,10 +154,11 @@ def _markets(values: tuple[str, ...]) -> str | None:
 
 
 def _symbols(values: tuple[str, ...]) -> str | None:
-    # isalnum, not [a-z0-9]: Binance lists symbols with non-ASCII letters.
-    bad = [s for s in values if not s.isalnum()]
+    # isalnum, not [a-z0-9]: Binance lists symbols with non-ASCII letters; "_" joins a
+    # COIN-M contract's parts (btcusd_perp, btcusd_251226).
+    bad = [s for s in values if not s.replace("_", "").isalnum() or s.startswith("_")]
     if bad:
-        return f"invalid symbol {bad[0]!r} (letters and digits only, e.g. 'btcusdt')"
+        return f"invalid symbol {bad[0]!r} (letters, digits and '_' only, e.g. 'btcusdt')"
     return _unique(values)
 
 
@@ -257,6 +260,9 @@ class SpotConfig(_Section):
     ``market_data_only`` has been taken into account.
     """
 
+    # "binance", or "binance_us" for Binance.US (same protocol, its own hosts and
+    # symbols; events carry venue binance_us).
+    venue: Venue = "binance"
     ws_url: str = _f("wss://stream.binance.com:9443", _url("wss", "ws"))
     market_data_only: bool = False
     market_data_only_ws_url: str = _f("wss://data-stream.binance.vision", _url("wss", "ws"))
@@ -304,7 +310,8 @@ class UsdmConfig(_Section):
     # 1024 on the current docs page, 200 on older ones: 200 is the bound known to hold.
     max_streams_per_connection: int = _f(200, _between(1, 1024))
     control_msgs_per_second: int = _f(10, _between(1, 10))
-    depth_speed_ms: Literal[100, 250, 500] = 100
+    # 0: the real-time stream (``@depth@0ms``) some older sessions recorded.
+    depth_speed_ms: Literal[0, 100, 250, 500] = 100
     depth_snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = 1000
     silence_timeout_s: float = _f(240.0, _at_least(1))
     exchange_info_refresh_s: float = _f(3600.0, _at_least(60))
@@ -329,12 +336,43 @@ class UsdmConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class CoinmConfig(_Section):
+    """Binance COIN-M futures (``dapi``): the same payloads and limits as USD-M, its own
+    hosts, and one path for every stream kind."""
+
+    ws_url: str = _f("wss://dstream.binance.com", _url("wss", "ws"))
+    rest_url: str = _f("https://dapi.binance.com", _url("https", "http"))
+    symbols: tuple[str, ...] = _f(("btcusd_perp",), _symbols, normalize=_lowercase)
+    streams: tuple[str, ...] = _f(
+        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("coinm", USDM_STREAMS)
+    )
+    time_unit: Literal["ms"] = "ms"
+    max_streams_per_connection: int = _f(200, _between(1, 1024))
+    control_msgs_per_second: int = _f(10, _between(1, 10))
+    depth_speed_ms: Literal[0, 100, 250, 500] = 100
+    depth_snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = 1000
+    silence_timeout_s: float = _f(240.0, _at_least(1))
+    exchange_info_refresh_s: float = _f(3600.0, _at_least(60))
+    rest_weight_limit_per_minute: int = _f(2400, _positive)
+    rest_weight_budget_fraction: float = _f(0.5, _between(0.01, 1))
+
+    @property
+    def ws_base_url(self) -> str:
+        return self.ws_url
+
+    @property
+    def rest_base_url(self) -> str:
+        return self.rest_url
+
+
+@dataclass(frozen=True, slots=True)
 class BinanceConfig(_Section):
     """The Binance venue: which markets run, each market's section, reconnect policy."""
 
     markets: tuple[Market, ...] = _f(("spot", "usdm"), _markets)
     spot: SpotConfig = field(default_factory=SpotConfig)
     usdm: UsdmConfig = field(default_factory=UsdmConfig)
+    coinm: CoinmConfig = field(default_factory=CoinmConfig)
     reconnect_initial_s: float = _f(0.5, _between(0.01, 60))
     reconnect_max_s: float = _f(30.0, _between(0.01, 600))
     # Binance cuts every connection at 24 h; rotating earlier makes it ours to time.
@@ -356,9 +394,11 @@ class BinanceConfig(_Section):
                 f"got {self.reconnect_initial_s}",
             )
 
-    def market(self, name: Market) -> SpotConfig | UsdmConfig:
+    def market(self, name: Market) -> SpotConfig | UsdmConfig | CoinmConfig:
         """The section of one market (enabled or not)."""
-        return self.spot if name == "spot" else self.usdm
+        if name == "spot":
+            return self.spot
+        return self.usdm if name == "usdm" else self.coinm
 
 
 @dataclass(frozen=True, slots=True)

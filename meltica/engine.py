@@ -51,15 +51,20 @@ class _BookTracker:
     """What the Dispatcher calls on depth (un)subscription: the Conductor, with the
     instrument's tick/step exponents from exchangeInfo when known."""
 
-    def __init__(self, conductor: Conductor, instruments: InstrumentRegistry) -> None:
+    def __init__(
+        self, conductor: Conductor, instruments: InstrumentRegistry, venues: dict[str, str]
+    ) -> None:
         self._conductor = conductor
         self._instruments = instruments
+        self._venues = venues
 
     def track(self, market: str, symbol: str) -> None:
         inst = self._instruments.get(market, symbol)
         price_exp = getattr(inst, "price_exp", None)
         qty_exp = getattr(inst, "qty_exp", None)
-        self._conductor.track(market, symbol, price_exp=price_exp, qty_exp=qty_exp)
+        self._conductor.track(
+            market, symbol, price_exp=price_exp, qty_exp=qty_exp, venue=self._venues[market]
+        )
 
     def untrack(self, market: str, symbol: str) -> None:
         self._conductor.untrack(market, symbol)
@@ -116,7 +121,11 @@ class Engine:
             self.managers,
             self.instruments,
             self.conductor.on_events,
-            conductor=_BookTracker(self.conductor, self.instruments),
+            conductor=_BookTracker(
+                self.conductor,
+                self.instruments,
+                {m: getattr(b.market(m), "venue", "binance") for m in self.markets},
+            ),
             depth_speed_ms={m: b.market(m).depth_speed_ms for m in self.markets},
             ack_timeout_s=max(10.0, 4 * b.ack_timeout_s),
         )
@@ -148,11 +157,12 @@ class Engine:
         urls: str | dict[str, str]
         if market == "usdm":
             urls = {"public": b.usdm.public_ws_url, "market": b.usdm.market_ws_url}
-        else:
+        else:  # spot, and COIN-M (one path for every stream kind)
             urls = m.ws_base_url
         return ConnectionManager(
             urls,
             market=market,
+            venue=getattr(m, "venue", "binance"),
             sink=self._on_batch,
             on_control=self._on_control,
             time_unit=m.time_unit,

@@ -439,7 +439,7 @@ def test_handle_dispatches_every_op() -> None:
 
 
 def test_constructor_checks() -> None:
-    with pytest.raises(ValueError, match="coinm"):
-        Dispatcher(DispatchTable(), {"coinm": FakeSubscriber()}, Registry({}), print)
+    with pytest.raises(ValueError, match="dapi"):
+        Dispatcher(DispatchTable(), {"dapi": FakeSubscriber()}, Registry({}), print)
     with pytest.raises(ValueError, match="ack_timeout_s"):
         Dispatcher(DispatchTable(), {}, Registry({}), print, ack_timeout_s=0)

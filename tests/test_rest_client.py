@@ -191,7 +191,7 @@ def test_depth_limit_rounds_up_to_the_cheapest_accepted_value() -> None:
         with pytest.raises(RestRequestError):
             depth_limit("spot", bad, 100)
     with pytest.raises(RestRequestError):
-        depth_limit("coinm", 5, 5)
+        depth_limit("dapi", 5, 5)
     weights = [(m, lim, depth_weight(m, lim)) for m in ("spot", "usdm") for lim in (5, 100, 1000)]
     assert weights == [
         ("spot", 5, 5),
@@ -221,7 +221,7 @@ def test_urls_and_tls_policy() -> None:
     with pytest.raises(ConfigError):
         make("https://api.binance.com", ssl_context=lax)
     with pytest.raises(ConfigError):
-        BinanceRest({"coinm": RestMarket("https://dapi.binance.com", 2400)})
+        BinanceRest({"dapi": RestMarket("https://dapi.binance.com", 2400)})
 
 
 def test_from_config_budgets() -> None:

@@ -99,6 +99,8 @@ def test_routes() -> None:
     ("market", "stream", "expected"),
     [
         ("usdm", "btcusdt@depth@0ms", ("BTCUSDT", "depth")),  # hftbacktest's real-time diff
+        ("coinm", "btcusd_perp@depth@100ms", ("BTCUSD_PERP", "depth")),
+        ("coinm", "btcusd_perp@bookTicker", ("BTCUSD_PERP", "book_ticker")),
         ("usdm", "btcusdt@markPrice", ("BTCUSDT", "mark_price")),  # the 3 s stream
         ("spot", "lrcbtc@kline_1m", ("LRCBTC", "kline_1m")),
     ],
@@ -131,8 +133,8 @@ def test_channel_of_rejects(market: str, stream: str) -> None:
 
 
 def test_errors_name_what_is_wrong() -> None:
-    with pytest.raises(StreamError, match="unknown market 'coinm'"):
-        streams.channels("coinm")
+    with pytest.raises(StreamError, match="unknown market 'dapi'"):
+        streams.channels("dapi")
     with pytest.raises(StreamError, match="unknown spot channel 'mark_price'"):
         streams.route_of("spot", "mark_price")
     with pytest.raises(StreamError, match="depth speed must be one of 1000, 100 ms, got 250"):

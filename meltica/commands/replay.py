@@ -130,6 +130,8 @@ async def run_replay(args: argparse.Namespace) -> int:
         )
         if depth_speed is not None:
             overrides.append(f"binance.{market}.depth_speed_ms={depth_speed}")
+        if market == "spot":
+            overrides.append(f"binance.spot.venue={source.venue}")
         overrides += ["telemetry.metrics_enabled=false", *args.set]
         try:
             config = load_config(args.config, overrides=overrides)

@@ -71,8 +71,9 @@ DEFAULT_BAN_S = 120.0  # Binance's first ban step, when a 418 names no Retry-Aft
 _PATHS = {
     "spot": {"depth": "/api/v3/depth", "exchangeInfo": "/api/v3/exchangeInfo"},
     "usdm": {"depth": "/fapi/v1/depth", "exchangeInfo": "/fapi/v1/exchangeInfo"},
+    "coinm": {"depth": "/dapi/v1/depth", "exchangeInfo": "/dapi/v1/exchangeInfo"},
 }
-EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1}
+EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1, "coinm": 1}
 # Spot accepts any limit 1..5000; weight steps at these bounds (BINANCE.md §6).
 SPOT_DEPTH_LIMITS: tuple[tuple[int, int], ...] = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 USDM_DEPTH_LIMITS: tuple[tuple[int, int], ...] = (
@@ -84,7 +85,12 @@ USDM_DEPTH_LIMITS: tuple[tuple[int, int], ...] = (
     (500, 10),
     (1000, 20),
 )
-_DEPTH_LIMITS = {"spot": SPOT_DEPTH_LIMITS, "usdm": USDM_DEPTH_LIMITS}
+# COIN-M: the same limits and weights as USD-M
+_DEPTH_LIMITS = {
+    "spot": SPOT_DEPTH_LIMITS,
+    "usdm": USDM_DEPTH_LIMITS,
+    "coinm": USDM_DEPTH_LIMITS,
+}
 
 
 # ---------------------------------------------------------------- errors
@@ -189,6 +195,7 @@ class RestMarket:
     weight_limit_per_minute: int
     budget_fraction: float = 0.5
     depth_limit: int = 1000  # used when depth_snapshot() gets no limit
+    venue: str = "binance"  # events' venue ("binance_us" for Binance.US)
 
     @property
     def budget(self) -> int:
@@ -308,7 +315,7 @@ def _binance_error(body: bytes) -> tuple[int | None, str]:
 class BinanceRest:
     """Binance's market-data REST endpoints behind a weight-aware scheduler.
 
-    ``markets`` maps "spot" / "usdm" to their endpoint and budget.  A request is retried
+    ``markets`` maps "spot" / "usdm" / "coinm" to their endpoint and budget.  A request is retried
     on 5xx/408/timeouts/dropped connections with jittered exponential backoff
     (``backoff_initial_s`` doubling up to ``backoff_max_s``) while the next attempt can
     start within ``retry_deadline_s`` of the first; 429/418 waits count toward the same
@@ -354,7 +361,7 @@ class BinanceRest:
                 cfg=cfg,
                 base_url=_check_url(name, cfg.base_url),
                 budget=cfg.budget,
-                parser=FrameParser(venue="binance", market=name, max_frame_bytes=max_body_bytes),
+                parser=FrameParser(venue=cfg.venue, market=name, max_frame_bytes=max_body_bytes),
             )
             depth_limit(name, cfg.depth_limit, cfg.depth_limit)  # validates it
         self.request_timeout_s = request_timeout_s
@@ -386,6 +393,7 @@ class BinanceRest:
                 weight_limit_per_minute=section.rest_weight_limit_per_minute,
                 budget_fraction=section.rest_weight_budget_fraction,
                 depth_limit=section.depth_snapshot_limit,
+                venue=getattr(section, "venue", "binance"),
             )
         return cls(markets, **options)
 

@@ -41,13 +41,19 @@ class StreamError(MelticaError, ValueError):
 
 PathClass = Literal["public", "market"]
 
-MARKETS: Final = ("spot", "usdm")
-_FIXED_CHANNELS: Final = {"spot": SPOT_STREAMS, "usdm": USDM_STREAMS}
+MARKETS: Final = ("spot", "usdm", "coinm")
+# COIN-M streams are USD-M's (same payloads, symbols like btcusd_perp)
+_FIXED_CHANNELS: Final = {"spot": SPOT_STREAMS, "usdm": USDM_STREAMS, "coinm": USDM_STREAMS}
 # Update speeds Binance offers for depth streams; the first is the one a bare
-# ``@depth`` / ``@depth<N>`` stream has (spot 1000 ms, USD-M 250 ms).
-DEPTH_SPEEDS_MS: Final = {"spot": (1000, 100), "usdm": (250, 100, 500)}
-# Speeds only read, never asked for: hftbacktest records USD-M ``@depth@0ms``.
-_READ_ONLY_SPEEDS_MS: Final = {"spot": (), "usdm": (0,)}
+# ``@depth`` / ``@depth<N>`` stream has (spot 1000 ms, futures 250 ms).  Futures
+# ``@depth@0ms`` is the real-time stream older sessions (hftbacktest) recorded.
+DEPTH_SPEEDS_MS: Final = {
+    "spot": (1000, 100),
+    "usdm": (250, 100, 500, 0),
+    "coinm": (250, 100, 500, 0),
+}
+# Speeds only read, never asked for.
+_READ_ONLY_SPEEDS_MS: Final = {"spot": (), "usdm": (), "coinm": ()}
 
 # channel -> Binance channel part of the stream name (kline_<i>, ticker_<w> keep theirs)
 _TO_BINANCE: Final = {
