@@ -312,7 +312,10 @@ def test_wrong_type_in_override() -> None:
         ("bus.batch_size=0", "bus.batch_size: must be >= 1"),
         ("bus.batch_size=131072", "bus.batch_size: must not exceed capacity"),
         ("bus.policy=drop_newest", "bus.policy: expected one of 'block', 'drop_oldest'"),
-        ("binance.markets=[spot, dapi]", "binance.markets[1]: expected one of 'spot', 'usdm', 'coinm'"),
+        (
+            "binance.markets=[spot, dapi]",
+            "binance.markets[1]: expected one of 'spot', 'usdm', 'coinm'",
+        ),
         ("binance.markets=[]", "binance.markets: must enable at least one market"),
         ("binance.markets=[spot, spot]", "binance.markets: duplicate entries: spot"),
         ("binance.spot.ws_url=https://stream.binance.com", "binance.spot.ws_url: scheme must be"),
