@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: venv install build test lint bench clean
+.PHONY: venv install build test demo lint bench clean
 
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ build: venv
 
 test: install
 	cd tests && ../$(BIN)/python -m pytest
+
+DEMO_ARGS ?=
+demo: install
+	$(BIN)/meltica-engine demo $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && PATH=$(BIN):$$PATH cython-lint meltica/_core
