@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -259,5 +260,81 @@ def test_engine_stop_before_start_and_bad_exchange() -> None:
         else:
             raise AssertionError("start against a dead exchange must fail")
         assert engine.state == "stopped"
+
+    run(scenario)
+
+
+def test_rest_faults_end_with_live_books_and_tail_cli_streams_events() -> None:
+    """429 (Retry-After), 418 (ban), 5xx and a stale snapshot on the depth endpoint: every
+    book still goes live (stale snapshots are refetched), and `meltica-engine tail` prints
+    the running gateway's events."""
+    source = SyntheticMarket(markets=("spot", "usdm"), symbols_per_market=2, seed=11)
+    spot_a, spot_b = source.symbols("spot")
+    usdm_a, usdm_b = source.symbols("usdm")
+    faults = FaultPlan.parse(
+        [
+            f"rest_status:market=spot,symbol={spot_a},code=503,count=2",
+            f"rest_status:market=spot,symbol={spot_b},code=429,retry_after=1,count=1",
+            f"rest_status:market=usdm,symbol={usdm_a},code=418,retry_after=1,count=1",
+            f"rest_stale:market=usdm,symbol={usdm_b},count=1",
+        ]
+    )
+
+    async def scenario() -> None:
+        fake = FakeExchange(source, speed=4.0, faults=faults)
+        await fake.start()
+        engine = make_engine(fake, source, "binance.rest_retry_deadline_s=30")
+        events = Collector(engine, "all")
+        try:
+            await engine.start()
+            for market, sym in (
+                ("spot", spot_a),
+                ("spot", spot_b),
+                ("usdm", usdm_a),
+                ("usdm", usdm_b),
+            ):
+                await events.wait_for(
+                    lambda e, m=market, s=sym: (
+                        e.market == m
+                        and e.symbol == s
+                        and e.kind == "book_snapshot"
+                        and e.source == "book"
+                    ),
+                    timeout=90,
+                )
+            status = engine.conductor.status()["instruments"]
+            assert all(i["state"] == "live" for i in status.values()), status
+            assert status[f"usdm:{usdm_b}"]["refetches"] >= 1, status[f"usdm:{usdm_b}"]
+            spot_rest, usdm_rest = engine.rest.stats("spot"), engine.rest.stats("usdm")
+            assert spot_rest["server_errors"] == 2 and spot_rest["rate_limited"] == 1, spot_rest
+            assert usdm_rest["banned"] == 1, usdm_rest
+
+            # the tail command against the running gateway's endpoint
+            assert engine.metrics is not None
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "meltica",
+                "tail",
+                "--url",
+                engine.metrics.url,
+                "--kind",
+                "book_ticker",
+                "--symbol",
+                spot_a,
+                "--count",
+                "3",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+            lines = [json.loads(x) for x in out.decode().splitlines()]
+            assert len(lines) == 3
+            assert all(x["kind"] == "book_ticker" and x["symbol"] == spot_a for x in lines)
+        finally:
+            await engine.stop()
+            await events.close()
+            await fake.stop()
 
     run(scenario)
