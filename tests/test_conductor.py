@@ -10,12 +10,11 @@ hand-written stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import uvloop
+from aio import run
 
 from meltica._core.book import OrderBook
 from meltica._core.events import BookDepth, BookTicker, Control, Fixed
@@ -33,19 +32,6 @@ SESSIONS = {
     "usdm-20240808": ["usdm/btcusdt_20240808.gz"],
     **{name: [name] for name in CRYPTOFEED},
 }
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 300) -> T:
-    """Run on uvloop; an exception reaching the loop's handler fails the test."""
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    result = uvloop.run(main())
-    assert not errors, f"loop exception handler fired: {errors}"
-    return result
 
 
 def capture_path(captures_dir: Path, name: str) -> Path:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-import uvloop
+from aio import run
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from meltica.replay.exchange import FakeExchange
@@ -38,19 +37,6 @@ HFT = [
 ]
 CRYPTOFEED = ["BINANCE", "BINANCE_FUTURES", "BINANCE_DELIVERY", "BINANCE_US"]
 DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth", "coinm": "/dapi/v1/depth"}
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 120) -> T:
-    """Run on uvloop; an exception reaching the loop's handler fails the test."""
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    result = uvloop.run(main())
-    assert not errors, f"loop exception handler fired: {errors}"
-    return result
 
 
 def capture_path(captures_dir: Path, name: str) -> Path:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import uvloop
+from aio import run
 
 from meltica._core.parser import FrameParser
 from meltica.adapters.binance.ws import ConnectionManager, SubscribeError, stream_route
@@ -27,19 +27,6 @@ T = TypeVar("T")
 
 SPOT_CAPTURE = "hftbacktest/examples/spot/btcusdt_20240808.gz"
 USDM_CAPTURE = "cryptofeed/sample_data/BINANCE_FUTURES.ws.1.0"
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 120) -> T:
-    """Run on uvloop; an exception reaching the loop's handler fails the test."""
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    result = uvloop.run(main())
-    assert not errors, f"loop exception handler fired: {errors}"
-    return result
 
 
 class GatedExchange(FakeExchange):

@@ -14,11 +14,11 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
-import uvloop
+from aio import run
 
 from meltica.commands.common import local_overrides
 from meltica.config import load_config
@@ -29,18 +29,6 @@ from meltica.replay.faults import FaultPlan
 from meltica.replay.synthetic import SyntheticMarket
 
 T = TypeVar("T")
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 240) -> T:
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-        return await asyncio.wait_for(coro_fn(), timeout)
-
-    result = uvloop.run(main())
-    assert not errors, f"loop exception handler fired: {errors}"
-    return result
 
 
 class Collector:

@@ -1,0 +1,25 @@
+"""Running a test's coroutine on uvloop, the way the gateway runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import uvloop
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]], timeout: float = 300) -> T:
+    """Run on uvloop within ``timeout`` s; an exception reaching the loop's handler
+    (a task that died unobserved, a failing callback) fails the test."""
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    result = uvloop.run(main())
+    assert not errors, f"loop exception handler fired: {errors}"
+    return result
