@@ -290,22 +290,9 @@ class SpotConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class UsdmConfig(_Section):
-    """Binance USD-M futures: endpoints, subscriptions and the exchange's limits.
+class _FuturesConfig(_Section):
+    """What USD-M and COIN-M futures share: limits, speeds and the REST budget."""
 
-    Since the 2026 routing change each stream kind lives under one path of
-    ``ws_url``: book data under ``public_path``, everything else under
-    ``market_path`` (``public_ws_url`` / ``market_ws_url`` join them).
-    """
-
-    ws_url: str = _f("wss://fstream.binance.com", _url("wss", "ws"))
-    public_path: str = _f("/public", _route_path)
-    market_path: str = _f("/market", _route_path)
-    rest_url: str = _f("https://fapi.binance.com", _url("https", "http"))
-    symbols: tuple[str, ...] = _f(("btcusdt", "ethusdt"), _symbols, normalize=_lowercase)
-    streams: tuple[str, ...] = _f(
-        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("usdm", USDM_STREAMS)
-    )
     time_unit: Literal["ms"] = "ms"  # timeUnit=MICROSECOND exists on spot only
     # 1024 on the current docs page, 200 on older ones: 200 is the bound known to hold.
     max_streams_per_connection: int = _f(200, _between(1, 1024))
@@ -326,6 +313,29 @@ class UsdmConfig(_Section):
     def rest_base_url(self) -> str:
         return self.rest_url
 
+    # the subclasses define them
+    ws_url: str = ""
+    rest_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsdmConfig(_FuturesConfig):
+    """Binance USD-M futures: endpoints, subscriptions and the exchange's limits.
+
+    Since the 2026 routing change each stream kind lives under one path of
+    ``ws_url``: book data under ``public_path``, everything else under
+    ``market_path`` (``public_ws_url`` / ``market_ws_url`` join them).
+    """
+
+    ws_url: str = _f("wss://fstream.binance.com", _url("wss", "ws"))
+    public_path: str = _f("/public", _route_path)
+    market_path: str = _f("/market", _route_path)
+    rest_url: str = _f("https://fapi.binance.com", _url("https", "http"))
+    symbols: tuple[str, ...] = _f(("btcusdt", "ethusdt"), _symbols, normalize=_lowercase)
+    streams: tuple[str, ...] = _f(
+        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("usdm", USDM_STREAMS)
+    )
+
     @property
     def public_ws_url(self) -> str:
         return self.ws_url.rstrip("/") + self.public_path
@@ -336,7 +346,7 @@ class UsdmConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class CoinmConfig(_Section):
+class CoinmConfig(_FuturesConfig):
     """Binance COIN-M futures (``dapi``): the same payloads and limits as USD-M, its own
     hosts, and one path for every stream kind."""
 
@@ -346,23 +356,6 @@ class CoinmConfig(_Section):
     streams: tuple[str, ...] = _f(
         ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("coinm", USDM_STREAMS)
     )
-    time_unit: Literal["ms"] = "ms"
-    max_streams_per_connection: int = _f(200, _between(1, 1024))
-    control_msgs_per_second: int = _f(10, _between(1, 10))
-    depth_speed_ms: Literal[0, 100, 250, 500] = 100
-    depth_snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = 1000
-    silence_timeout_s: float = _f(240.0, _at_least(1))
-    exchange_info_refresh_s: float = _f(3600.0, _at_least(60))
-    rest_weight_limit_per_minute: int = _f(2400, _positive)
-    rest_weight_budget_fraction: float = _f(0.5, _between(0.01, 1))
-
-    @property
-    def ws_base_url(self) -> str:
-        return self.ws_url
-
-    @property
-    def rest_base_url(self) -> str:
-        return self.rest_url
 
 
 @dataclass(frozen=True, slots=True)
