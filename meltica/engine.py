@@ -372,6 +372,15 @@ class Engine:
             )
         for name, value in self.bus.stats().items():
             yield _sample(f"bus_{name}", value, "In-memory Data Bus")
+        for consumer in self.bus.consumers():
+            for cname, cvalue in consumer.stats().items():
+                if isinstance(cvalue, int | float):
+                    yield _sample(
+                        f"bus_consumer_{cname}",
+                        cvalue,
+                        "Data Bus consumer (delivered, dropped, conflated, lag)",
+                        consumer=consumer.name,
+                    )
         for name, value in self.store.stats().items():
             yield _sample(f"snapshot_{name}", value, "SnapshotStore")
 
@@ -408,7 +417,28 @@ class Engine:
         return resp
 
 
-_COUNTER_HINTS = ("gauge_", "depth", "lag", "connections", "streams", "paused", "slots")
+# Stats whose name says "current level" are gauges; everything else counts up.
+_GAUGE_HINTS = (
+    "depth",
+    "lag",
+    "connections",
+    "streams",
+    "paused",
+    "slots",
+    "capacity",
+    "consumers",
+    "budget",
+    "window",
+    "queue",
+    "rotating",
+    "last_",
+    "max_",
+    "instruments",
+    "routes",
+    "server_weight",
+    "failed",
+    "entries",
+)
 
 
 def _sample(
@@ -420,7 +450,7 @@ def _sample(
     **labels: str,
 ) -> Sample:
     if kind is None:
-        kind = "gauge" if any(h in name for h in _COUNTER_HINTS) else "counter"
+        kind = "gauge" if any(h in name for h in _GAUGE_HINTS) else "counter"
     return Sample(name, kind, help_text, float(value), tuple(sorted(labels.items())))
 
 
