@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Event, Trade
 from meltica.conductor.analytics import Hook, load_hook
+from meltica.localseq import LocalSeq
 from meltica.log import root as _root_log
 
 __all__ = ["Conductor", "Instrument", "SnapshotStoreLike", "State"]
@@ -154,6 +155,7 @@ class Conductor:
         self.books = BookSet(0 if self._interval_ns else book_depth)
         self._instruments: dict[tuple[str, str], Instrument] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._control_seq = LocalSeq()
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "batches",
@@ -512,13 +514,17 @@ class Conductor:
         reason: str,
         **kw: Any,
     ) -> None:
+        # seq is a local sequence (keys must never repeat: a resync can end at the
+        # very update id it started at); the exchange's update id goes in to_seq
+        if seq is not None:
+            kw.setdefault("to_seq", seq)
         out.append(
             Control(
                 kind,
                 venue=inst.book.venue,
                 market=inst.market,
                 symbol=inst.symbol,
-                seq=seq if seq is not None else 0,
+                seq=self._control_seq.next(),
                 ts_recv=ts,
                 reason=reason,
                 **kw,

@@ -27,6 +27,7 @@ from meltica.adapters.binance.ws_conn import Connection
 from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
 from meltica.errors import MelticaError
+from meltica.localseq import LocalSeq
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
 
@@ -162,7 +163,7 @@ class ConnectionManager:
         self._running = False
         self._paused = False
         self._req_id = 0
-        self._ctl_seq = 0
+        self._ctl_seq = LocalSeq()
         self._last_parse_log = -1e9
         self._tick_s = max(0.02, min(1.0, silence_timeout_s / 4, ack_timeout_s / 2))
         self._counters: dict[str, int] = dict.fromkeys(
@@ -663,13 +664,12 @@ class ConnectionManager:
     # ------------------------------------------------------------ control events
 
     def _control(self, state: str, connection: str, reason: str) -> None:
-        self._ctl_seq += 1
         event = Control(
             "connection_state",
             venue=self.venue,
             market=self.market,
             symbol="*",
-            seq=self._ctl_seq,
+            seq=self._ctl_seq.next(),
             ts_recv=time.time_ns(),
             reason=reason,
             state=state,
