@@ -1,8 +1,9 @@
 # Order books in C: scaled-int64 price levels, Binance's sequence rules.
 #
-# One OrderBook per instrument.  Each side is a sorted C array with the best
-# level at the BACK (bids keyed by price, asks by -price, both ascending), so
-# updates near the top move only a few entries.  Prices and quantities are
+# One OrderBook per instrument.  Each side keeps its levels sorted in fixed-
+# size blocks with the best level at the BACK (bids keyed by price, asks by
+# -price, both ascending; book_side.hpp), so an insert or delete moves at most
+# one block's levels however deep it lands.  Prices and quantities are
 # held at ONE price exponent and ONE quantity exponent per book: fixed from
 # the instrument's tick/step size when given, else adapted exactly (the book
 # is rescaled to a finer exponent when a level needs it).  Anything that would
@@ -18,15 +19,28 @@ from libc.stdint cimport int64_t, uint64_t
 from meltica._core.events cimport BookDepth
 
 
-cdef struct bk_level:
-    int64_t key          # bids: price mantissa; asks: -price mantissa
-    int64_t qty          # quantity mantissa, > 0
-
-
-cdef struct bk_side:
-    bk_level *lv         # ascending by key, best at lv[n - 1]
-    Py_ssize_t n
-    Py_ssize_t cap
+cdef extern from "book_side.hpp" nogil:
+    enum: BK_B
+    ctypedef struct bk_block:
+        int64_t key[BK_B]    # ascending; unused slots hold INT64_MAX
+        int64_t qty[BK_B]    # > 0
+        Py_ssize_t n         # 1..BK_B levels in use
+    ctypedef struct bk_side:
+        bk_block **blk       # blk[0 .. nb) in key order: best = last of blk[nb - 1]
+        int64_t *bmin        # first key of each block in use
+        Py_ssize_t nb
+        Py_ssize_t n         # levels on the side
+    ctypedef struct bk_pair:
+        int64_t key
+        int64_t qty
+    void bk_init(bk_side *s)
+    void bk_free(bk_side *s)
+    void bk_clear(bk_side *s)
+    bint bk_best(const bk_side *s, int64_t *key, int64_t *qty)
+    int bk_set(bk_side *s, int64_t key, int64_t qty)
+    Py_ssize_t bk_trim(bk_side *s, Py_ssize_t keep)
+    int bk_assign(bk_side *s, bk_pair *lv, Py_ssize_t n)
+    void bk_reindex(bk_side *s)
 
 
 # Status of one depth event against one book (also BookSet.last_status).
@@ -73,8 +87,8 @@ cdef class OrderBook:
 
     cdef void _reset(self) noexcept
     cdef int apply_delta(self, BookDepth ev) except -1
-    cdef int _apply_levels(self, BookDepth ev) except -1
-    cdef int _prepare(self, BookDepth ev) except -1
+    cdef int _apply_levels(self, BookDepth ev, bint fast) except -1
+    cdef int _prepare(self, BookDepth ev, bint *fast) except -1
     cdef int _rescale(self, int pexp, int qexp) except -1
     cdef bint _crossed(self) noexcept
     cdef BookDepth make_depth(self, Py_ssize_t depth, int source)

@@ -12,8 +12,7 @@ applied / stale, or a book with no snapshot yet).  Nothing here keeps time.
 cimport cython
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport INT64_MAX, int8_t, int64_t
-from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memmove
+from libc.stdlib cimport free, malloc
 
 from meltica._core.events cimport (
     BOOK_DELTA, BOOK_SNAPSHOT, MT_DEC_NA, MT_NA, SOURCE_BBO, SOURCE_BOOK,
@@ -64,97 +63,39 @@ cdef inline int _scale(int64_t m, int e, int t, int64_t *out) noexcept nogil:
     return SC_OK
 
 
-cdef int _cmp_level(const void *a, const void *b) noexcept nogil:
-    cdef int64_t x = (<const bk_level *>a).key, y = (<const bk_level *>b).key
-    return (x > y) - (x < y)
-
-
-cdef inline Py_ssize_t _find(const bk_side *s, int64_t key, bint *found) noexcept nogil:
-    """Index of ``key`` in the side, or where it would be inserted.
-
-    Scans linearly from the best end first (most updates touch the top few
-    levels), then binary-searches the rest.
-    """
-    cdef const bk_level *lv = s.lv
-    cdef Py_ssize_t n = s.n, i = n - 1, lo, hi, mid
-    while i >= 0 and i >= n - 8:
-        if lv[i].key <= key:
-            found[0] = lv[i].key == key
-            return i if found[0] else i + 1
+cdef inline void _fill_top(const bk_side *s, mt_level *out, Py_ssize_t n, int64_t sign,
+                           int8_t pe, int8_t qe) noexcept nogil:
+    """The side's best ``n`` levels (n <= s.n), best first, as event levels."""
+    cdef Py_ssize_t j = s.nb - 1, i = -1, k
+    cdef const bk_block *b = NULL
+    for k in range(n):
+        if i < 0:
+            b = s.blk[j]
+            j -= 1
+            i = b.n - 1
+        out[k].price = sign * b.key[i]
+        out[k].qty = b.qty[i]
+        out[k].price_exp = pe
+        out[k].qty_exp = qe
         i -= 1
-    found[0] = False
-    if i < 0:
-        return 0
-    # every key above i is greater than `key`: search [0, i]
-    lo = 0
-    hi = i + 1
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if lv[mid].key < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    found[0] = lo <= i and lv[lo].key == key
-    return lo
 
 
-cdef int _reserve(bk_side *s, Py_ssize_t need) except -1:
-    cdef Py_ssize_t cap
-    cdef bk_level *p
-    if need <= s.cap:
-        return 0
-    cap = s.cap * 2 if s.cap else 64
-    while cap < need:
-        cap *= 2
-    p = <bk_level *>realloc(s.lv, sizeof(bk_level) * cap)
-    if p == NULL:
-        raise MemoryError()
-    s.lv = p
-    s.cap = cap
-    return 0
-
-
-cdef inline int _set(bk_side *s, int64_t key, int64_t qty) except -1:
-    """Set one level: insert, update, or delete when qty is 0."""
-    cdef bint found
-    cdef Py_ssize_t i = _find(s, key, &found)
-    if found:
-        if qty == 0:
-            memmove(&s.lv[i], &s.lv[i + 1], sizeof(bk_level) * (s.n - i - 1))
-            s.n -= 1
-        else:
-            s.lv[i].qty = qty
-        return 0
-    if qty == 0:
-        return 0   # removing a level the book never had is normal
-    if s.n == s.cap:
-        _reserve(s, s.n + 1)
-    memmove(&s.lv[i + 1], &s.lv[i], sizeof(bk_level) * (s.n - i))
-    s.lv[i].key = key
-    s.lv[i].qty = qty
-    s.n += 1
-    return 0
-
-
-cdef Py_ssize_t _trim(bk_side *s, Py_ssize_t keep) noexcept nogil:
-    """Drop the worst levels beyond ``keep`` (amortised: only past 1/8 slack)."""
-    cdef Py_ssize_t k
-    if keep <= 0 or s.n <= keep + keep // 8 + 1:
-        return 0
-    k = s.n - keep
-    memmove(s.lv, &s.lv[k], sizeof(bk_level) * keep)
-    s.n = keep
-    return k
-
-
-cdef list _side_view(const bk_side *s, Py_ssize_t limit, int pexp, int qexp, int sign):
-    cdef Py_ssize_t i, n = s.n if limit < 0 or limit > s.n else limit
-    cdef const bk_level *lv
+cdef list _top_pairs(const bk_side *s, Py_ssize_t limit, int64_t sign):
+    """``(sign * key, qty)`` int pairs of the best ``limit`` levels (all if < 0)."""
+    cdef Py_ssize_t j, i, n = s.n if limit < 0 or limit > s.n else limit
+    cdef const bk_block *b
     cdef list out = []
-    for i in range(n):
-        lv = &s.lv[s.n - 1 - i]
-        out.append((fixed_new(sign * lv.key, pexp), fixed_new(lv.qty, qexp)))
+    for j in range(s.nb - 1, -1, -1):
+        b = s.blk[j]
+        for i in range(b.n - 1, -1, -1):
+            if len(out) == n:
+                return out
+            out.append((sign * b.key[i], b.qty[i]))
     return out
+
+
+cdef list _side_view(const bk_side *s, Py_ssize_t limit, int pexp, int qexp, int64_t sign):
+    return [(fixed_new(k, pexp), fixed_new(q, qexp)) for k, q in _top_pairs(s, limit, sign)]
 
 
 @cython.final
@@ -168,10 +109,8 @@ cdef class OrderBook:
     """
 
     def __cinit__(self):
-        self.bids_.lv = NULL
-        self.bids_.n = self.bids_.cap = 0
-        self.asks_.lv = NULL
-        self.asks_.n = self.asks_.cap = 0
+        bk_init(&self.bids_)
+        bk_init(&self.asks_)
 
     def __init__(self, str market, str symbol, *, bint futures=False, price_exp=None,
                  qty_exp=None, Py_ssize_t max_levels=10000, str venue="binance"):
@@ -192,12 +131,12 @@ cdef class OrderBook:
         self._reset()
 
     def __dealloc__(self):
-        free(self.bids_.lv)
-        free(self.asks_.lv)
+        bk_free(&self.bids_)
+        bk_free(&self.asks_)
 
     cdef void _reset(self) noexcept:
-        self.bids_.n = 0
-        self.asks_.n = 0
+        bk_clear(&self.bids_)
+        bk_clear(&self.asks_)
         self.update_id_ = MT_NA
         self.managed = False
         self.bridged = False
@@ -217,7 +156,7 @@ cdef class OrderBook:
         cdef int64_t u = ev.update_id_, first = ev.first_update_id_
         cdef int64_t pu = ev.prev_update_id_, last = self.update_id_, lo
         cdef int st
-        cdef bint bridging
+        cdef bint bridging, fast
         if not self.managed:
             return BOOK_NOT_MANAGED
         if first == MT_NA:
@@ -247,12 +186,12 @@ cdef class OrderBook:
                 self.gaps += 1
                 self.managed = False
                 return BOOK_GAP
-        st = self._prepare(ev)
+        st = self._prepare(ev, &fast)
         if st != BOOK_APPLIED:
             self.errors += 1
             self.managed = False
             return st
-        self._apply_levels(ev)
+        self._apply_levels(ev, fast)
         self.update_id_ = u
         self.ts_event_ = ev.ts_event_
         self.ts_transaction_ = ev.ts_transaction_
@@ -265,25 +204,29 @@ cdef class OrderBook:
             return BOOK_CROSSED
         return BOOK_SYNCED if bridging else BOOK_APPLIED
 
-    cdef int _prepare(self, BookDepth ev) except -1:
+    cdef int _prepare(self, BookDepth ev, bint *fast) except -1:
         """Validate ``ev``'s levels and settle the book's exponents (atomic).
 
         On return BOOK_APPLIED every level converts exactly at the book's
-        exponents; otherwise nothing changed.
+        exponents, and ``fast`` says whether every level already is at them
+        (the common case: no scaling needed); otherwise nothing changed.
         """
         cdef int P = self.price_exp, Q = self.qty_exp, newP, newQ, side
         cdef const mt_level *lv
         cdef Py_ssize_t i, n
-        cdef bint slow = False
+        cdef bint slow = False, bad = False
         cdef int64_t tmp
+        # bitwise, not short-circuit: zero quantities are common and random,
+        # and a branch on them mispredicts
         for side in range(2):
             lv = ev.bids_ if side == 0 else ev.asks_
             n = ev.n_bids if side == 0 else ev.n_asks
             for i in range(n):
-                if lv[i].qty < 0:
-                    return BOOK_BAD_LEVEL
-                if lv[i].price_exp != P or (lv[i].qty != 0 and lv[i].qty_exp != Q):
-                    slow = True
+                bad |= lv[i].qty < 0
+                slow |= (lv[i].price_exp != P) | ((lv[i].qty != 0) & (lv[i].qty_exp != Q))
+        fast[0] = not slow
+        if bad:
+            return BOOK_BAD_LEVEL
         if not slow:
             return BOOK_APPLIED
         # slow path: the finest exponent any level needs (MT_DEC_NA = 127 is
@@ -315,66 +258,75 @@ cdef class OrderBook:
     cdef int _rescale(self, int pexp, int qexp) except -1:
         """Move every level to finer exponents, or BOOK_OVERFLOW (unchanged)."""
         cdef bk_side *s
-        cdef Py_ssize_t i
+        cdef bk_block *b
+        cdef Py_ssize_t i, j
         cdef int side, op = self.price_exp, oq = self.qty_exp
         cdef int64_t tmp
         if self.bids_.n or self.asks_.n:
             for side in range(2):
                 s = &self.bids_ if side == 0 else &self.asks_
-                for i in range(s.n):
-                    if _scale(s.lv[i].key, op, pexp, &tmp) != SC_OK:
-                        return BOOK_OVERFLOW
-                    if _scale(s.lv[i].qty, oq, qexp, &tmp) != SC_OK:
-                        return BOOK_OVERFLOW
+                for j in range(s.nb):
+                    b = s.blk[j]
+                    for i in range(b.n):
+                        if _scale(b.key[i], op, pexp, &tmp) != SC_OK:
+                            return BOOK_OVERFLOW
+                        if _scale(b.qty[i], oq, qexp, &tmp) != SC_OK:
+                            return BOOK_OVERFLOW
             for side in range(2):
                 s = &self.bids_ if side == 0 else &self.asks_
-                for i in range(s.n):
-                    _scale(s.lv[i].key, op, pexp, &s.lv[i].key)
-                    _scale(s.lv[i].qty, oq, qexp, &s.lv[i].qty)
+                for j in range(s.nb):
+                    b = s.blk[j]
+                    for i in range(b.n):
+                        _scale(b.key[i], op, pexp, &b.key[i])
+                        _scale(b.qty[i], oq, qexp, &b.qty[i])
+                bk_reindex(s)
             self.rescales += 1
         self.price_exp = pexp
         self.qty_exp = qexp
         return BOOK_APPLIED
 
     @cython.boundscheck(False)  # indices run over the event's own level counts
-    cdef int _apply_levels(self, BookDepth ev) except -1:
-        cdef const mt_level *lv = ev.bids_
-        cdef Py_ssize_t i
-        cdef int P = self.price_exp, Q = self.qty_exp
-        cdef int64_t px, qty
-        for i in range(ev.n_bids):
-            px = lv[i].price
-            qty = lv[i].qty
-            if lv[i].price_exp != P:
-                _scale(px, lv[i].price_exp, P, &px)
-            if qty != 0 and lv[i].qty_exp != Q:
-                _scale(qty, lv[i].qty_exp, Q, &qty)
-            _set(&self.bids_, px, qty)
-        lv = ev.asks_
-        for i in range(ev.n_asks):
-            px = lv[i].price
-            qty = lv[i].qty
-            if lv[i].price_exp != P:
-                _scale(px, lv[i].price_exp, P, &px)
-            if qty != 0 and lv[i].qty_exp != Q:
-                _scale(qty, lv[i].qty_exp, Q, &qty)
-            _set(&self.asks_, -px, qty)
+    cdef int _apply_levels(self, BookDepth ev, bint fast) except -1:
+        """Apply ``ev``'s levels, all checked by ``_prepare`` (``fast``: as they are)."""
+        cdef const mt_level *lv
+        cdef Py_ssize_t i, n
+        cdef int P = self.price_exp, Q = self.qty_exp, side
+        cdef int64_t px, qty, sign
+        cdef bk_side *s
+        for side in range(2):
+            s = &self.bids_ if side == 0 else &self.asks_
+            lv = ev.bids_ if side == 0 else ev.asks_
+            n = ev.n_bids if side == 0 else ev.n_asks
+            sign = 1 if side == 0 else -1
+            if fast:
+                for i in range(n):
+                    if bk_set(s, sign * lv[i].price, lv[i].qty):
+                        raise MemoryError()
+                continue
+            for i in range(n):
+                px = lv[i].price
+                qty = lv[i].qty
+                if lv[i].price_exp != P:
+                    _scale(px, lv[i].price_exp, P, &px)
+                if qty != 0 and lv[i].qty_exp != Q:
+                    _scale(qty, lv[i].qty_exp, Q, &qty)
+                if bk_set(s, sign * px, qty):
+                    raise MemoryError()
         if self.max_levels:
-            self.trimmed += _trim(&self.bids_, self.max_levels)
-            self.trimmed += _trim(&self.asks_, self.max_levels)
+            self.trimmed += bk_trim(&self.bids_, self.max_levels)
+            self.trimmed += bk_trim(&self.asks_, self.max_levels)
         return 0
 
     cdef bint _crossed(self) noexcept:
-        if self.bids_.n == 0 or self.asks_.n == 0:
+        cdef int64_t bk, bq, ak, aq
+        if not bk_best(&self.bids_, &bk, &bq) or not bk_best(&self.asks_, &ak, &aq):
             return False
-        return self.bids_.lv[self.bids_.n - 1].key >= -self.asks_.lv[self.asks_.n - 1].key
+        return bk >= -ak
 
     cdef BookDepth make_depth(self, Py_ssize_t depth, int source):
         """A ``book_snapshot`` of the top ``depth`` levels (fused output)."""
         cdef BookDepth ev = BookDepth.__new__(BookDepth)
-        cdef Py_ssize_t i
         cdef Py_ssize_t nb = min(depth, self.bids_.n), na = min(depth, self.asks_.n)
-        cdef const bk_level *src
         cdef int8_t pe = <int8_t>self.price_exp, qe = <int8_t>self.qty_exp
         ev.venue = self.venue
         ev.market = self.market
@@ -390,18 +342,8 @@ cdef class OrderBook:
         ev.asks_ = <mt_level *>malloc(sizeof(mt_level) * (na if na else 1))
         if ev.bids_ == NULL or ev.asks_ == NULL:
             raise MemoryError()
-        src = self.bids_.lv + self.bids_.n - 1
-        for i in range(nb):
-            ev.bids_[i].price = src[-i].key
-            ev.bids_[i].qty = src[-i].qty
-            ev.bids_[i].price_exp = pe
-            ev.bids_[i].qty_exp = qe
-        src = self.asks_.lv + self.asks_.n - 1
-        for i in range(na):
-            ev.asks_[i].price = -src[-i].key
-            ev.asks_[i].qty = src[-i].qty
-            ev.asks_[i].price_exp = pe
-            ev.asks_[i].qty_exp = qe
+        _fill_top(&self.bids_, ev.bids_, nb, 1, pe, qe)
+        _fill_top(&self.asks_, ev.asks_, na, -1, pe, qe)
         ev.n_bids = nb
         ev.n_asks = na
         return ev
@@ -411,12 +353,8 @@ cdef class OrderBook:
         cdef int64_t b0 = MT_NA, b1 = MT_NA, a0 = MT_NA, a1 = MT_NA
         cdef int count = 1
         out.append(self.make_depth(depth, SOURCE_BOOK))
-        if self.bids_.n:
-            b0 = self.bids_.lv[self.bids_.n - 1].key
-            b1 = self.bids_.lv[self.bids_.n - 1].qty
-        if self.asks_.n:
-            a0 = self.asks_.lv[self.asks_.n - 1].key
-            a1 = self.asks_.lv[self.asks_.n - 1].qty
+        bk_best(&self.bids_, &b0, &b1)
+        bk_best(&self.asks_, &a0, &a1)
         if b0 != self.bbo_pub[0] or b1 != self.bbo_pub[1] \
                 or a0 != self.bbo_pub[2] or a1 != self.bbo_pub[3]:
             self.bbo_pub[0], self.bbo_pub[1], self.bbo_pub[2], self.bbo_pub[3] = b0, b1, a0, a1
@@ -442,43 +380,42 @@ cdef class OrderBook:
         """
         cdef bk_side *s
         cdef const mt_level *lv
+        cdef bk_pair *tmp
         cdef Py_ssize_t i, j, n
         cdef int side, st
-        cdef int64_t px, qty
+        cdef bint fast
         if snap.kind_id != BOOK_SNAPSHOT:
             raise ValueError(f"load_snapshot() takes a book_snapshot, not {snap.kind}")
         self._reset()
         self.venue = snap.venue
-        st = self._prepare(snap)
+        st = self._prepare(snap, &fast)
         if st != BOOK_APPLIED:
             self.errors += 1
             return st
-        for side in range(2):
-            s = &self.bids_ if side == 0 else &self.asks_
-            lv = snap.bids_ if side == 0 else snap.asks_
-            n = snap.n_bids if side == 0 else snap.n_asks
-            _reserve(s, n)
-            j = 0
-            for i in range(n):
-                if lv[i].qty == 0:
-                    continue
-                _scale(lv[i].price, lv[i].price_exp, self.price_exp, &px)
-                _scale(lv[i].qty, lv[i].qty_exp, self.qty_exp, &qty)
-                s.lv[j].key = px if side == 0 else -px
-                s.lv[j].qty = qty
-                j += 1
-            qsort(s.lv, j, sizeof(bk_level), _cmp_level)
-            # a repeated price keeps one level (snapshots never repeat one)
-            n = 0
-            for i in range(j):
-                if n and s.lv[n - 1].key == s.lv[i].key:
-                    s.lv[n - 1].qty = s.lv[i].qty
-                else:
-                    s.lv[n] = s.lv[i]
-                    n += 1
-            s.n = n
-            if self.max_levels:
-                self.trimmed += _trim(s, self.max_levels)
+        tmp = <bk_pair *>malloc(sizeof(bk_pair) * (max(snap.n_bids, snap.n_asks) + 1))
+        if tmp == NULL:
+            raise MemoryError()
+        try:
+            for side in range(2):
+                s = &self.bids_ if side == 0 else &self.asks_
+                lv = snap.bids_ if side == 0 else snap.asks_
+                n = snap.n_bids if side == 0 else snap.n_asks
+                j = 0
+                for i in range(n):
+                    if lv[i].qty == 0:
+                        continue
+                    _scale(lv[i].price, lv[i].price_exp, self.price_exp, &tmp[j].key)
+                    _scale(lv[i].qty, lv[i].qty_exp, self.qty_exp, &tmp[j].qty)
+                    if side:
+                        tmp[j].key = -tmp[j].key
+                    j += 1
+                if bk_assign(s, tmp, j):
+                    self._reset()
+                    raise MemoryError()
+                if self.max_levels:
+                    self.trimmed += bk_trim(s, self.max_levels)
+        finally:
+            free(tmp)
         self.update_id_ = snap.update_id_
         self.ts_event_ = snap.ts_event_
         self.ts_transaction_ = snap.ts_transaction_
@@ -549,12 +486,8 @@ cdef class OrderBook:
 
     def raw(self):
         """``(price_exp, qty_exp, bids, asks)`` with int mantissas, best first (tests)."""
-        cdef Py_ssize_t i
-        bids = [(self.bids_.lv[i].key, self.bids_.lv[i].qty)
-                for i in range(self.bids_.n - 1, -1, -1)]
-        asks = [(-self.asks_.lv[i].key, self.asks_.lv[i].qty)
-                for i in range(self.asks_.n - 1, -1, -1)]
-        return self.price_exp, self.qty_exp, bids, asks
+        return (self.price_exp, self.qty_exp, _top_pairs(&self.bids_, -1, 1),
+                _top_pairs(&self.asks_, -1, -1))
 
     def counters(self):
         return {
