@@ -135,3 +135,53 @@ def test_c_book_equals_reference(
         assert c.is_crossed == ref.crossed()
         if ref.managed:
             assert c.update_id == ref.last
+
+
+def test_deep_book_with_block_splits_and_merges_equals_reference() -> None:
+    """Thousands of levels over a wide price range (the C book's 32-level blocks split
+    and merge many times), inserts, updates and deletes at every depth."""
+    import random
+
+    rng = random.Random(20261127)
+    for futures in (False, True):
+        market = "usdm" if futures else "spot"
+        # bids 1.00..40.00, asks 40.01..80.00: up to 4000 levels a side
+        sb = [[_text(p, -2, 0), _text(rng.randint(1, 999), -3, 0)] for p in range(100, 4000, 3)]
+        sa = [[_text(p, -2, 0), _text(rng.randint(1, 999), -3, 0)] for p in range(4001, 8000, 3)]
+        snap = _event("book_snapshot", 10, None, None, sb, sa, market)
+        c = OrderBook(market, "TEST", futures=futures)
+        ref = RefBook(futures)
+        assert STATUS_NAMES[c.load_snapshot(snap)] == ref.load(10, _dec(sb), _dec(sa))
+        u = 10
+        for step_no in range(600):
+            n_levels = rng.choice((1, 5, 20, 60))
+            # waves: grow the book, then empty whole regions (merges), then regrow
+            p_delete = 0.2 if (step_no // 100) % 2 == 0 else 0.8
+            bids = [
+                [
+                    _text(rng.randint(100, 4000), -2, rng.randint(0, 2)),
+                    "0" if rng.random() < p_delete else _text(rng.randint(1, 999), -3, 0),
+                ]
+                for _ in range(n_levels)
+            ]
+            asks = [
+                [
+                    _text(rng.randint(4001, 8000), -2, rng.randint(0, 2)),
+                    "0" if rng.random() < p_delete else _text(rng.randint(1, 999), -3, 0),
+                ]
+                for _ in range(n_levels)
+            ]
+            ev = _event("book_delta", u + 1, u + 1, u if futures else None, bids, asks, market)
+            got = STATUS_NAMES[c.apply(ev)]
+            want = ref.apply(
+                u + 1,
+                u + 1,
+                u if futures else None,
+                _dec([[str(p), str(q)] for p, q in ev.bids]),
+                _dec([[str(p), str(q)] for p, q in ev.asks]),
+            )
+            assert got == want, (step_no, got, want)
+            u += 1
+            if step_no % 25 == 0 or step_no == 599:
+                assert _c_levels(c) == (ref.bids, ref.asks), step_no
+        assert c.n_bids == len(ref.bids) and c.n_asks == len(ref.asks)
