@@ -175,6 +175,9 @@ class Engine:
             max_frame_bytes=self.config.parser.max_frame_bytes,
             ack_timeout_s=b.ack_timeout_s,
             overlap_max_s=b.overlap_max_s,
+            # a hand-off from one connection stays well inside the bus's reserve (the
+            # quarter of its capacity left once a block consumer pauses the readers)
+            max_batch=max(64, self.config.bus.capacity // 32),
         )
 
     def _on_batch(self, batch: list[Any]) -> None:

@@ -170,21 +170,21 @@ def test_block_pauses_the_reader_and_loses_nothing() -> None:
     c = bus.subscribe("strict", policy="block")
     fast = bus.subscribe("fast", policy="drop_oldest")
     t = 0
-    for _ in range(5):  # 40 events: below high water (48)
+    for _ in range(3):  # 24 events: below high water (32)
         bus.publish_batch([trade(t + i) for i in range(8)])
         t += 8
         fast.poll(100)
     assert calls == [] and not bus.paused
-    bus.publish_batch([trade(t + i) for i in range(8)])  # lag 48 -> pause
+    bus.publish_batch([trade(t + i) for i in range(8)])  # lag 32 -> pause
     t += 8
     assert calls == ["pause"] and bus.paused
-    bus.publish_batch([trade(t + i) for i in range(16)])  # frames already read: the reserve
-    t += 16
+    bus.publish_batch([trade(t + i) for i in range(32)])  # frames already read: the reserve
+    t += 32
     assert calls == ["pause"] and c.lag == 64 and bus.depth == 64
     got: list[Event] = []
-    got += c.poll(64 - 17)  # lag 17: still above low water (16)
-    assert calls == ["pause"] and c.lag == 17
-    got += c.poll(1)  # lag 16 <= low water
+    got += c.poll(64 - 9)  # lag 9: still above low water (8)
+    assert calls == ["pause"] and c.lag == 9
+    got += c.poll(1)  # lag 8 <= low water
     assert calls == ["pause", "resume"] and not bus.paused
     got += c.poll(100)
     assert seqs(got) == list(range(64))

@@ -394,8 +394,11 @@ class InMemoryDataBus:
         limit = self.capacity if capacity is None else capacity
         if not 1 <= limit <= self.capacity:
             raise ValueError(f"capacity must be in 1..{self.capacity}, got {limit}")
-        high = max(1, limit - limit // 4)
-        low = min(high - 1, limit // 4)
+        # Pause the readers at half the capacity: the other half is the reserve for
+        # what was already read when the pause took effect (picows parses a whole
+        # socket read, which can hold thousands of frames); resume at an eighth.
+        high = max(1, limit // 2)
+        low = min(high - 1, limit // 8)
         cursor = Cursor(
             POLICIES.index(policy),
             _kind_mask(kinds),

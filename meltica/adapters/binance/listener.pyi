@@ -12,6 +12,7 @@ class FrameListener(WSListener):
     owner: Any
     sink: Callable[[list[Any]], object]
     track_symbols: list[set[str] | None] | None
+    max_batch: int
     transport: WSTransport | None
     frames: int
     bytes: int

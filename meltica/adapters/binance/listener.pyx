@@ -54,6 +54,11 @@ cdef class FrameListener(WSListener):
     cdef readonly object owner
     cdef public object sink
     cdef public list track_symbols
+    # A batch this long is handed on at once, inside the read: one socket read
+    # can hold tens of thousands of frames (libuv reads a ready socket many
+    # times per loop turn), and back-pressure (pause_reading from the bus)
+    # must act within a bounded number of events.
+    cdef public Py_ssize_t max_batch
     cdef readonly WSTransport transport
     cdef object _loop
     cdef object _flush_cb
@@ -82,6 +87,7 @@ cdef class FrameListener(WSListener):
         self._flush_cb = self._flush
         self._batch = []
         self._scheduled = False
+        self.max_batch = 4096
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
@@ -133,9 +139,18 @@ cdef class FrameListener(WSListener):
         self.events += <uint64_t>(len(batch) - n0)
         if self.track_symbols is not None:
             self._track(batch, n0)
-        if not self._scheduled:
+        if len(batch) >= self.max_batch:
+            self._flush_inline()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_cb)
+
+    cdef void _flush_inline(self) noexcept:
+        try:
+            self._flush()
+        except BaseException as exc:  # noqa: B036 -- a noexcept callback must not leak
+            self._loop.call_exception_handler(
+                {"message": "FrameListener sink failed", "exception": exc})
 
     cdef void _call_owner_reply(self, object reply) noexcept:
         try:

@@ -119,6 +119,7 @@ class ConnectionManager:
         overlap_max_s: float = 5.0,
         max_connects: int = 300,
         connects_window_s: float = 300.0,
+        max_batch: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -144,6 +145,10 @@ class ConnectionManager:
         self.reconnect_max_s = reconnect_max_s
         self.rotate_after_s = rotate_after_s
         self.max_frame_bytes = max_frame_bytes
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        # events per hand-off from a connection, at most (bounds what arrives after a pause)
+        self.max_batch = max_batch
         self.ack_timeout_s = ack_timeout_s
         self.overlap_max_s = overlap_max_s
         self._clock = clock
@@ -374,6 +379,7 @@ class ConnectionManager:
             clock=self._clock,
             next_id=self._next_id,
         )
+        conn.listener.max_batch = self.max_batch
         conn.last_activity = self._clock()
         track: list[set[str] | None] = [None] * _N_KINDS
         for kind in KIND_IDS.values():
