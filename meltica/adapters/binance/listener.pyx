@@ -65,6 +65,10 @@ cdef class FrameListener(WSListener):
     # the batch being collected; a flush is scheduled iff _scheduled
     cdef list _batch
     cdef bint _scheduled
+    # paused by back-pressure: frames of the socket read in progress are still
+    # parsed (picows hands over a whole read), but held here until resumed, so
+    # what reaches the bus after a pause is bounded by max_batch
+    cdef bint _paused
     # counters (plain C, read by the Python layer at scrape time)
     cdef readonly uint64_t frames          # every frame received (any opcode)
     cdef readonly uint64_t bytes           # payload bytes of those frames
@@ -87,6 +91,7 @@ cdef class FrameListener(WSListener):
         self._flush_cb = self._flush
         self._batch = []
         self._scheduled = False
+        self._paused = False
         self.max_batch = 4096
 
     cpdef on_ws_connected(self, WSTransport transport):
@@ -139,7 +144,7 @@ cdef class FrameListener(WSListener):
         self.events += <uint64_t>(len(batch) - n0)
         if self.track_symbols is not None:
             self._track(batch, n0)
-        if len(batch) >= self.max_batch:
+        if len(batch) >= self.max_batch and not self._paused:
             self._flush_inline()
         elif not self._scheduled:
             self._scheduled = True
@@ -187,7 +192,14 @@ cdef class FrameListener(WSListener):
                 {"message": "FrameListener symbol tracking failed", "exception": exc})
 
     def _flush(self):
-        """Hand the collected batch to the sink (scheduled once per batch)."""
+        """Hand the collected batch to the sink (scheduled once per batch); while
+        paused the batch is held until resume_reading."""
+        if self._paused:
+            self._scheduled = False
+            return
+        self._deliver()
+
+    cdef _deliver(self):
         cdef list batch = self._batch
         self._batch = []
         self._scheduled = False
@@ -196,18 +208,24 @@ cdef class FrameListener(WSListener):
             self.sink(batch)
 
     def flush_now(self):
-        """Deliver what is collected at once (before swapping the sink)."""
-        self._flush()
+        """Deliver what is collected at once, paused or not (before swapping the sink)."""
+        self._deliver()
 
     cpdef on_ws_disconnected(self, WSTransport transport):
-        # events already parsed still go out, in order, before the owner hears of the drop
-        self._flush()
+        # events already parsed still go out, in order, before the owner hears of the
+        # drop (also when paused: a closed connection is never resumed)
+        self._deliver()
         self.owner.on_disconnected()
 
     def pause_reading(self):
+        self._paused = True
         if self.transport is not None and not self.transport.is_disconnected:
             self.transport.underlying_transport.pause_reading()
 
     def resume_reading(self):
+        self._paused = False
         if self.transport is not None and not self.transport.is_disconnected:
             self.transport.underlying_transport.resume_reading()
+        if self._batch and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_cb)
