@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -59,37 +60,50 @@ class FakeProcess:
 
     @classmethod
     async def start(cls, args: Sequence[str], *, timeout_s: float = 30.0) -> FakeProcess:
-        """Start ``python -m meltica fake-exchange ARGS`` and wait for its URLs."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "meltica",
-            "--log-level",
-            "WARNING",
-            "fake-exchange",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        ws: dict[str, str] = {}
-        rest = ""
-        try:
-            async with asyncio.timeout(timeout_s):
-                assert proc.stdout is not None
-                while not rest:
-                    line = (await proc.stdout.readline()).decode()
-                    if not line:
-                        raise FakeExchangeError("the fake exchange exited before it was ready")
-                    head, _, url = line.strip().partition(": ")
-                    if head.startswith("ws "):
-                        ws[head[3:]] = url
-                    elif head == "rest":
-                        rest = url
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
+        """Start ``python -m meltica fake-exchange ARGS`` and wait for its URLs.
+
+        ``-P``: the child imports the same Meltica as this process, never a source
+        tree that happens to be the working directory.  Its stderr goes to a
+        temporary file, quoted in the error when it does not come up.
+        """
+        with tempfile.TemporaryFile() as errors:  # the child keeps its own handle
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",
+                "-m",
+                "meltica",
+                "--log-level",
+                "WARNING",
+                "fake-exchange",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errors,
+            )
+            ws: dict[str, str] = {}
+            rest = ""
+            try:
+                async with asyncio.timeout(timeout_s):
+                    assert proc.stdout is not None
+                    while not rest:
+                        line = (await proc.stdout.readline()).decode()
+                        if not line:
+                            await proc.wait()
+                            errors.seek(0)
+                            tail = errors.read()[-2000:].decode(errors="replace").strip()
+                            raise FakeExchangeError(
+                                f"the fake exchange exited ({proc.returncode}) before it was "
+                                "ready" + (f": {tail}" if tail else "")
+                            )
+                        head, _, url = line.strip().partition(": ")
+                        if head.startswith("ws "):
+                            ws[head[3:]] = url
+                        elif head == "rest":
+                            rest = url
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
         return cls(proc, ws, rest)
 
     async def stop(self) -> None:

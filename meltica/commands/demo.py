@@ -45,19 +45,23 @@ async def run_demo(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=140)
     symbols = demo_symbols(args.symbols, args.seed)
-    fake = await FakeProcess.start(
-        [
-            "--synthetic",
-            "--markets",
-            ",".join(MARKETS),
-            "--symbols",
-            str(args.symbols),
-            "--seed",
-            str(args.seed),
-            "--speed",
-            str(args.speed),
-        ]
-    )
+    try:
+        fake = await FakeProcess.start(
+            [
+                "--synthetic",
+                "--markets",
+                ",".join(MARKETS),
+                "--symbols",
+                str(args.symbols),
+                "--seed",
+                str(args.seed),
+                "--speed",
+                str(args.speed),
+            ]
+        )
+    except MelticaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     engine: Engine | None = None
     try:
         overrides = [

@@ -28,8 +28,19 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
 
 
 def test_demo_runs_offline_and_every_symbol_flows(tmp_path: Path) -> None:
+    """As the README runs it: the console script, from the repository root (where the
+    source tree, not the installed package, sits in the working directory)."""
     out = tmp_path / "summary.json"
-    proc = run_cli(["demo", "--duration", "6", "--no-view", "--json", str(out)], tmp_path)
+    script = Path(sys.executable).with_name("meltica-engine")
+    assert script.exists(), f"console script missing beside {sys.executable}"
+    proc = subprocess.run(
+        [str(script), "demo", "--duration", "6", "--no-view", "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["symbols_without_events"] == []
