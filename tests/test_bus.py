@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aio
 import pytest
-import uvloop
 
 from meltica import Control, Event, FrameParser
 from meltica.bus import (
@@ -46,15 +46,7 @@ def connection_state(seq: int) -> Control:
 
 def run(coro_fn: Callable[[], Awaitable[T]], *, use_uvloop: bool = True) -> T:
     """Run on uvloop (or asyncio); an exception reaching the loop's handler fails the test."""
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-        return await asyncio.wait_for(coro_fn(), 60)
-
-    result = uvloop.run(main()) if use_uvloop else asyncio.run(main())
-    assert not errors, f"loop exception handler fired: {errors}"
-    return result
+    return aio.run(coro_fn, 60, loop="uvloop" if use_uvloop else "asyncio")
 
 
 def seqs(batch: list[Event]) -> list[int | None]:

@@ -6,6 +6,7 @@ asyncio and on uvloop, fails if the loop's exception handler fires, and has a sm
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -13,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import aio
 import aiohttp
 import pytest
-import uvloop
 
 from meltica.replay.faults import Fault, FaultPlan
 from meltica.replay.rest import STALE_ID_OFFSET, RestServer, depth_weight
@@ -86,23 +87,10 @@ class FakeClock:
 Runner = Callable[[Callable[[], Awaitable[None]]], None]
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=aio.LOOPS)
 def run(request: pytest.FixtureRequest) -> Runner:
     """Run one async test body on a fresh loop; fail if the loop's exception handler fired."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(body: Callable[[], Awaitable[None]]) -> None:
-        errors: list[dict[str, Any]] = []
-
-        async def guarded() -> None:
-            asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-            await asyncio.wait_for(body(), TEST_TIMEOUT_S)
-
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(guarded())
-        assert not errors, f"loop exception handler fired: {errors}"
-
-    return runner
+    return functools.partial(aio.run, timeout=TEST_TIMEOUT_S, loop=request.param)
 
 
 class Reply:

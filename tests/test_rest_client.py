@@ -10,13 +10,14 @@ stdlib asyncio and on uvloop and fails if the loop's exception handler fired.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aio
 import aiohttp
 import pytest
-import uvloop
 
 from meltica.adapters.binance.rest import (
     BinanceRest,
@@ -88,23 +89,10 @@ class FakeTime:
 Runner = Callable[[Callable[[], Awaitable[None]]], None]
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=aio.LOOPS)
 def run(request: pytest.FixtureRequest) -> Runner:
     """Run one async test body on a fresh loop; fail if the loop's exception handler fired."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(body: Callable[[], Awaitable[None]]) -> None:
-        errors: list[dict[str, Any]] = []
-
-        async def guarded() -> None:
-            asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
-            await asyncio.wait_for(body(), TEST_TIMEOUT_S)
-
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(guarded())
-        assert not errors, f"loop exception handler fired: {errors}"
-
-    return runner
+    return functools.partial(aio.run, timeout=TEST_TIMEOUT_S, loop=request.param)
 
 
 def market_source() -> SyntheticMarket:
