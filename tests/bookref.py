@@ -7,6 +7,9 @@ returns the same status names as ``meltica._core.book.STATUS_NAMES``.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
+
+from meltica._core.events import BookDepth, event_from_wire
 
 
 class RefBook:
@@ -77,3 +80,37 @@ class RefBook:
             self.managed = False
             return "crossed"
         return "applied" if was_bridged else "synced"
+
+
+def depth_event(
+    kind: str,
+    u: int,
+    bids: Any,
+    asks: Any,
+    *,
+    first: int | None = None,
+    pu: int | None = None,
+    market: str = "spot",
+    symbol: str = "BTCUSDT",
+    ts_recv: int = 0,
+) -> BookDepth:
+    """A ``book_delta`` / ``book_snapshot`` (source rest) event from wire fields."""
+    d = {
+        "v": 1,
+        "venue": "binance",
+        "market": market,
+        "symbol": symbol,
+        "kind": kind,
+        "seq": u,
+        "ts_recv": ts_recv,
+        "update_id": u,
+        "first_update_id": first,
+        "prev_update_id": pu,
+        "bids": bids,
+        "asks": asks,
+    }
+    if kind == "book_snapshot":
+        d["source"] = "rest"
+    ev = event_from_wire(d)
+    assert isinstance(ev, BookDepth)
+    return ev

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bookref import depth_event
+
 from meltica._core.book import STATUS_NAMES, BookSet, OrderBook
-from meltica._core.events import BookDepth, Fixed, event_from_wire
+from meltica._core.events import BookDepth, Fixed
 
 
 def ev(
@@ -18,25 +20,9 @@ def ev(
     market: str = "spot",
     symbol: str = "BTCUSDT",
 ) -> BookDepth:
-    d = {
-        "v": 1,
-        "venue": "binance",
-        "market": market,
-        "symbol": symbol,
-        "kind": kind,
-        "seq": u,
-        "ts_recv": 7,
-        "update_id": u,
-        "first_update_id": first,
-        "prev_update_id": pu,
-        "bids": bids,
-        "asks": asks,
-    }
-    if kind == "book_snapshot":
-        d["source"] = "rest"
-    e = event_from_wire(d)
-    assert isinstance(e, BookDepth)
-    return e
+    return depth_event(
+        kind, u, bids, asks, first=first, pu=pu, market=market, symbol=symbol, ts_recv=7
+    )
 
 
 def snap(u: int = 100, **kw: Any) -> BookDepth:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from bookref import RefBook
+from bookref import RefBook, depth_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meltica._core.book import STATUS_NAMES, OrderBook
-from meltica._core.events import BookDepth, event_from_wire
+from meltica._core.events import BookDepth
 
 
 def _text(mantissa: int, exp: int, pad: int) -> str:
@@ -44,25 +44,7 @@ def _levels(raw: list[tuple[int, int, int, int]], bid: bool) -> list[list[str]]:
 def _event(
     kind: str, u: int, first: int | None, pu: int | None, bids: Any, asks: Any, market: str
 ) -> BookDepth:
-    d = {
-        "v": 1,
-        "venue": "binance",
-        "market": market,
-        "symbol": "TEST",
-        "kind": kind,
-        "seq": u,
-        "ts_recv": 0,
-        "update_id": u,
-        "first_update_id": first,
-        "prev_update_id": pu,
-        "bids": bids,
-        "asks": asks,
-    }
-    if kind == "book_snapshot":
-        d["source"] = "rest"
-    ev = event_from_wire(d)
-    assert isinstance(ev, BookDepth)
-    return ev
+    return depth_event(kind, u, bids, asks, first=first, pu=pu, market=market, symbol="TEST")
 
 
 def _dec(levels: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
