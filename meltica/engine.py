@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
 
 from meltica._core.dispatch import DispatchTable
-from meltica._core.events import Control, Event
+from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
 from meltica.adapters.binance.ws import ConnectionManager
@@ -35,6 +34,7 @@ from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
 from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
+from meltica.wire import encode_lines
 
 log = _root_log.getChild("engine")
 
@@ -409,10 +409,7 @@ class Engine:
         await resp.prepare(request)
         try:
             async for batch in consumer:
-                lines = [
-                    json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n" for ev in batch
-                ]
-                await resp.write(b"".join(lines))
+                await resp.write(encode_lines(batch))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -455,13 +452,3 @@ def _sample(
     if kind is None:
         kind = "gauge" if any(h in name for h in _GAUGE_HINTS) else "counter"
     return Sample(name, kind, help_text, float(value), tuple(sorted(labels.items())))
-
-
-def wire_lines(events: Iterable[Event]) -> bytes:
-    """Events as wire-format JSON lines."""
-    return b"".join(
-        json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n" for ev in events
-    )
-
-
-Factory = Callable[[Config], Engine]

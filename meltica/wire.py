@@ -8,13 +8,14 @@ floats; the JSON Schema is ``meltica/schema/event-v1.schema.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
 from meltica._core.events import WIRE_VERSION, Event, event_from_wire
 from meltica.errors import WireError
 
-__all__ = ["WIRE_VERSION", "decode", "encode", "schema"]
+__all__ = ["WIRE_VERSION", "decode", "encode", "encode_lines", "schema"]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -22,6 +23,11 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def encode(event: Event) -> bytes:
     """One event as a compact JSON object (UTF-8, no trailing newline)."""
     return _dumps(event.to_wire()).encode()
+
+
+def encode_lines(events: Iterable[Event]) -> bytes:
+    """Events as JSON lines (each ``encode(event)`` plus a newline), one buffer."""
+    return b"".join(_dumps(ev.to_wire()).encode() + b"\n" for ev in events)
 
 
 def decode(data: bytes | str) -> Event:

@@ -33,6 +33,7 @@ from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import CaptureError, ConfigError, MelticaError
 from meltica.monitor import BusMonitor
+from meltica.wire import encode_lines
 
 _Top = tuple[int, int, int, int, int, int, int, int]
 
@@ -174,12 +175,7 @@ async def run_replay(args: argparse.Namespace) -> int:
                 now = time.time_ns()
                 monitor.observe(batch, now)
                 check.observe(batch)
-                out.write(
-                    b"".join(
-                        json.dumps(ev.to_wire(), separators=(",", ":")).encode() + b"\n"
-                        for ev in batch
-                    )
-                )
+                out.write(encode_lines(batch))
 
             await _pump(
                 consumer, write, fake, received, lambda n: progress.update(task, completed=n)
