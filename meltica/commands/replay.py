@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from meltica._core.events import Fixed
 from meltica.commands.common import local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
@@ -35,27 +36,8 @@ from meltica.errors import CaptureError, ConfigError, MelticaError
 from meltica.monitor import BusMonitor
 from meltica.wire import encode_lines
 
-_Top = tuple[int, int, int, int, int, int, int, int]
-
-
-def _top_of_ticker(ev: Any) -> _Top:
-    return (
-        *_fx(ev.bid_price),
-        *_fx(ev.bid_qty),
-        *_fx(ev.ask_price),
-        *_fx(ev.ask_qty),
-    )
-
-
-def _fx(f: Any) -> tuple[int, int]:
-    """A Fixed as a canonical (mantissa, exponent): trailing zeros stripped."""
-    m, e = f.mantissa, f.exponent
-    if m == 0:
-        return 0, 0
-    while m % 10 == 0:
-        m //= 10
-        e += 1
-    return m, e
+# (bid price, bid qty, ask price, ask qty); Fixed compares by value, whatever the exponent
+_Top = tuple[Fixed, Fixed, Fixed, Fixed]
 
 
 @dataclass
@@ -79,7 +61,7 @@ class BookCheck:
             kind = ev.kind
             if kind == "book_ticker":
                 key = (ev.market, ev.symbol)
-                uid, top = ev.update_id, _top_of_ticker(ev)
+                uid, top = ev.update_id, (ev.bid_price, ev.bid_qty, ev.ask_price, ev.ask_qty)
                 book = self._book.get(key)
                 if book is not None and book[0] == uid:
                     self._compare(key, uid, top, book[1])
@@ -93,7 +75,7 @@ class BookCheck:
                 if not bids or not asks:
                     continue
                 key = (ev.market, ev.symbol)
-                top = (*_fx(bids[0][0]), *_fx(bids[0][1]), *_fx(asks[0][0]), *_fx(asks[0][1]))
+                top = (bids[0][0], bids[0][1], asks[0][0], asks[0][1])
                 self._book[key] = (ev.update_id, top)
                 ticker = self._tickers.get(key, {}).pop(ev.update_id, None)
                 if ticker is not None:
