@@ -23,6 +23,7 @@ from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
+from meltica.adapters.binance.streams import channel_of
 from meltica.adapters.binance.ws import ConnectionManager
 from meltica.bus.control import InProcessControlBus
 from meltica.bus.data import InMemoryDataBus
@@ -306,8 +307,6 @@ class Engine:
 
     async def subscribe_streams(self, market: str, streams: Iterable[str]) -> ControlReply:
         """Subscribe Binance stream names (grouped into symbol x channel requests)."""
-        from meltica.adapters.binance.streams import channel_of
-
         by_channel: dict[str, list[str]] = {}
         for stream in streams:
             symbol, channel = channel_of(market, stream)
