@@ -75,7 +75,10 @@ def ext(pyx: Path, *sources: str) -> Extension:
         include_dirs=[str(CORE), str(SIMDJSON)],
         language="c++",
         extra_compile_args=compile_args,
-        define_macros=macros,
+        # simdjson's throwing API (implicit conversions of simdjson_result)
+        # would abort inside our noexcept walk: compile it out, so that every
+        # result has to be checked with get()
+        define_macros=[*macros, ("SIMDJSON_EXCEPTIONS", "0")],
     )
 
 

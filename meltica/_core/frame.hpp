@@ -89,7 +89,10 @@ struct Fields {
     uint64_t has_bool[2];
     uint64_t has_other[2];   // present with another type (float, array, object, bad int)
     uint64_t has_null[2];    // present as null (optional fields: treated as absent)
+    uint64_t has_dec[2];     // str[c] was converted already (the fast path): dm/de
     std::string_view str[KC_COUNT];
+    int64_t dm[KC_COUNT];
+    int8_t de[KC_COUNT];
     int64_t num[KC_COUNT];
     bool flag[KC_COUNT];
     int sub;                 // index of the nested object in Frame::subs, or -1
@@ -100,10 +103,12 @@ struct Fields {
         std::memset(has_bool, 0, sizeof(has_bool));
         std::memset(has_other, 0, sizeof(has_other));
         std::memset(has_null, 0, sizeof(has_null));
+        std::memset(has_dec, 0, sizeof(has_dec));
         sub = -1;
     }
     static bool bit(const uint64_t *m, int c) noexcept { return (m[c >> 6] >> (c & 63)) & 1u; }
     static void set(uint64_t *m, int c) noexcept { m[c >> 6] |= uint64_t(1) << (c & 63); }
+    static void clear_bit(uint64_t *m, int c) noexcept { m[c >> 6] &= ~(uint64_t(1) << (c & 63)); }
     bool present(int c) const noexcept {
         return bit(has_str, c) || bit(has_int, c) || bit(has_bool, c) || bit(has_other, c);
     }
@@ -201,6 +206,11 @@ inline int get_bool(const Fields &f, int c, bool &out, int &err_key) noexcept {
 }
 
 inline int get_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) noexcept {
+    if (Fields::bit(f.has_dec, c)) {
+        m = f.dm[c];
+        e = f.de[c];
+        return ST_OK;
+    }
     std::string_view s;
     int st = get_str(f, c, s, err_key);
     if (st) return st;

@@ -110,10 +110,14 @@ inline int walk_object(od::object obj, Fields &f, Frame &fr, int depth) noexcept
             Fields::set(f.has_bool, c);
             break;
         }
-        case 'n':
-            if (!v.is_null()) return ST_JSON;
+        case 'n': {
+            // is_null() gives a result that must be unwrapped with get(): its
+            // implicit bool conversion would throw (and abort, noexcept) on "nul"
+            bool null_ok = false;
+            if (v.is_null().get(null_ok) || !null_ok) return ST_JSON;
             Fields::set(f.has_null, c);
             break;
+        }
         case '[': {
             Fields::set(f.has_other, c);
             if (depth == 0 && (c == 'b' || c == KC_BIDS || c == 'a' || c == KC_ASKS)) {

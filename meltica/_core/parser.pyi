@@ -31,6 +31,8 @@ class FrameParser:
     unknown: int
     errors: int
     replies: int
+    fast_frames: int
+    fast_path: bool
     def __init__(
         self,
         venue: str = "binance",
@@ -38,6 +40,7 @@ class FrameParser:
         stream: str | None = None,
         time_unit: str = "ms",
         max_frame_bytes: int = 1048576,
+        fast_path: bool = True,
     ) -> None: ...
     @property
     def implementation(self) -> str | None: ...

@@ -101,6 +101,11 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     int opt_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
 
 
+cdef extern from "frame_scan.hpp" namespace "mt" nogil:
+    const int SC_BAIL
+    int scan_frame(const char *buf, size_t n, Frame &fr)
+
+
 if not cpu_supports_build():
     raise ImportError(
         "meltica._core.parser was compiled for AVX2 (haswell) but this CPU lacks it; "
@@ -269,13 +274,15 @@ cdef class FrameParser:
     cdef readonly uint64_t unknown
     cdef readonly uint64_t errors
     cdef readonly uint64_t replies
+    cdef readonly uint64_t fast_frames   # frames the fast path took (frame_scan.hpp)
+    cdef readonly bint fast_path
 
     def __cinit__(self):
         self._p = NULL
         self._buf = NULL
 
     def __init__(self, str venue="binance", str market="spot", stream=None,
-                 str time_unit="ms", size_t max_frame_bytes=1 << 20):
+                 str time_unit="ms", size_t max_frame_bytes=1 << 20, bint fast_path=True):
         if venue not in VENUES:
             raise ValueError(f"unknown venue {venue!r}")
         if market not in MARKETS:
@@ -291,6 +298,7 @@ cdef class FrameParser:
         self._tmax = INT64_MAX // self._tmul
         self._futures = market != "spot"
         self.max_frame_bytes = max_frame_bytes
+        self.fast_path = fast_path
         self._raw_route = Route(stream) if stream is not None else None
         self._routes = []
         self._symbols = []
@@ -361,9 +369,7 @@ cdef class FrameParser:
             self.errors += 1
             raise FrameTooLarge(
                 f"frame of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
-        # simdjson reads up to SIMDJSON_PADDING bytes past the end
-        memcpy(self._buf, ptr, n)
-        st = self._p.parse(self._buf, n, self._cap, self._fr)
+        st = self._parse_buf(ptr, n)
         if st != ST_OK:
             self.errors += 1
             self._raise(st, "frame")
@@ -389,8 +395,7 @@ cdef class FrameParser:
         if n > self.max_frame_bytes:
             self.errors += 1
             raise FrameTooLarge(f"body of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
-        memcpy(self._buf, PyBytes_AS_STRING(b), n)
-        st = self._p.parse(self._buf, n, self._cap, self._fr)
+        st = self._parse_buf(PyBytes_AS_STRING(b), n)
         if st == ST_OK and (self._fr.has_stream or self._fr.data_is_array or self._fr.n_items != 1):
             st = ST_SHAPE
         if st != ST_OK:
@@ -405,6 +410,25 @@ cdef class FrameParser:
         return ev
 
     # ------------------------------------------------------------ internals
+
+    cdef inline int _parse_buf(self, const char *ptr, size_t n) noexcept:
+        """Copy the frame into the padded buffer and fill _fr; returns a status.
+
+        The fast path (frame_scan.hpp) takes the compact frames Binance sends
+        and bails, deciding nothing, on anything else; simdjson On-Demand then
+        parses the frame and owns every error.
+        """
+        cdef int st = SC_BAIL
+        # simdjson reads up to SIMDJSON_PADDING bytes past the end; the fast
+        # path needs a NUL right after the frame
+        memcpy(self._buf, ptr, n)
+        self._buf[n] = 0
+        if self.fast_path:
+            st = scan_frame(self._buf, n, self._fr)
+            if st != SC_BAIL:
+                self.fast_frames += 1
+                return st
+        return self._p.parse(self._buf, n, self._cap, self._fr)
 
     cdef int _raise(self, int st, str what) except -1:
         key = self._fr.err_key
@@ -487,7 +511,7 @@ cdef class FrameParser:
             self._raise(st, "frame")
         return 0
 
-    cdef void _common(self, Event ev, int kind, str symbol, int64_t ts_recv):
+    cdef inline void _common(self, Event ev, int kind, str symbol, int64_t ts_recv) noexcept:
         ev.venue = self.venue
         ev.market = self.market
         ev.symbol = symbol
@@ -589,7 +613,7 @@ cdef class FrameParser:
             return self._mark_price(f, route, ts_recv)
         return self._liquidation(f, route, ts_recv)
 
-    cdef int _event_times(self, Event ev, const Fields &f) except -1:
+    cdef inline int _event_times(self, Event ev, const Fields &f) except -1:
         """``E`` -> ts_event, ``T`` -> ts_transaction (each optional)."""
         cdef int64_t t = 0
         self._check(opt_int(f, ord("E"), t, self._fr.err_key))
@@ -599,7 +623,7 @@ cdef class FrameParser:
         return 0
 
     cdef Event _trade(self, const Fields &f, int kind, Route route, int64_t ts_recv):
-        cdef TradeEvent ev = TradeEvent.__new__(TradeEvent)
+        cdef TradeEvent ev = <TradeEvent>TradeEvent.__new__(TradeEvent)
         cdef cbool m = False
         self._common(ev, kind, self._symbol(f, ord("s"), route), ts_recv)
         cdef int id_key = ord("t") if kind == TRADE else ord("a")
@@ -618,7 +642,7 @@ cdef class FrameParser:
         return ev
 
     cdef Event _book_ticker(self, const Fields &f, Route route, int64_t ts_recv):
-        cdef BookTicker ev = BookTicker.__new__(BookTicker)
+        cdef BookTicker ev = <BookTicker>BookTicker.__new__(BookTicker)
         self._common(ev, BOOK_TICKER, self._symbol(f, ord("s"), route), ts_recv)
         self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
         self._check(get_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, self._fr.err_key))
@@ -631,7 +655,7 @@ cdef class FrameParser:
 
     cdef BookDepth _depth(self, const Fields &f, int kind, int source, str symbol,
                           int64_t ts_recv, Route route=None):
-        cdef BookDepth ev = BookDepth.__new__(BookDepth)
+        cdef BookDepth ev = <BookDepth>BookDepth.__new__(BookDepth)
         if symbol is None:
             symbol = self._symbol(f, ord("s"), route)
         self._common(ev, kind, symbol, ts_recv)
@@ -658,7 +682,7 @@ cdef class FrameParser:
         return ev
 
     cdef Event _kline(self, const Fields &f, Route route, int64_t ts_recv):
-        cdef Kline ev = Kline.__new__(Kline)
+        cdef Kline ev = <Kline>Kline.__new__(Kline)
         cdef int64_t t = 0
         cdef cbool closed = False
         cdef string_view sv
@@ -691,7 +715,7 @@ cdef class FrameParser:
         return ev
 
     cdef Event _ticker(self, const Fields &f, object window, Route route, int64_t ts_recv):
-        cdef Ticker ev = Ticker.__new__(Ticker)
+        cdef Ticker ev = <Ticker>Ticker.__new__(Ticker)
         cdef int64_t t = 0
         cdef int i
         cdef char c
@@ -712,7 +736,7 @@ cdef class FrameParser:
         return ev
 
     cdef Event _mark_price(self, const Fields &f, Route route, int64_t ts_recv):
-        cdef MarkPrice ev = MarkPrice.__new__(MarkPrice)
+        cdef MarkPrice ev = <MarkPrice>MarkPrice.__new__(MarkPrice)
         cdef int64_t t = 0
         cdef int i
         cdef char c
@@ -728,7 +752,7 @@ cdef class FrameParser:
         return ev
 
     cdef Event _liquidation(self, const Fields &f, Route route, int64_t ts_recv):
-        cdef Liquidation ev = Liquidation.__new__(Liquidation)
+        cdef Liquidation ev = <Liquidation>Liquidation.__new__(Liquidation)
         cdef int64_t t = 0
         cdef string_view sv
         cdef const Fields *o
