@@ -128,3 +128,44 @@ def test_pause_reading_holds_frames_until_resumed() -> None:
             await server.stop()
 
     run(scenario)
+
+
+def test_held_events_go_out_in_chunks_that_can_pause_again() -> None:
+    """Resumed after a pause, a listener hands on what it held at most max_batch events
+    per sink call and stops as soon as the sink pauses it again (the bus does so at its
+    high water): a whole held socket read must not land on a block consumer at once."""
+
+    async def scenario() -> None:
+        server = WsServer("spot")
+        await server.start()
+        try:
+            owner = Owner()
+            calls: list[list[Any]] = []
+            loop = asyncio.get_running_loop()
+            listener: FrameListener
+
+            def sink(batch: list[Any]) -> None:
+                calls.append(list(batch))
+                listener.pause_reading()  # every chunk fills the "bus" again
+
+            listener = FrameListener(FrameParser(market="spot"), owner, sink, loop)
+            listener.max_batch = 4
+            transport, _ = await ws_connect(lambda: listener, f"{server.url}/ws/btcusdt@trade")
+            await _until(lambda: server.subscribed())
+            listener.pause_reading()
+            server.publish_many(frames(10))
+            await asyncio.sleep(0.1)
+            assert calls == []
+            for expected in (1, 2, 3):
+                listener.resume_reading()
+                await _until(lambda n=expected: len(calls) == n)
+                await asyncio.sleep(0.02)
+                assert len(calls) == expected  # paused again after one chunk
+            assert [len(c) for c in calls] == [4, 4, 2]
+            assert [ev.trade_id for c in calls for ev in c] == list(range(1, 11))
+            transport.disconnect()
+            await owner.disconnected
+        finally:
+            await server.stop()
+
+    run(scenario)

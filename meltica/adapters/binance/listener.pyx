@@ -192,12 +192,25 @@ cdef class FrameListener(WSListener):
                 {"message": "FrameListener symbol tracking failed", "exception": exc})
 
     def _flush(self):
-        """Hand the collected batch to the sink (scheduled once per batch); while
-        paused the batch is held until resume_reading."""
-        if self._paused:
-            self._scheduled = False
-            return
-        self._deliver()
+        """Hand the collected events to the sink (scheduled once per batch), at
+        most max_batch per call; while paused the rest is held until
+        resume_reading.  A read parsed during a pause can hold tens of thousands
+        of events: delivered at once on resume, they would overrun a block
+        consumer's reserve, so each chunk gives the bus the chance to pause
+        again first."""
+        cdef list batch
+        cdef Py_ssize_t m
+        self._scheduled = False
+        while self._batch and not self._paused:
+            batch = self._batch
+            m = self.max_batch
+            if len(batch) > m:
+                self._batch = batch[m:]
+                del batch[m:]
+            else:
+                self._batch = []
+            self.batches += 1
+            self.sink(batch)
 
     cdef _deliver(self):
         cdef list batch = self._batch
