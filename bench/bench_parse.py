@@ -10,6 +10,9 @@ depth; cryptofeed sessions for aggTrade and kline).  Depth frames with exactly
 10 or 50 levels per side are real frames with at least that many levels,
 truncated to that many.
 
+The parser's simdjson-only path (``FrameParser(fast_path=False)``: no
+frame_scan.hpp fast path) is timed beside it, on the same frames.
+
 Run:  python bench/bench_parse.py [--rounds 7] [--json OUT.json]
 """
 
@@ -208,6 +211,8 @@ def load_frames() -> tuple[dict[str, list[bytes]], dict[str, str]]:
 
 def candidates(kind: str, frames: list[bytes], market: str, reps: int):
     parser = FrameParser(market=market)
+    # the same parser without its fast path: simdjson On-Demand for every frame
+    simd_only = FrameParser(market=market, fast_path=False)
     out: list = []
     dec = msgspec.json.Decoder(envelope(BASELINE_TYPES[kind])).decode
     parse_into = parser.parse_into
@@ -217,6 +222,11 @@ def candidates(kind: str, frames: list[bytes], market: str, reps: int):
         # the live path: the WebSocket listener calls the parser from C
         for _ in range(reps):
             parse_batch(frames, 1, out)
+            out.clear()
+
+    def meltica_simdjson_only():
+        for _ in range(reps):
+            simd_only.parse_batch(frames, 1, out)
             out.clear()
 
     def meltica_py_call():
@@ -231,12 +241,19 @@ def candidates(kind: str, frames: list[bytes], market: str, reps: int):
             for f in frames:
                 dec(f)
 
-    # sanity: every frame gives exactly one event
+    # sanity: every frame gives exactly one event, the same on both paths, and the
+    # fast path takes the frames
     parser.parse_batch(frames, 1, out)
     assert len(out) == len(frames), (kind, len(out), len(frames))
+    wire = [ev.to_wire() for ev in out]
     out.clear()
+    simd_only.parse_batch(frames, 1, out)
+    assert [ev.to_wire() for ev in out] == wire, kind
+    out.clear()
+    assert parser.fast_frames == len(frames), (kind, parser.fast_frames, len(frames))
     return {
         "meltica (C loop)": meltica_c_loop,
+        "meltica simdjson only (C loop)": meltica_simdjson_only,
         "meltica (Python call per frame)": meltica_py_call,
         "msgspec typed decode (baseline)": msgspec_typed,
     }
@@ -252,19 +269,20 @@ def main() -> int:
     print(f"# frame -> event, ns/frame (median of {args.rounds} interleaved rounds)")
     print(f"python {platform.python_version()}, simdjson kernel {impl}, {os.cpu_count()} cpus\n")
     print(
-        "| kind | frames | avg bytes | meltica C loop | meltica Py call | msgspec typed "
-        "| msgspec ÷ meltica (C loop) |"
+        "| kind | frames | avg bytes | meltica C loop | simdjson-only path | meltica Py call "
+        "| msgspec typed | msgspec ÷ meltica (C loop) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     results = {}
     for kind, fs in frames.items():
         if not fs:
-            print(f"| {kind} | 0 | - | - | - | - | - |")
+            print(f"| {kind} | 0 | - | - | - | - | - | - |")
             continue
         reps = max(1, 200_000 // len(fs)) if "depth50" not in kind else max(1, 40_000 // len(fs))
         med = measure(candidates(kind, fs, market[kind], reps), len(fs) * reps, args.rounds)
         c_loop = med["meltica (C loop)"]
         py = med["meltica (Python call per frame)"]
+        simd = med["meltica simdjson only (C loop)"]
         base = med["msgspec typed decode (baseline)"]
         avg = sum(map(len, fs)) / len(fs)
         results[kind] = {
@@ -272,11 +290,13 @@ def main() -> int:
             "avg_bytes": avg,
             "meltica_c_loop_ns": c_loop,
             "meltica_py_call_ns": py,
+            "meltica_simdjson_only_ns": simd,
             "msgspec_typed_ns": base,
             "speedup_vs_msgspec": base / c_loop,
         }
         print(
-            f"| {kind} | {len(fs)} | {avg:.0f} | {c_loop:,.0f} | {py:,.0f} | {base:,.0f} "
+            f"| {kind} | {len(fs)} | {avg:.0f} | {c_loop:,.0f} | {simd:,.0f} | {py:,.0f} "
+            f"| {base:,.0f} "
             f"| {base / c_loop:.2f}× |",
             flush=True,
         )
