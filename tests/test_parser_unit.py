@@ -1135,3 +1135,25 @@ def test_symbols_that_would_bend_keys_are_rejected(symbol: str) -> None:
     # the parser keeps going
     good = b'{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true}'
     assert one(p, good).symbol == "BTCUSDT"
+
+
+@pytest.mark.parametrize("levels", ["5", '"x"', "{}", "true", '"61837.63"'])
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_depth_levels_that_are_not_lists_are_type_errors(levels: str, fast_path: bool) -> None:
+    """A depth payload whose ``b``/``a`` (or ``bids``/``asks``) is not a list is rejected,
+    naming the field, instead of becoming an empty side."""
+    delta = (
+        '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,'
+        '"u":9,"b":[],"a":LEVELS}}'
+    )
+    partial = '{"stream":"btcusdt@depth5","data":{"lastUpdateId":9,"bids":LEVELS,"asks":[]}}'
+    parser = FrameParser(fast_path=fast_path)
+    with pytest.raises(FieldTypeError, match="'a'"):
+        parser.parse(delta.replace("LEVELS", levels).encode(), 1)
+    with pytest.raises(FieldTypeError, match="'bids'"):
+        parser.parse(partial.replace("LEVELS", levels).encode(), 1)
+    with pytest.raises(FieldTypeError, match="'asks'"):
+        parser.parse_rest_depth(f'{{"lastUpdateId":9,"bids":[],"asks":{levels}}}', "BTCUSDT")
+    with pytest.raises(MissingField, match="'a'"):
+        parser.parse(delta.replace("LEVELS", "null").encode(), 1)
+    assert parser.errors == 4

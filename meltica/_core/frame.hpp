@@ -90,6 +90,7 @@ struct Fields {
     uint64_t has_other[2];   // present with another type (float, array, object, bad int)
     uint64_t has_null[2];    // present as null (optional fields: treated as absent)
     uint64_t has_dec[2];     // str[c] was converted already (the fast path): dm/de
+    uint64_t has_arr[2];     // present as an array (depth levels must be one)
     std::string_view str[KC_COUNT];
     int64_t dm[KC_COUNT];
     int8_t de[KC_COUNT];
@@ -104,6 +105,7 @@ struct Fields {
         std::memset(has_other, 0, sizeof(has_other));
         std::memset(has_null, 0, sizeof(has_null));
         std::memset(has_dec, 0, sizeof(has_dec));
+        std::memset(has_arr, 0, sizeof(has_arr));
         sub = -1;
     }
     static bool bit(const uint64_t *m, int c) noexcept { return (m[c >> 6] >> (c & 63)) & 1u; }
@@ -113,6 +115,7 @@ struct Fields {
         return bit(has_str, c) || bit(has_int, c) || bit(has_bool, c) || bit(has_other, c);
     }
     bool present_or_null(int c) const noexcept { return present(c) || bit(has_null, c); }
+    bool is_array(int c) const noexcept { return bit(has_arr, c); }
 };
 
 struct Frame {

@@ -274,10 +274,12 @@ MT_SCAN_INLINE const char *value(const char *p, int c, Fields &f, Frame &fr, int
         if (depth != 0) return nullptr;
         if (c == 'b' || c == KC_BIDS) {
             Fields::set(f.has_other, c);
+            Fields::set(f.has_arr, c);
             return levels(p, fr.bids);
         }
         if (c == 'a' || c == KC_ASKS) {
             Fields::set(f.has_other, c);
+            Fields::set(f.has_arr, c);
             return levels(p, fr.asks);
         }
         return nullptr;

@@ -120,6 +120,7 @@ inline int walk_object(od::object obj, Fields &f, Frame &fr, int depth) noexcept
         }
         case '[': {
             Fields::set(f.has_other, c);
+            Fields::set(f.has_arr, c);
             if (depth == 0 && (c == 'b' || c == KC_BIDS || c == 'a' || c == KC_ASKS)) {
                 int st = parse_levels(v, (c == 'b' || c == KC_BIDS) ? fr.bids : fr.asks, fr.err_key, c);
                 if (st) return st;

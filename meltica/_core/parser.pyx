@@ -75,6 +75,7 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
         int sub
         bint present(int c)
         bint present_or_null(int c)
+        bint is_array(int c)
     cdef cppclass Frame:
         vector[Fields] items
         vector[Fields] subs
@@ -653,6 +654,13 @@ cdef class FrameParser:
         ev.seq_ = ev.update_id_
         return ev
 
+    cdef int _levels_key(self, const Fields &f, int c) except -1:
+        """A depth payload's level list must be there, as an array."""
+        if f.is_array(c):
+            return 0
+        self._fr.err_key = c
+        return self._check(ST_TYPE if f.present(c) else ST_MISSING)
+
     cdef BookDepth _depth(self, const Fields &f, int kind, int source, str symbol,
                           int64_t ts_recv, Route route=None):
         cdef BookDepth ev = <BookDepth>BookDepth.__new__(BookDepth)
@@ -665,16 +673,14 @@ cdef class FrameParser:
             self._check(get_int(f, KC_LAST_UPDATE_ID, ev.update_id_, self._fr.err_key))
             ev.first_update_id_ = MT_NA
             ev.prev_update_id_ = MT_NA
-            if not f.present(KC_BIDS) or not f.present(KC_ASKS):
-                self._fr.err_key = KC_BIDS if not f.present(KC_BIDS) else KC_ASKS
-                self._check(ST_MISSING)
+            self._levels_key(f, KC_BIDS)
+            self._levels_key(f, KC_ASKS)
         else:
             self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
             self._check(get_int(f, ord("U"), ev.first_update_id_, self._fr.err_key))
             self._check(opt_int(f, KC_PU, ev.prev_update_id_, self._fr.err_key))
-            if not f.present(ord("b")) or not f.present(ord("a")):
-                self._fr.err_key = ord("b") if not f.present(ord("b")) else ord("a")
-                self._check(ST_MISSING)
+            self._levels_key(f, ord("b"))
+            self._levels_key(f, ord("a"))
         self._event_times(ev, f)
         ev.seq_ = ev.update_id_
         ev.set_levels(self._fr.bids.data(), self._fr.bids.size(),
