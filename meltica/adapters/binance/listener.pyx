@@ -23,6 +23,8 @@ from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
 from meltica._core.events cimport Event
 from meltica._core.parser cimport parse_frame
 
+from collections import deque
+
 from meltica._core.parser import Reply
 from meltica.errors import ParseError
 
@@ -67,8 +69,12 @@ cdef class FrameListener(WSListener):
     cdef bint _scheduled
     # paused by back-pressure: frames of the socket read in progress are still
     # parsed (picows hands over a whole read), but held here until resumed, so
-    # what reaches the bus after a pause is bounded by max_batch
+    # what reaches the bus after a pause is bounded by max_batch.  A held read
+    # (tens of thousands of events) is kept as chunks of max_batch, oldest
+    # first, and handed on one chunk per sink call, so the bus can pause the
+    # connection again between chunks.
     cdef bint _paused
+    cdef object _held                      # deque of full chunks (lists)
     # counters (plain C, read by the Python layer at scrape time)
     cdef readonly uint64_t frames          # every frame received (any opcode)
     cdef readonly uint64_t bytes           # payload bytes of those frames
@@ -90,6 +96,7 @@ cdef class FrameListener(WSListener):
         self._loop = loop
         self._flush_cb = self._flush
         self._batch = []
+        self._held = deque()
         self._scheduled = False
         self._paused = False
         self.max_batch = 4096
@@ -144,8 +151,12 @@ cdef class FrameListener(WSListener):
         self.events += <uint64_t>(len(batch) - n0)
         if self.track_symbols is not None:
             self._track(batch, n0)
-        if len(batch) >= self.max_batch and not self._paused:
-            self._flush_inline()
+        if len(batch) >= self.max_batch:
+            if self._paused:
+                self._held.append(batch)
+                self._batch = []
+            else:
+                self._flush_inline()
         elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_cb)
@@ -192,30 +203,32 @@ cdef class FrameListener(WSListener):
                 {"message": "FrameListener symbol tracking failed", "exception": exc})
 
     def _flush(self):
-        """Hand the collected events to the sink (scheduled once per batch), at
-        most max_batch per call; while paused the rest is held until
-        resume_reading.  A read parsed during a pause can hold tens of thousands
-        of events: delivered at once on resume, they would overrun a block
-        consumer's reserve, so each chunk gives the bus the chance to pause
-        again first."""
+        """Hand the collected events to the sink (scheduled once per batch): the
+        held chunks first, oldest first, then the batch being collected, one
+        sink call each, stopping as soon as the bus pauses the connection."""
         cdef list batch
-        cdef Py_ssize_t m
         self._scheduled = False
-        while self._batch and not self._paused:
-            batch = self._batch
-            m = self.max_batch
-            if len(batch) > m:
-                self._batch = batch[m:]
-                del batch[m:]
-            else:
+        while not self._paused:
+            if self._held:
+                batch = self._held.popleft()
+            elif self._batch:
+                batch = self._batch
                 self._batch = []
+            else:
+                return
             self.batches += 1
             self.sink(batch)
 
     cdef _deliver(self):
-        cdef list batch = self._batch
-        self._batch = []
+        """Everything collected, paused or not."""
+        cdef list batch
         self._scheduled = False
+        while self._held:
+            batch = self._held.popleft()
+            self.batches += 1
+            self.sink(batch)
+        batch = self._batch
+        self._batch = []
         if batch:
             self.batches += 1
             self.sink(batch)
@@ -239,6 +252,6 @@ cdef class FrameListener(WSListener):
         self._paused = False
         if self.transport is not None and not self.transport.is_disconnected:
             self.transport.underlying_transport.resume_reading()
-        if self._batch and not self._scheduled:
+        if (self._batch or self._held) and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_cb)
