@@ -28,8 +28,10 @@ __all__ = ["Connection", "ConnectionOwner"]
 
 log = logging.getLogger("meltica.adapters.binance.ws")
 
-# Binance counts incoming messages in any 1 s window; ours is a little longer, for jitter.
-RATE_WINDOW_S = 1.1
+# Binance counts incoming messages in any 1 s window, on arrival; ours is 1.25 s, so that
+# up to 250 ms of delay between two of our sends and their arrival (network jitter, or a
+# busy loop on either side) cannot squeeze six messages into one of its windows.
+RATE_WINDOW_S = 1.25
 # SUBSCRIBE params per message (Binance states no limit; 1024 names make a ~25 kB frame).
 MAX_PARAMS = 200
 CLOSE_GRACE_S = 1.0
