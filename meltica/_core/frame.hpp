@@ -128,6 +128,15 @@ struct Frame {
     std::string_view stream;
     int err_key = 0;              // key code behind the last error, for messages
 
+    // Empty, before a frame is parsed (by either parser).
+    void reset() noexcept {
+        n_items = n_subs = 0;
+        bids.clear();
+        asks.clear();
+        has_stream = data_is_array = false;
+        stream = std::string_view();
+        err_key = 0;
+    }
     Fields &new_item() {
         if (n_items == items.size()) items.emplace_back();
         Fields &f = items[n_items++];

@@ -271,18 +271,11 @@ MT_SCAN_INLINE const char *value(const char *p, int c, Fields &f, Frame &fr, int
         if (c != KC_IGNORED) Fields::set(f.has_null, c);
         return p + 4;
     case '[':
-        if (depth != 0) return nullptr;
-        if (c == 'b' || c == KC_BIDS) {
-            Fields::set(f.has_other, c);
-            Fields::set(f.has_arr, c);
-            return levels(p, fr.bids);
-        }
-        if (c == 'a' || c == KC_ASKS) {
-            Fields::set(f.has_other, c);
-            Fields::set(f.has_arr, c);
-            return levels(p, fr.asks);
-        }
-        return nullptr;
+        // only a payload's depth levels; any other array is simdjson's
+        if (depth != 0 || !(c == 'b' || c == KC_BIDS || c == 'a' || c == KC_ASKS)) return nullptr;
+        Fields::set(f.has_other, c);
+        Fields::set(f.has_arr, c);
+        return levels(p, (c == 'b' || c == KC_BIDS) ? fr.bids : fr.asks);
     case '{': {
         if (depth != 0 || (c != 'k' && c != 'o')) return nullptr;
         Fields::set(f.has_other, c);
@@ -309,21 +302,12 @@ inline const char *object(const char *p, Fields &f, Frame &fr, int depth) noexce
     if (*p == '}') return p + 1;
     for (;;) {
         int c;
-        uint32_t head;
-        std::memcpy(&head, p, 4);
-        unsigned char k1 = static_cast<unsigned char>(p[1]);
-        if ((head & 0xFF00FFFFu) == 0x3A220022u && !kStop.t[k1]) {
-            // compact `"X":`, the shape of nearly every Binance key: one
-            // compare (little-endian bytes '"', X, '"', ':')
-            c = k1 >= 'A' ? int(k1) : KC_IGNORED;
-            p += 4;
-            if (static_cast<unsigned char>(*p) <= ' ') p = ws(p);
-        } else {
-            if (*p != '"' || !(p = key(p, c))) return nullptr;
+        if (*p != '"' || !(p = key(p, c))) return nullptr;
+        if (*p != ':') {  // compact JSON puts the colon right after the key
             p = ws(p);
             if (*p != ':') return nullptr;
-            p = ws(p + 1);
         }
+        p = ws(p + 1);
         if (c == KC_RESULT) return nullptr;  // acks keep raw JSON: simdjson's job
         if (!(p = value(p, c, f, fr, depth))) return nullptr;
         if (*p != ',' && *p != '}') p = ws(p);
@@ -342,12 +326,7 @@ inline const char *object(const char *p, Fields &f, Frame &fr, int depth) noexce
 // Fill `fr` as parse_frame would and return ST_OK, or return SC_BAIL.
 // buf[len] must be NUL.
 inline int scan_frame(const char *buf, size_t len, Frame &fr) noexcept {
-    fr.n_items = fr.n_subs = 0;
-    fr.bids.clear();
-    fr.asks.clear();
-    fr.has_stream = fr.data_is_array = false;
-    fr.stream = std::string_view();
-    fr.err_key = 0;
+    fr.reset();
     const char *end = buf + len;
     const char *p = scan::ws(buf);
     if (*p != '{') return SC_BAIL;

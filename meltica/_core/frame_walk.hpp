@@ -205,12 +205,7 @@ inline int walk_envelope(od::object obj, Frame &fr) noexcept {
 // Parse one frame.  `buf` must have SIMDJSON_PADDING readable bytes past `len`.
 inline int parse_frame(od::parser &parser, const char *buf, size_t len, size_t capacity,
                        Frame &fr) noexcept {
-    fr.n_items = fr.n_subs = 0;
-    fr.bids.clear();
-    fr.asks.clear();
-    fr.has_stream = fr.data_is_array = false;
-    fr.stream = std::string_view();
-    fr.err_key = 0;
+    fr.reset();
     od::document doc;
     if (parser.iterate(buf, len, capacity).get(doc)) return ST_JSON;
     od::json_type t;
