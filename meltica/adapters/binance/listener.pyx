@@ -203,12 +203,16 @@ cdef class FrameListener(WSListener):
                 {"message": "FrameListener symbol tracking failed", "exception": exc})
 
     def _flush(self):
-        """Hand the collected events to the sink (scheduled once per batch): the
-        held chunks first, oldest first, then the batch being collected, one
-        sink call each, stopping as soon as the bus pauses the connection."""
+        """Hand the collected events to the sink (scheduled once per batch),
+        stopping as soon as the bus pauses the connection."""
+        self._hand_on(False)
+
+    cdef _hand_on(self, bint even_paused):
+        """The held chunks first, oldest first, then the batch being collected,
+        one sink call each; while paused, only if even_paused."""
         cdef list batch
         self._scheduled = False
-        while not self._paused:
+        while even_paused or not self._paused:
             if self._held:
                 batch = self._held.popleft()
             elif self._batch:
@@ -219,28 +223,14 @@ cdef class FrameListener(WSListener):
             self.batches += 1
             self.sink(batch)
 
-    cdef _deliver(self):
-        """Everything collected, paused or not."""
-        cdef list batch
-        self._scheduled = False
-        while self._held:
-            batch = self._held.popleft()
-            self.batches += 1
-            self.sink(batch)
-        batch = self._batch
-        self._batch = []
-        if batch:
-            self.batches += 1
-            self.sink(batch)
-
     def flush_now(self):
         """Deliver what is collected at once, paused or not (before swapping the sink)."""
-        self._deliver()
+        self._hand_on(True)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
         # events already parsed still go out, in order, before the owner hears of the
         # drop (also when paused: a closed connection is never resumed)
-        self._deliver()
+        self._hand_on(True)
         self.owner.on_disconnected()
 
     def pause_reading(self):
