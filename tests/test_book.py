@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from bookref import depth_event
@@ -9,20 +10,7 @@ from bookref import depth_event
 from meltica._core.book import STATUS_NAMES, BookSet, OrderBook
 from meltica._core.events import BookDepth, Fixed
 
-
-def ev(
-    kind: str,
-    u: int,
-    bids: Any,
-    asks: Any,
-    first: int | None = None,
-    pu: int | None = None,
-    market: str = "spot",
-    symbol: str = "BTCUSDT",
-) -> BookDepth:
-    return depth_event(
-        kind, u, bids, asks, first=first, pu=pu, market=market, symbol=symbol, ts_recv=7
-    )
+ev = partial(depth_event, ts_recv=7)
 
 
 def snap(u: int = 100, **kw: Any) -> BookDepth:

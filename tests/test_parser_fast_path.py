@@ -11,8 +11,8 @@ vacuous.
 
 from __future__ import annotations
 
-import gzip
 import json
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from test_parser_props import BAD_VALUES, SETTINGS, Case, _json_mutation, valid_cases
 
 from meltica import FrameParser, Reply
+from meltica.capture import capture_info, read_capture
 
 Outcome = tuple[Any, ...]
 
@@ -193,50 +194,25 @@ def test_rest_depth_agrees() -> None:
 
 # ------------------------------------------------------------------ the real captures
 
-HFT_SESSIONS = {
-    "spot/btcusdt_20240808.gz": "spot",
-    "usdm/btcusdt_20240808.gz": "usdm",
-    "usdm/btcusdt_20230405.dat.gz": "usdm",
-}
-CRYPTOFEED_SESSIONS = {
-    "BINANCE.ws.1.0": ("binance", "spot"),
-    "BINANCE_FUTURES.ws.1.0": ("binance", "usdm"),
-    "BINANCE_DELIVERY.ws.1.0": ("binance", "coinm"),
-    "BINANCE_US.ws.1.0": ("binance_us", "spot"),
-}
 MAX_FRAMES = 30_000  # per session: enough of every kind, a few seconds in all
 
 
-def _compare_session(frames: list[bytes], venue: str, market: str) -> FrameParser:
-    fast = FrameParser(venue=venue, market=market)
-    slow = FrameParser(venue=venue, market=market, fast_path=False)
-    for frame in frames:
-        if frame.startswith(b'{"lastUpdateId"') or frame.startswith(b'{"bids"'):
-            continue  # REST snapshots are read with parse_rest_depth elsewhere
-        assert outcome(fast, frame) == outcome(slow, frame), frame[:200]
-    return fast
+def _sessions(root: Path) -> list[Path]:
+    hft = sorted((root / "hftbacktest" / "examples").rglob("*.gz"))
+    return hft + sorted((root / "cryptofeed" / "sample_data").glob("*.ws.*"))
 
 
-@pytest.mark.parametrize("session", sorted(HFT_SESSIONS))
-def test_hftbacktest_sessions_agree(captures_dir: Path, session: str) -> None:
-    path = captures_dir / "hftbacktest" / "examples" / session
-    frames = []
-    with gzip.open(path, "rb") as fh:
-        for line in fh:
-            frames.append(line.split(b" ", 1)[1].rstrip(b"\n"))
-            if len(frames) >= MAX_FRAMES:
-                break
-    fast = _compare_session(frames, "binance", HFT_SESSIONS[session])
-    # the fast path is the live path: it must take essentially every real frame
-    assert fast.fast_frames >= 0.99 * fast.frames, (fast.fast_frames, fast.frames)
-
-
-@pytest.mark.parametrize("session", sorted(CRYPTOFEED_SESSIONS))
-def test_cryptofeed_sessions_agree(captures_dir: Path, session: str) -> None:
-    path = captures_dir / "cryptofeed" / "sample_data" / session
-    with open(path, "rb") as fh:
-        next(fh)
-        frames = [line.split(b": ", 1)[1].rstrip(b"\n") for line in fh if b": " in line]
-    venue, market = CRYPTOFEED_SESSIONS[session]
-    fast = _compare_session(frames[:MAX_FRAMES], venue, market)
-    assert fast.fast_frames >= 0.9 * fast.frames, (fast.fast_frames, fast.frames)
+def test_capture_sessions_agree(captures_dir: Path) -> None:
+    """Every WebSocket frame of every session (the first MAX_FRAMES of each)."""
+    sessions = _sessions(captures_dir)
+    assert sessions, f"no sessions under {captures_dir}"
+    for path in sessions:
+        info = capture_info(path)
+        assert info.venue is not None and info.market is not None, path
+        fast = FrameParser(venue=info.venue, market=info.market)
+        slow = FrameParser(venue=info.venue, market=info.market, fast_path=False)
+        ws = (r.payload for r in read_capture(path) if r.kind == "ws")
+        for frame in islice(ws, MAX_FRAMES):
+            assert outcome(fast, frame) == outcome(slow, frame), (path, frame[:200])
+        # the fast path is the live path: it must take essentially every real frame
+        assert fast.fast_frames >= 0.99 * fast.frames, (path, fast.fast_frames, fast.frames)
