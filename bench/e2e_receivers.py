@@ -263,6 +263,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         books=len(instruments),
         bus_dropped=int(consumer.dropped),
         bus=bus_stats,
+        conductor=dict(engine.conductor.counters),
         gc_pauses=pauses.result() if pauses is not None else {},
     )
     if latency:

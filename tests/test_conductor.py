@@ -450,3 +450,35 @@ def test_store_gets_each_fused_snapshot_with_cas_on_the_update_id() -> None:
     ]
     assert store.data[k] == (999, "a newer writer")  # never overwritten by older state
     assert h.cond.counters["store_writes"] == 2 and h.cond.counters["store_conflicts"] == 1
+
+
+def test_store_gets_the_latest_snapshot_of_a_batch_once_per_book() -> None:
+    store = FakeStore()
+
+    async def scenario() -> Harness:
+        h = Harness(store=store, snapshot_ttl_s=None)
+        h.snaps = {"AAA": [rest("AAA", 100)], "BBB": [rest("BBB", 200)]}
+        h.cond.track("spot", "AAA")
+        h.cond.track("spot", "BBB")
+        h.feed(delta("AAA", 101, 101), delta("BBB", 201, 201))
+        await settle()
+        store.calls.clear()
+        h.feed(
+            delta("AAA", 102, 102),
+            delta("BBB", 202, 202),
+            delta("AAA", 103, 103),
+            delta("AAA", 104, 104),
+        )
+        return h
+
+    h = run(scenario)
+    # every update still has its fused snapshot on the bus ...
+    assert h.fused("AAA") == [101, 102, 103, 104]
+    assert h.fused("BBB") == [201, 202]
+    # ... but the store, which keeps only the latest state, is written once per book
+    assert sorted(store.calls) == [
+        ("binance:spot:AAA:book", 101, 104, None),
+        ("binance:spot:BBB:book", 201, 202, None),
+    ]
+    assert store.data["binance:spot:AAA:book"][0] == 104
+    assert store.data["binance:spot:AAA:book"][1] is h.cond.book("spot", "AAA").last_fused

@@ -79,6 +79,8 @@ cdef class OrderBook:
     cdef int64_t ts_event_, ts_transaction_, ts_recv_
     # fused-output bookkeeping
     cdef public bint dirty            # applied since the last fused output
+    cdef readonly BookDepth last_fused   # the latest top-N snapshot built (or None)
+    cdef bint in_fused                # on its BookSet's `fused` list
     cdef int64_t bbo_pub[4]           # bid px, bid qty, ask px, ask qty last published
     cdef public object owner          # the Conductor's per-instrument state
     # counters (read by the Python layer)
@@ -104,6 +106,9 @@ cdef class BookSet:
     # update of a live book; else applied live books join `dirty` once
     cdef public Py_ssize_t emit_depth
     cdef readonly list dirty
+    # books that built fused outputs in apply_batch since take_fused(), each
+    # once: the caller writes each one's latest snapshot (last_fused) once
+    cdef readonly list fused
     # what stopped apply_batch (valid when it returned < len(batch))
     cdef readonly int last_status
     cdef readonly OrderBook last_book

@@ -352,7 +352,8 @@ cdef class OrderBook:
         """Append the top-``depth`` snapshot, and a BBO when the top changed."""
         cdef int64_t b0 = MT_NA, b1 = MT_NA, a0 = MT_NA, a1 = MT_NA
         cdef int count = 1
-        out.append(self.make_depth(depth, SOURCE_BOOK))
+        self.last_fused = self.make_depth(depth, SOURCE_BOOK)
+        out.append(self.last_fused)
         bk_best(&self.bids_, &b0, &b1)
         bk_best(&self.asks_, &a0, &a1)
         if b0 != self.bbo_pub[0] or b1 != self.bbo_pub[1] \
@@ -516,6 +517,7 @@ cdef class BookSet:
     def __init__(self, Py_ssize_t emit_depth=0):
         self._books = {}
         self.dirty = []
+        self.fused = []
         self.emit_depth = emit_depth
         self.last_status = BOOK_APPLIED
         self.last_book = None
@@ -543,6 +545,15 @@ cdef class BookSet:
     def take_dirty(self):
         """The books applied since the last call (each once)."""
         out, self.dirty = self.dirty, []
+        return out
+
+    def take_fused(self):
+        """The books that built fused outputs in apply_batch since the last
+        call (each once; ``last_fused`` is the latest snapshot of each)."""
+        cdef OrderBook book
+        out, self.fused = self.fused, []
+        for book in out:
+            book.in_fused = False
         return out
 
     cdef OrderBook _lookup(self, str market, str symbol):
@@ -583,6 +594,9 @@ cdef class BookSet:
                 if book.live:
                     if self.emit_depth > 0:
                         book.fused_into(out, self.emit_depth)
+                        if not book.in_fused:
+                            book.in_fused = True
+                            self.fused.append(book)
                     elif not book.dirty:
                         book.dirty = True
                         self.dirty.append(book)

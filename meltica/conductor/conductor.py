@@ -69,6 +69,8 @@ class Instrument:
         self.fetch: asyncio.Task[None] | None = None
         self.flush: asyncio.TimerHandle | None = None
         self.last_pub_ns = -(1 << 62)
+        self.key = (market, symbol)
+        self.store_key: str | None = None  # "venue:market:SYMBOL:book", at the first write
         self.store_version: int | None = None
         self.gaps = 0
         self.resyncs = 0
@@ -261,7 +263,11 @@ class Conductor:
             i = books.apply_batch(batch, i + 1, out)
         if books.dirty:
             self._throttle(books.take_dirty(), out)
-        if out and (self._store is not None or self._hooks_by_kind):
+        if books.fused:
+            # one store write per book per batch: its latest snapshot
+            for book in books.take_fused():
+                self._store_book(book)
+        if out and self._hooks_by_kind:
             self._post(out)
         if self._trade_hooks:
             self._trades(batch, out)
@@ -361,9 +367,14 @@ class Conductor:
     def _mark(self, book: OrderBook, out: list[Any]) -> None:
         """A live book changed outside apply_batch: publish now or when due."""
         if not self._interval_ns:
-            book.publish(out, self.book_depth)
+            self._publish(book, out)
         else:
             self._throttle([book], out)
+
+    def _publish(self, book: OrderBook, out: list[Any]) -> None:
+        """Fused outputs of `book` into `out`, and its snapshot into the store."""
+        book.publish(out, self.book_depth)
+        self._store_book(book)
 
     def _start_fetch(self, inst: Instrument) -> None:
         task = asyncio.get_running_loop().create_task(self._sync(inst))
@@ -476,7 +487,7 @@ class Conductor:
                 continue
             due = inst.last_pub_ns + interval
             if now >= due:
-                book.publish(out, self.book_depth)
+                self._publish(book, out)
                 inst.last_pub_ns = now
             else:
                 book.dirty = True
@@ -491,7 +502,7 @@ class Conductor:
         if not (book.live and book.dirty):
             return
         out: list[Any] = []
-        book.publish(out, self.book_depth)
+        self._publish(book, out)
         self.counters["flushes"] += 1
         inst.last_pub_ns = self._clock()
         self._emit(out)
@@ -500,7 +511,7 @@ class Conductor:
         """A batch made here (snapshot installs, flushes, control)."""
         if not out:
             return
-        if self._store is not None or self._hooks_by_kind:
+        if self._hooks_by_kind:
             self._post(out)
         self._downstream(out)
 
@@ -533,15 +544,12 @@ class Conductor:
         self.counters["control"] += 1
 
     def _post(self, out: list[Any]) -> None:
-        """Store writes and analytics for the fused events in ``out``."""
+        """Analytics for the fused events in ``out``."""
         derived: list[Any] = []
         for ev in out:
             if type(ev) is not BookDepth:
                 continue
-            src = ev.source
-            if src == "book" and self._store is not None:
-                self._store_write(ev)
-            for hook in self._hooks_by_kind.get(src, ()):
+            for hook in self._hooks_by_kind.get(ev.source, ()):
                 self._call(hook, ev, derived)
         out.extend(derived)
 
@@ -566,11 +574,17 @@ class Conductor:
             if n == 1 or n % 1000 == 0:
                 log.exception("analytics hook %s failed (%d so far)", hook.name, n)
 
-    def _store_write(self, ev: BookDepth) -> None:
-        inst = self._instruments.get((ev.market, ev.symbol))
-        if inst is None or self._store is None:
+    def _store_book(self, book: OrderBook) -> None:
+        """Write the latest fused snapshot of `book` (compare-and-set on its
+        update id).  Called once per book per batch: the store keeps the
+        latest state, and nobody can read it between two updates of a batch."""
+        ev = book.last_fused
+        inst: Instrument = book.owner
+        if self._store is None or ev is None or self._instruments.get(inst.key) is not inst:
             return
-        key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
+        key = inst.store_key
+        if key is None:
+            key = inst.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
         version = ev.update_id
         try:
             ok = self._store.compare_and_set(key, inst.store_version, version, ev, self._ttl)
