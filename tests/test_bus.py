@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -69,6 +70,24 @@ def test_events_delivered_once_in_order_by_reference() -> None:
     assert got == events and all(a is b for a, b in zip(got, events, strict=True))
     assert c.poll(100) == []
     assert (c.delivered, c.lag, bus.published) == (10, 0, 10)
+
+
+def test_bus_lets_go_of_events_every_consumer_has_read() -> None:
+    # memory holds the unread events, not a ring's worth of old ones
+    bus = InMemoryDataBus(64)
+    fast, slow = bus.subscribe("fast"), bus.subscribe("slow")
+    events = [trade(t) for t in range(1, 9)]
+    base = [sys.getrefcount(ev) for ev in events]
+    bus.publish_batch(events)
+    assert [sys.getrefcount(ev) for ev in events] == [r + 1 for r in base]
+    assert len(fast.poll(100)) == 8 and len(slow.poll(3)) == 3
+    # the slow consumer has not read 4..8 yet: only 1..3 are let go
+    assert [sys.getrefcount(ev) for ev in events] == base[:3] + [r + 1 for r in base[3:]]
+    slow.close()
+    assert [sys.getrefcount(ev) for ev in events] == base
+    fast.close()
+    bus.publish_batch(events)  # nobody attached: nothing is kept
+    assert [sys.getrefcount(ev) for ev in events] == base
 
 
 def test_consumer_sees_only_events_published_after_subscribing() -> None:

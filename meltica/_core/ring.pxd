@@ -1,8 +1,12 @@
 # The Data Bus ring: one write per event, per-consumer cursors.
 #
 # Positions are int64 counters that only grow; slot = position & mask.  The
-# ring holds a strong reference to each event in its slot until the slot is
-# reused.  Every cursor reads [pos, head); invariants:
+# ring holds a strong reference to each event in its slot until every
+# attached cursor has moved past it (then the slot is cleared, so memory
+# holds only unread events, not a ring's worth) or the slot is reused.  Every
+# cursor reads [pos, head); invariants:
+#   slots of [tail, head) hold references, every other slot is NULL
+#   tail <= cursor.pos for every attached cursor
 #   head - capacity <= cursor.pos <= head     for every attached cursor
 #   a block cursor's unread slots are never overwritten (publish stops short)
 #   a lossy (drop_oldest / conflate) cursor is moved past a slot before that
@@ -53,10 +57,12 @@ cdef class Ring:
     cdef readonly int64_t capacity     # power of two
     cdef int64_t mask                  # capacity - 1
     cdef readonly int64_t head         # position of the next write
+    cdef readonly int64_t tail         # oldest position still referenced
     cdef readonly int64_t published    # events written (== head)
     cdef readonly int64_t evicted      # slots overwritten under a lossy cursor
     cdef readonly uint64_t last_kinds  # kind bits of the last published batch
     cdef readonly list cursors         # attached Cursor objects
 
     cdef inline object at(self, int64_t p)
+    cdef void release(self) noexcept
     cdef void evict(self, Cursor c, int64_t end, list batch)

@@ -128,6 +128,24 @@ cdef class Ring:
     cdef inline object at(self, int64_t p):
         return <object>self.slots[p & self.mask]
 
+    cdef void release(self) noexcept:
+        # Drop the references every attached cursor has moved past (all of
+        # them when nobody is attached: a new cursor starts at the head).
+        cdef Cursor c
+        cdef int64_t p, lo = self.head
+        cdef PyObject **slot
+        cdef PyObject *old
+        for c in self.cursors:
+            if c.pos < lo:
+                lo = c.pos
+        for p in range(self.tail, lo):
+            slot = &self.slots[p & self.mask]
+            old = slot[0]
+            slot[0] = NULL
+            Py_XDECREF(old)
+        if lo > self.tail:
+            self.tail = lo
+
     def attach(self, Cursor c):
         """Start `c` at the head: it sees events published from now on."""
         if c.attached:
@@ -144,6 +162,7 @@ cdef class Ring:
             self.cursors.remove(c)
             c.attached = False
             c.latest.clear()
+            self.release()
 
     def lag(self, Cursor c):
         """Ring positions `c` has not read yet (conflated events included)."""
@@ -153,6 +172,7 @@ cdef class Ring:
         """Move `c` to the head: the caller knows nothing unread matches it."""
         if c.attached:
             c.pos = self.head
+            self.release()
 
     def pressure(self):
         """Block back-pressure: 2 if a block cursor's lag reached its high
@@ -244,6 +264,10 @@ cdef class Ring:
         self.head += n_write
         self.published = self.head
         self.last_kinds = kinds
+        if self.tail < self.head - self.capacity:
+            self.tail = self.head - self.capacity   # those slots were reused above
+        if not self.cursors:
+            self.release()
         return n_write
 
     def read(self, Cursor c, Py_ssize_t max_n):
@@ -265,6 +289,7 @@ cdef class Ring:
                 if c.matches(ev):
                     c.lose(ev)
             c.pos = head
+            self.release()
             keys = []
             for key in c.latest:
                 keys.append(key)
@@ -285,6 +310,7 @@ cdef class Ring:
                 if PyList_GET_SIZE(out) >= max_n:
                     break
         c.pos = p
+        self.release()
         k = PyList_GET_SIZE(out)
         c.delivered += k
         c.seen += k
