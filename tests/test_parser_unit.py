@@ -1049,6 +1049,31 @@ def test_symbols_are_interned() -> None:
     assert ticker.symbol is first.symbol
 
 
+def test_interleaved_streams_and_symbols_keep_their_routes() -> None:
+    # many streams and symbols, interleaved so the one-entry caches miss: each
+    # frame still gets its own stream's kind and symbol, interned once
+    p = FrameParser()
+    symbols = [f"S{i}USDT" for i in range(40)]
+    got = []
+    for rnd in range(3):
+        for i, sym in enumerate(symbols):
+            low = sym.lower()
+            trade = (
+                f'{{"stream":"{low}@trade","data":{{"e":"trade","E":1,"s":"{sym}","t":{rnd},'
+                '"p":"1","q":"1","T":1,"m":true}}'
+            )
+            ticker = (
+                f'{{"stream":"{low}@bookTicker","data":{{"u":{i},"s":"{sym}","b":"1",'
+                '"B":"1","a":"2","A":"1"}}'
+            )
+            got += [one(p, trade.encode()), one(p, ticker.encode())]
+    assert [(ev.kind, ev.symbol) for ev in got] == [
+        (kind, sym) for _ in range(3) for sym in symbols for kind in ("trade", "book_ticker")
+    ]
+    first = {ev.symbol: ev.symbol for ev in got[: 2 * len(symbols)]}
+    assert all(ev.symbol is first[ev.symbol] for ev in got)
+
+
 def test_escaped_symbol_is_decoded_or_rejected() -> None:
     frame = SPOT_TRADE.replace(b'"BTCUSDT"', b'"BTC\\u0055SDT"')
     try:

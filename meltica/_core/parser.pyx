@@ -18,8 +18,6 @@ from libc.stdint cimport INT64_MAX, int8_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 from libcpp cimport bool as cbool
-from libcpp.string cimport string
-from libcpp.unordered_map cimport unordered_map
 from libcpp.vector cimport vector
 
 from meltica._core.events cimport (
@@ -100,6 +98,14 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     int get_bool(const Fields &f, int c, cbool &out, int &err_key)
     int get_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
     int opt_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
+
+
+cdef extern from "name_map.hpp" namespace "mt" nogil:
+    cdef cppclass NameMap:
+        int find(const char *p, size_t n, string_view &stored)
+        string_view add(const char *p, size_t n, int id) except +
+        void clear()
+        size_t size()
 
 
 cdef extern from "frame_scan.hpp" namespace "mt" nogil:
@@ -259,12 +265,12 @@ cdef class FrameParser:
     cdef bint _futures
     cdef Route _raw_route
     # stream name -> index in _routes (the C++ map avoids a Python str per frame)
-    cdef unordered_map[string, int] _route_ids
+    cdef NameMap _route_ids
     cdef list _routes
-    cdef string _last_stream
+    cdef string_view _last_stream      # the stored copy in _route_ids
     cdef Route _last_route
     # symbol interning: one Python str per distinct symbol
-    cdef unordered_map[string, int] _symbol_ids
+    cdef NameMap _symbol_ids
     cdef list _symbols
     cdef char _last_sym[MAX_SYMBOL]
     cdef size_t _last_sym_len
@@ -301,7 +307,9 @@ cdef class FrameParser:
         self.max_frame_bytes = max_frame_bytes
         self.fast_path = fast_path
         self._raw_route = Route(stream) if stream is not None else None
+        self._route_ids.clear()
         self._routes = []
+        self._symbol_ids.clear()
         self._symbols = []
         self._last_sym_len = 0
         self._last_sym_obj = None
@@ -447,31 +455,30 @@ cdef class FrameParser:
     cdef Route _route(self):
         """The route of the frame's stream (cached per distinct stream)."""
         cdef string_view sv = self._fr.stream
-        cdef string key
+        cdef Route route
         if self._last_route is not None and self._last_stream.size() == sv.size() \
                 and memcmp(self._last_stream.data(), sv.data(), sv.size()) == 0:
             return self._last_route
-        key = string(sv.data(), sv.size())
-        it = self._route_ids.find(key)
-        if it != self._route_ids.end():
-            route = <Route>self._routes[cython.operator.dereference(it).second]
+        # _last_stream views the map's copy (the frame's bytes go with the frame)
+        cdef int i = self._route_ids.find(sv.data(), sv.size(), self._last_stream)
+        if i >= 0:
+            route = <Route>self._routes[i]
         else:
             route = Route(_sv_str(sv))
-            if self._routes is not None and len(self._routes) >= MAX_ROUTES:
+            if len(self._routes) >= MAX_ROUTES:
                 # a flood of distinct stream names must not grow memory forever
                 self._route_ids.clear()
                 self._routes = []
-            self._route_ids[key] = len(self._routes)
+            self._last_stream = self._route_ids.add(sv.data(), sv.size(), len(self._routes))
             self._routes.append(route)
-        self._last_stream = key
         self._last_route = route
         return route
 
     cdef str _symbol(self, const Fields &f, int c, Route route):
         """Interned symbol from field ``c``, or from the route when absent."""
-        cdef string_view sv
+        cdef string_view sv, stored
         cdef int st = get_str(f, c, sv, self._fr.err_key)
-        cdef string key
+        cdef int i
         if st == ST_MISSING and route is not None and route.symbol is not None:
             return route.symbol
         self._check(st)
@@ -479,10 +486,9 @@ cdef class FrameParser:
             raise MalformedFrame(f"frame: symbol of length {sv.size()} is not a symbol")
         if sv.size() == self._last_sym_len and memcmp(self._last_sym, sv.data(), sv.size()) == 0:
             return self._last_sym_obj
-        key = string(sv.data(), sv.size())
-        it = self._symbol_ids.find(key)
-        if it != self._symbol_ids.end():
-            sym = self._symbols[cython.operator.dereference(it).second]
+        i = self._symbol_ids.find(sv.data(), sv.size(), stored)
+        if i >= 0:
+            sym = self._symbols[i]
         else:
             sym = _sv_str(sv)
             if _SYMBOL_RE.fullmatch(sym) is None:
@@ -491,7 +497,7 @@ cdef class FrameParser:
             if len(self._symbols) >= MAX_ROUTES:
                 self._symbol_ids.clear()
                 self._symbols = []
-            self._symbol_ids[key] = len(self._symbols)
+            self._symbol_ids.add(sv.data(), sv.size(), len(self._symbols))
             self._symbols.append(sym)
         memcpy(self._last_sym, sv.data(), sv.size())
         self._last_sym_len = sv.size()
