@@ -11,9 +11,9 @@
 // The contract that keeps this honest: scan_frame either fills `fr` with
 // exactly what frame_walk.hpp's parse_frame would fill for the same bytes and
 // returns ST_OK, or returns SC_BAIL having decided nothing, and the caller
-// runs simdjson.  It accepts only a strict subset of valid JSON (no escapes,
-// no non-ASCII bytes, no floats, no leading zeros, no unknown nesting, no
-// acks) and bails on anything else, so every error, every unusual but valid
+// runs simdjson.  It accepts only a strict subset of valid JSON (no
+// whitespace between tokens, no escapes, no non-ASCII bytes, no floats, no
+// leading zeros, no unknown nesting, no acks) and bails on anything else, so every error, every unusual but valid
 // frame and every judgement about malformed input stays with simdjson.
 // tests/test_parser_fast_path.py checks the equivalence on the captures and
 // on generated, mutated and truncated frames.
@@ -57,14 +57,6 @@ struct StopTable {
     }
 };
 constexpr StopTable kStop{};
-
-MT_SCAN_INLINE const char *ws(const char *p) noexcept {
-    // compact JSON has none: one compare in the common case
-    while (static_cast<unsigned char>(*p) <= ' ' &&
-           (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-        ++p;
-    return p;
-}
 
 // The first stop byte at or after p.  The SSE2 loop reads 16 bytes at a time
 // and may look up to 15 bytes past the NUL at the frame's end, which the
@@ -202,23 +194,19 @@ MT_SCAN_INLINE const char *level_value(const char *p, int64_t &m, int8_t &e) noe
 
 // [["price","qty"], ...] straight into levels; p at '['.
 inline const char *levels(const char *p, std::vector<Level> &out) noexcept {
-    p = ws(p + 1);
+    ++p;
     if (*p == ']') return p + 1;
     for (;;) {
-        if (*p != '[') return nullptr;
-        p = ws(p + 1);
+        if (p[0] != '[' || p[1] != '"') return nullptr;
         Level L;
-        if (*p != '"' || !(p = level_value(p, L.price, L.price_exp))) return nullptr;
-        p = ws(p);
-        if (*p != ',') return nullptr;
-        p = ws(p + 1);
-        if (*p != '"' || !(p = level_value(p, L.qty, L.qty_exp))) return nullptr;
-        p = ws(p);
+        if (!(p = level_value(p + 1, L.price, L.price_exp))) return nullptr;
+        if (p[0] != ',' || p[1] != '"') return nullptr;
+        if (!(p = level_value(p + 1, L.qty, L.qty_exp))) return nullptr;
         if (*p != ']') return nullptr;
         out.push_back(L);
-        p = ws(p + 1);
+        ++p;
         if (*p == ',') {
-            p = ws(p + 1);
+            ++p;
             continue;
         }
         if (*p == ']') return p + 1;
@@ -298,22 +286,17 @@ MT_SCAN_INLINE const char *value(const char *p, int c, Fields &f, Frame &fr, int
 
 // p at '{'; returns the byte after the matching '}'.
 inline const char *object(const char *p, Fields &f, Frame &fr, int depth) noexcept {
-    p = ws(p + 1);
+    ++p;
     if (*p == '}') return p + 1;
     for (;;) {
         int c;
         if (*p != '"' || !(p = key(p, c))) return nullptr;
-        if (*p != ':') {  // compact JSON puts the colon right after the key
-            p = ws(p);
-            if (*p != ':') return nullptr;
-        }
-        p = ws(p + 1);
+        if (*p != ':') return nullptr;
+        ++p;
         if (c == KC_RESULT) return nullptr;  // acks keep raw JSON: simdjson's job
         if (!(p = value(p, c, f, fr, depth))) return nullptr;
-        if (*p != ',' && *p != '}') p = ws(p);
         if (*p == ',') {
             ++p;
-            if (static_cast<unsigned char>(*p) <= ' ') p = ws(p);
             continue;
         }
         if (*p == '}') return p + 1;
@@ -328,35 +311,23 @@ inline const char *object(const char *p, Fields &f, Frame &fr, int depth) noexce
 inline int scan_frame(const char *buf, size_t len, Frame &fr) noexcept {
     fr.reset();
     const char *end = buf + len;
-    const char *p = scan::ws(buf);
+    const char *p = buf;
     if (*p != '{') return SC_BAIL;
-    const char *q = scan::ws(p + 1);
-    if (size_t(end - q) >= 8 && std::memcmp(q, "\"stream\"", 8) == 0) {
+    const char *q = p + 1;
+    if (size_t(end - q) >= 10 && std::memcmp(q, "\"stream\":\"", 10) == 0) {
         // {"stream":"name","data":{...}} in that order; anything else bails
         std::string_view s;
-        p = scan::ws(q + 8);
-        if (*p != ':') return SC_BAIL;
-        p = scan::ws(p + 1);
-        if (*p != '"' || !(p = scan::str(p, s))) return SC_BAIL;
-        p = scan::ws(p);
-        if (*p != ',') return SC_BAIL;
-        p = scan::ws(p + 1);
-        if (size_t(end - p) < 6 || std::memcmp(p, "\"data\"", 6) != 0) return SC_BAIL;
-        p = scan::ws(p + 6);
-        if (*p != ':') return SC_BAIL;
-        p = scan::ws(p + 1);
-        if (*p != '{') return SC_BAIL;
+        if (!(p = scan::str(q + 9, s))) return SC_BAIL;
+        if (size_t(end - p) < 9 || std::memcmp(p, ",\"data\":{", 9) != 0) return SC_BAIL;
         fr.stream = s;
         fr.has_stream = true;
-        if (!(p = scan::object(p, fr.new_item(), fr, 0))) return SC_BAIL;
-        p = scan::ws(p);
+        if (!(p = scan::object(p + 8, fr.new_item(), fr, 0))) return SC_BAIL;
         if (*p != '}') return SC_BAIL;
-        p = scan::ws(p + 1);
+        ++p;
     } else if (size_t(end - q) >= 6 && std::memcmp(q, "\"data\"", 6) == 0) {
         return SC_BAIL;  // an envelope with "data" first: rare, simdjson reads it
     } else {
         if (!(p = scan::object(p, fr.new_item(), fr, 0))) return SC_BAIL;
-        p = scan::ws(p);
     }
     return p == end ? int(ST_OK) : SC_BAIL;
 }
