@@ -17,12 +17,12 @@ namespace mt {
 
 class NameMap {
  public:
-  // The id of name p[0..n), or -1; when found, `stored` views the stored
-  // copy of the name (valid until clear()).
-  int find(const char *p, size_t n, std::string_view &stored) const {
+  // The id of name p[0..n), or -1; when found and `stored` is given, it is
+  // set to view the stored copy of the name (valid until clear()).
+  int find(const char *p, size_t n, std::string_view *stored = nullptr) const {
     auto it = ids_.find(std::string_view(p, n));
     if (it == ids_.end()) return -1;
-    stored = it->first;
+    if (stored) *stored = it->first;
     return it->second;
   }
   // Adds a name that find() did not know; returns a view of its stored copy
@@ -37,7 +37,6 @@ class NameMap {
     ids_.clear();
     keys_.clear();
   }
-  size_t size() const { return ids_.size(); }
 
  private:
   std::deque<std::string> keys_;

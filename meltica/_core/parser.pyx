@@ -102,10 +102,10 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
 
 cdef extern from "name_map.hpp" namespace "mt" nogil:
     cdef cppclass NameMap:
-        int find(const char *p, size_t n, string_view &stored)
+        int find(const char *p, size_t n)
+        int find(const char *p, size_t n, string_view *stored)
         string_view add(const char *p, size_t n, int id) except +
         void clear()
-        size_t size()
 
 
 cdef extern from "frame_scan.hpp" namespace "mt" nogil:
@@ -460,7 +460,7 @@ cdef class FrameParser:
                 and memcmp(self._last_stream.data(), sv.data(), sv.size()) == 0:
             return self._last_route
         # _last_stream views the map's copy (the frame's bytes go with the frame)
-        cdef int i = self._route_ids.find(sv.data(), sv.size(), self._last_stream)
+        cdef int i = self._route_ids.find(sv.data(), sv.size(), &self._last_stream)
         if i >= 0:
             route = <Route>self._routes[i]
         else:
@@ -476,7 +476,7 @@ cdef class FrameParser:
 
     cdef str _symbol(self, const Fields &f, int c, Route route):
         """Interned symbol from field ``c``, or from the route when absent."""
-        cdef string_view sv, stored
+        cdef string_view sv
         cdef int st = get_str(f, c, sv, self._fr.err_key)
         cdef int i
         if st == ST_MISSING and route is not None and route.symbol is not None:
@@ -486,7 +486,7 @@ cdef class FrameParser:
             raise MalformedFrame(f"frame: symbol of length {sv.size()} is not a symbol")
         if sv.size() == self._last_sym_len and memcmp(self._last_sym, sv.data(), sv.size()) == 0:
             return self._last_sym_obj
-        i = self._symbol_ids.find(sv.data(), sv.size(), stored)
+        i = self._symbol_ids.find(sv.data(), sv.size())
         if i >= 0:
             sym = self._symbols[i]
         else:
