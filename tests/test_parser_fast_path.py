@@ -159,6 +159,8 @@ def _case(frame: str | bytes, time_unit: str = "ms") -> Case:
         ('{"data":' + TRADE[TRADE.index('{"e"') : -1] + ',"stream":"btcusdt@trade"}', False),
         (TRADE.replace('"stream":"btcusdt@trade",', '"stream":"btcusdt@trade","x":1,'), False),
         ('{"result":null,"id":5}', False),  # acks: simdjson
+        ('{"stream":null}', False),  # an envelope whose stream is not a string
+        ('{"stream":5,"data":{}}', False),
         ('{"code":2,"msg":"Invalid request"}', True),
         ('{"e":"serverShutdown","E":1}', True),
         ('{"stream":"btcusdt@trade","data":{}}', True),  # MissingField from either path

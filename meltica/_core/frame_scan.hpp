@@ -314,10 +314,11 @@ inline int scan_frame(const char *buf, size_t len, Frame &fr) noexcept {
     const char *p = buf;
     if (*p != '{') return SC_BAIL;
     const char *q = p + 1;
-    if (size_t(end - q) >= 10 && std::memcmp(q, "\"stream\":\"", 10) == 0) {
+    if (size_t(end - q) >= 8 && std::memcmp(q, "\"stream\"", 8) == 0) {
         // {"stream":"name","data":{...}} in that order; anything else bails
+        // (also a "stream" that is not a string: simdjson judges it)
         std::string_view s;
-        if (!(p = scan::str(q + 9, s))) return SC_BAIL;
+        if (q[8] != ':' || q[9] != '"' || !(p = scan::str(q + 9, s))) return SC_BAIL;
         if (size_t(end - p) < 9 || std::memcmp(p, ",\"data\":{", 9) != 0) return SC_BAIL;
         fr.stream = s;
         fr.has_stream = true;
