@@ -21,6 +21,7 @@ from meltica._core.events import BookDepth, BookTicker, Control, Fixed
 from meltica._core.parser import FrameParser
 from meltica.conductor import Conductor, State
 from meltica.replay.source import CaptureSource, combined_frame
+from meltica.snapshot import MemorySnapshotStore
 
 T = TypeVar("T")
 
@@ -450,6 +451,61 @@ def test_store_gets_each_fused_snapshot_with_cas_on_the_update_id() -> None:
     ]
     assert store.data[k] == (999, "a newer writer")  # never overwritten by older state
     assert h.cond.counters["store_writes"] == 2 and h.cond.counters["store_conflicts"] == 1
+
+
+def test_memory_store_is_written_from_c_with_the_same_cas_rules() -> None:
+    """The in-memory store is written by BookSet.store_fused; a refused write
+    takes the Python retry, and nothing is counted twice."""
+    now = [0]
+    store = MemorySnapshotStore(clock=lambda: now[0])
+    k = "binance:spot:AAA:book"
+    assert store.compare_and_set(k, None, 50, "an older run")
+
+    async def scenario() -> Harness:
+        h = Harness(store=store, snapshot_ttl_s=5.0)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101))
+        await settle()
+        h.feed(delta("AAA", 102, 102), delta("AAA", 103, 103))
+        assert store.get(k) == (103, h.cond.book("spot", "AAA").last_fused)
+        assert store.compare_and_set(k, 103, 999, "a newer writer")
+        h.feed(delta("AAA", 104, 104))
+        return h
+
+    h = run(scenario)
+    assert store.get(k) == (999, "a newer writer")  # never overwritten by older state
+    # 101 (after one refused CAS from None), 102+103 (one write); 104 refused, then conflict
+    assert h.cond.counters["store_writes"] == 2 and h.cond.counters["store_conflicts"] == 1
+    t = store.stats()
+    assert t["mismatches"] == 2  # the first write from None, and 104 from 103
+    assert t["sets"] == 4  # the older run, 101, 103 and the newer writer
+    book = h.cond.book("spot", "AAA")
+    assert book.store_key == k and book.store_version == 999
+
+
+def test_memory_store_full_is_a_counted_store_error_and_the_batch_goes_on() -> None:
+    store = MemorySnapshotStore(max_entries=1)
+    k = "binance:spot:AAA:book"
+    assert store.compare_and_set("other", None, 1, "x")
+
+    async def scenario() -> Harness:
+        h = Harness(store=store)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101))
+        await settle()  # live: its first write is refused (Python path)
+        h.feed(delta("AAA", 102, 102))  # refused again (C path)
+        assert store.get(k) is None
+        assert store.delete("other")
+        h.feed(delta("AAA", 103, 103))  # room again
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [101, 102, 103]  # the bus never missed an update
+    assert store.get(k) == (103, h.cond.book("spot", "AAA").last_fused)
+    assert h.cond.counters["store_errors"] == 2 and h.cond.counters["store_writes"] == 1
+    assert store.stats()["refused"] == 2  # each refused write counted once
 
 
 def test_store_gets_the_latest_snapshot_of_a_batch_once_per_book() -> None:

@@ -83,6 +83,10 @@ cdef class OrderBook:
     cdef bint in_fused                # on its BookSet's `fused` list
     cdef int64_t bbo_pub[4]           # bid px, bid qty, ask px, ask qty last published
     cdef public object owner          # the Conductor's per-instrument state
+    # the SnapshotStore entry of this book: key (built at the first write) and
+    # the version last written there (None: nothing written yet)
+    cdef public str store_key
+    cdef public object store_version
     # counters (read by the Python layer)
     cdef readonly uint64_t applied, stale, gaps, crossed, errors, trimmed, rescales
     cdef readonly uint64_t published  # fused events built

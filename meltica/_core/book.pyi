@@ -3,6 +3,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from meltica._core.events import BookDepth, Fixed
+from meltica._core.snapshot import SnapshotTable
 
 STATUS_NAMES: tuple[str, ...]
 
@@ -22,6 +23,8 @@ class OrderBook:
     @property
     def last_fused(self) -> BookDepth | None: ...
     owner: Any
+    store_key: str | None
+    store_version: int | None
     applied: int
     stale: int
     gaps: int
@@ -76,4 +79,11 @@ class BookSet:
     def __iter__(self) -> Iterator[OrderBook]: ...
     def take_dirty(self) -> list[OrderBook]: ...
     def take_fused(self) -> list[OrderBook]: ...
+    def store_fused(
+        self,
+        table: SnapshotTable,
+        ttl_ns: int,
+        now_ns: int,
+        failed: list[tuple[OrderBook, int]],
+    ) -> int: ...
     def apply_batch(self, batch: list[Any], start: int, out: list[Any]) -> int: ...

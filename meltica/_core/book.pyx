@@ -18,6 +18,7 @@ from meltica._core.events cimport (
     BOOK_DELTA, BOOK_SNAPSHOT, MT_DEC_NA, MT_NA, SOURCE_BBO, SOURCE_BOOK,
     BookDepth, fixed_new, mt_level,
 )
+from meltica._core.snapshot cimport SNAP_OK, SnapshotTable
 
 STATUS_NAMES = (
     "applied", "synced", "stale", "gap", "unbridged", "crossed", "overflow",
@@ -555,6 +556,35 @@ cdef class BookSet:
         for book in out:
             book.in_fused = False
         return out
+
+    def store_fused(self, SnapshotTable table not None, int64_t ttl_ns, int64_t now_ns,
+                    list failed not None):
+        """``take_fused()`` and write each book's ``last_fused`` into ``table``
+        (compare-and-set from the book's ``store_version``, key ``store_key``,
+        built from the snapshot at the first write).  A write that does not
+        succeed appends ``(book, status)`` to ``failed`` for the caller's slow
+        path; books no longer in this set are skipped.  Returns how many were
+        written."""
+        cdef OrderBook book
+        cdef BookDepth ev
+        cdef int st
+        cdef Py_ssize_t written = 0
+        books, self.fused = self.fused, []
+        for book in books:
+            book.in_fused = False
+            ev = book.last_fused
+            if ev is None or ev.update_id_ == MT_NA \
+                    or self._lookup(book.market, book.symbol) is not book:
+                continue
+            if book.store_key is None:
+                book.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
+            st = table.cas(book.store_key, book.store_version, ev.update_id_, ev, ttl_ns, now_ns)
+            if st == SNAP_OK:
+                book.store_version = ev.update_id_
+                written += 1
+            else:
+                failed.append((book, st))
+        return written
 
     cdef OrderBook _lookup(self, str market, str symbol):
         # the parser interns symbols and shares its market str: identity first

@@ -12,29 +12,22 @@ first sweeps expired entries; if none can go, the insert is refused (status
 cimport cython
 from libc.stdint cimport INT64_MAX, int64_t
 
-# compare_and_set status codes
-OK = 1
-MISMATCH = 0
-FULL = -1
+# compare_and_set status codes (the C enum is in snapshot.pxd)
+OK = SNAP_OK
+MISMATCH = SNAP_MISMATCH
+FULL = SNAP_FULL
 
 
 @cython.final
 @cython.freelist(64)
 cdef class _Entry:
-    cdef int64_t version
-    cdef int64_t deadline_ns     # INT64_MAX: never expires
-    cdef object value
+    pass
 
 
 @cython.final
 cdef class SnapshotTable:
-    """Key -> (version, value, deadline) with CAS; see the module docstring."""
-
-    cdef dict entries
-    cdef readonly Py_ssize_t max_entries
-    cdef int64_t next_deadline   # lower bound of every live entry's deadline
-    # counters
-    cdef readonly int64_t sets, mismatches, refused, expired, sweeps
+    """Key -> (version, value, deadline) with CAS; see the module docstring
+    (the fields are declared in snapshot.pxd)."""
 
     def __init__(self, Py_ssize_t max_entries):
         if max_entries < 1:
@@ -71,6 +64,10 @@ cdef class SnapshotTable:
         absent or expired) and `version` is not older than it; the entry
         lives `ttl_ns` from `now_ns` (0: forever).  Returns OK, MISMATCH or
         FULL."""
+        return self.cas(key, expected_version, version, value, ttl_ns, now_ns)
+
+    cdef int cas(self, object key, object expected_version, int64_t version, object value,
+                 int64_t ttl_ns, int64_t now_ns) except -2:
         cdef _Entry e = self.live(key, now_ns)
         cdef int64_t deadline_ns = INT64_MAX
         if ttl_ns < 0:
@@ -80,25 +77,25 @@ cdef class SnapshotTable:
         if e is None:
             if expected_version is not None:
                 self.mismatches += 1
-                return MISMATCH
+                return SNAP_MISMATCH
             if len(self.entries) >= self.max_entries:
                 self.sweep(now_ns)
                 if len(self.entries) >= self.max_entries:
                     self.refused += 1
-                    return FULL
+                    return SNAP_FULL
             e = _Entry.__new__(_Entry)
             self.entries[key] = e
         elif expected_version is None or <int64_t>expected_version != e.version \
                 or version < e.version:
             self.mismatches += 1
-            return MISMATCH
+            return SNAP_MISMATCH
         e.version = version
         e.value = value
         e.deadline_ns = deadline_ns
         if deadline_ns < self.next_deadline:
             self.next_deadline = deadline_ns
         self.sets += 1
-        return OK
+        return SNAP_OK
 
     def delete(self, key, int64_t now_ns):
         """Remove `key`; True if a live entry was removed."""

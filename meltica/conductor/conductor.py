@@ -22,9 +22,11 @@ from typing import Any, Protocol
 
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Event, Trade
+from meltica._core.snapshot import MISMATCH, SnapshotTable
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.localseq import LocalSeq
 from meltica.log import root as _root_log
+from meltica.snapshot.store import MemorySnapshotStore, SnapshotStoreFull
 
 __all__ = ["Conductor", "Instrument", "SnapshotStoreLike", "State"]
 
@@ -70,8 +72,6 @@ class Instrument:
         self.flush: asyncio.TimerHandle | None = None
         self.last_pub_ns = -(1 << 62)
         self.key = (market, symbol)
-        self.store_key: str | None = None  # "venue:market:SYMBOL:book", at the first write
-        self.store_version: int | None = None
         self.gaps = 0
         self.resyncs = 0
         self.refetches = 0
@@ -141,6 +141,14 @@ class Conductor:
         self._downstream = downstream
         self._fetch = fetch_snapshot
         self._store = store
+        # the in-memory store is written from C, a batch's books in one call
+        self._table: SnapshotTable | None = None
+        self._table_ttl_ns = 0
+        self._table_clock: Callable[[], int] = time.monotonic_ns
+        if isinstance(store, MemorySnapshotStore):
+            self._table = store.table
+            self._table_ttl_ns = store.ttl_ns(snapshot_ttl_s)
+            self._table_clock = store.clock
         self.book_depth = book_depth
         self._interval_ns = int(publish_interval_ms * 1_000_000)
         self._buffer_max = snapshot_buffer_max
@@ -265,8 +273,7 @@ class Conductor:
             self._throttle(books.take_dirty(), out)
         if books.fused:
             # one store write per book per batch: its latest snapshot
-            for book in books.take_fused():
-                self._store_book(book)
+            self._store_fused()
         if out and self._hooks_by_kind:
             self._post(out)
         if self._trade_hooks:
@@ -574,20 +581,46 @@ class Conductor:
             if n == 1 or n % 1000 == 0:
                 log.exception("analytics hook %s failed (%d so far)", hook.name, n)
 
-    def _store_book(self, book: OrderBook) -> None:
+    def _store_fused(self) -> None:
+        """Write the latest fused snapshot of every book fused since the last
+        call, once each: the store keeps the latest state, and nobody can read
+        it between two updates of a batch."""
+        books = self.books
+        if self._table is None:
+            for book in books.take_fused():
+                self._store_book(book)
+            return
+        failed: list[tuple[OrderBook, int]] = []
+        self.counters["store_writes"] += books.store_fused(
+            self._table, self._table_ttl_ns, self._table_clock(), failed
+        )
+        for book, status in failed:
+            if status == MISMATCH:
+                self._store_book(book, first_failed=True)
+            else:  # FULL: the table refused a new key (counted there too)
+                self._store_error(
+                    SnapshotStoreFull(
+                        f"snapshot store holds {len(self._table)} live entries; "
+                        f"cannot add {book.store_key!r}"
+                    )
+                )
+
+    def _store_book(self, book: OrderBook, first_failed: bool = False) -> None:
         """Write the latest fused snapshot of `book` (compare-and-set on its
-        update id).  Called once per book per batch: the store keeps the
-        latest state, and nobody can read it between two updates of a batch."""
+        update id); `first_failed`: a compare-and-set from the book's
+        ``store_version`` was just refused, go straight to the retry."""
         ev = book.last_fused
         inst: Instrument = book.owner
         if self._store is None or ev is None or self._instruments.get(inst.key) is not inst:
             return
-        key = inst.store_key
+        key = book.store_key
         if key is None:
-            key = inst.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
+            key = book.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
         version = ev.update_id
         try:
-            ok = self._store.compare_and_set(key, inst.store_version, version, ev, self._ttl)
+            ok = not first_failed and self._store.compare_and_set(
+                key, book.store_version, version, ev, self._ttl
+            )
             if not ok:
                 # someone else wrote (another shard, an earlier run): retry once from
                 # the current version unless it is already newer than ours
@@ -597,11 +630,14 @@ class Conductor:
                     ok = self._store.compare_and_set(key, cur_v, version, ev, self._ttl)
                 if not ok:
                     self.counters["store_conflicts"] += 1
-                    inst.store_version = cur_v
+                    book.store_version = cur_v
                     return
-            inst.store_version = version
+            book.store_version = version
             self.counters["store_writes"] += 1
-        except Exception:
-            self.counters["store_errors"] += 1
-            if self.counters["store_errors"] == 1:
-                log.exception("snapshot store write failed")
+        except Exception as exc:
+            self._store_error(exc)
+
+    def _store_error(self, exc: Exception) -> None:
+        self.counters["store_errors"] += 1
+        if self.counters["store_errors"] == 1:
+            log.error("snapshot store write failed: %s", exc, exc_info=exc)

@@ -115,6 +115,16 @@ class MemorySnapshotStore:
         """Entries held, expired ones not yet swept included."""
         return len(self._table)
 
+    @property
+    def table(self) -> SnapshotTable:
+        """The C table itself, for C callers that write in bulk (the Conductor's
+        ``BookSet.store_fused``): same entries, same counters."""
+        return self._table
+
+    def ttl_ns(self, ttl_s: float | None) -> int:
+        """`ttl_s` as the table's ``ttl_ns`` (None: the store's default)."""
+        return self._default_ttl_ns if ttl_s is None else _ttl_ns(ttl_s)
+
     def get(self, key: str) -> tuple[int, object] | None:
         return self._table.get(key, self.clock())
 
@@ -126,10 +136,9 @@ class MemorySnapshotStore:
         value: object,
         ttl_s: float | None = None,
     ) -> bool:
-        ttl_ns = self._default_ttl_ns if ttl_s is None else _ttl_ns(ttl_s)
         try:
             status = self._table.compare_and_set(
-                key, expected_version, version, value, ttl_ns, self.clock()
+                key, expected_version, version, value, self.ttl_ns(ttl_s), self.clock()
             )
         except OverflowError:
             raise ValueError("versions must fit in int64") from None

@@ -5,8 +5,10 @@
 picows calls ``on_ws_frame`` through its C vtable, so a TEXT frame costs no
 Python-level call: the receive time is read with ``clock_gettime``, the payload
 is parsed in place by ``meltica._core.parser.parse_frame`` into the current
-batch, and one flush per batch is scheduled with ``loop.call_soon``.  The flush
-calls ``sink(batch)`` (Python, once per batch).  Rare frames go to the owning
+batch, and the batch is handed on as ``sink(batch)`` (Python, once per batch)
+at the end of each socket read: picows marks the last complete frame of the
+data it was given (``WSFrame.last_in_buffer``), so nothing waits for another
+turn of the event loop.  Rare frames go to the owning
 connection object (Python): ``Reply`` objects (acks, error frames,
 ``serverShutdown``), parse errors, pings, pongs, CLOSE and the disconnect.
 
@@ -64,7 +66,7 @@ cdef class FrameListener(WSListener):
     cdef readonly WSTransport transport
     cdef object _loop
     cdef object _flush_cb
-    # the batch being collected; a flush is scheduled iff _scheduled
+    # the batch being collected; a flush is scheduled (after a resume) iff _scheduled
     cdef list _batch
     cdef bint _scheduled
     # paused by back-pressure: frames of the socket read in progress are still
@@ -120,6 +122,9 @@ cdef class FrameListener(WSListener):
         elif msg_type == WSMsgType.CLOSE:
             self.owner.on_close_frame(int(frame.get_close_code()), frame.get_close_reason())
         # CONTINUATION: Binance does not fragment; counted above and ignored.
+        if frame.last_in_buffer and not self._paused and (self._batch or self._held):
+            # the end of this socket read: hand on what it brought
+            self._flush_inline()
 
     cdef inline void _on_data(self, WSFrame frame, int64_t ts) noexcept:
         cdef list batch = self._batch
@@ -157,9 +162,6 @@ cdef class FrameListener(WSListener):
                 self._batch = []
             else:
                 self._flush_inline()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_cb)
 
     cdef void _flush_inline(self) noexcept:
         try:
