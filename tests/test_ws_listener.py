@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from picows import WSMsgType, ws_connect
+from picows.picows import _make_test_ws_frame
 from test_ws_manager import run
 
 from meltica._core.parser import FrameParser, Reply
@@ -169,3 +170,23 @@ def test_held_events_go_out_in_chunks_that_can_pause_again() -> None:
             await server.stop()
 
     run(scenario)
+
+
+def test_the_last_frame_of_a_socket_read_hands_the_batch_on_at_once() -> None:
+    """picows marks the last complete frame of each read (``last_in_buffer``): the
+    batch goes out inside that call, not a turn of the event loop later."""
+
+    async def main() -> None:
+        batches: list[list[Any]] = []
+        listener = FrameListener(
+            FrameParser(market="spot"), Owner(), batches.append, asyncio.get_running_loop()
+        )
+        frame = _make_test_ws_frame(WSMsgType.TEXT, TRADE.format(i=7).encode(), True, False)
+        assert frame.last_in_buffer
+        listener.on_ws_frame(None, frame)
+        assert [[e.seq for e in b] for b in batches] == [[7]]  # no await in between
+        assert listener.batches == 1
+        listener.on_ws_frame(None, _make_test_ws_frame(WSMsgType.PING, b"", True, False))
+        assert listener.batches == 1  # nothing collected: no empty batch
+
+    run(main)
