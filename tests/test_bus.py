@@ -233,3 +233,20 @@ def test_name_is_reusable_after_close_and_stats_are_plain_ints() -> None:
     assert stats["lag"] == 1 and stats["delivered"] == 0
     assert all(type(v) is int for v in stats.values())
     assert all(type(v) is int for v in bus.stats().values())
+
+
+def test_publish_latency_is_observed_per_batch_from_its_first_event() -> None:
+    from meltica.telemetry.metrics import Histogram
+
+    bus = InMemoryDataBus(16, clock=lambda: 11 + 250_000)  # 250 µs after ts_recv=11
+    bus.latency = hist = Histogram("x", "y")
+    bus.publish_batch([trade(1), trade(2)])
+    bus.publish_batch([connection_state(1)])  # ts_recv 1: observed too
+    bus.publish_batch([])
+    assert hist.n == 2
+    assert hist.counts[hist.buckets.index(2.5e-4)] == 1  # 250 µs, in the 250 µs bucket
+    unstamped = Control(
+        "connection_state", venue="binance", market="spot", symbol="", seq=2, ts_recv=0
+    )
+    bus.publish_batch([unstamped])  # no receive time: nothing to observe
+    assert hist.n == 2

@@ -359,6 +359,13 @@ class ConnectionManager:
         self._req_id += 1
         return self._req_id
 
+    def set_sink(self, sink: Sink) -> None:
+        """Point the manager at another sink; only before the first connection
+        (the engine wires its Dispatcher after making the managers)."""
+        if self._conn_of:
+            raise RuntimeError("set_sink() after connections were made")
+        self._sink = sink
+
     def _new_conn(self, slot: _Slot, sink: Sink) -> Connection:
         parser = FrameParser(
             venue=self.venue,
