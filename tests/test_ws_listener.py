@@ -83,6 +83,10 @@ def test_events_arrive_in_batches_replies_and_errors_go_to_the_owner() -> None:
             # the 6th frame was replaced by a malformed one: counted, skipped
             assert [e.seq for e in events] == [i for i in range(1, 201) if i != 6]
             assert len(batches) < 50  # one sink call per batch, not per frame
+            # a batch is one socket read, and the frames of a read share its receive time
+            assert all(len({e.ts_recv for e in b}) == 1 for b in batches)
+            stamps = [b[0].ts_recv for b in batches]
+            assert stamps == sorted(stamps) and stamps[-1] <= listener.last_recv_ns
             assert listener.parse_errors == 1 and isinstance(owner.errors[0], MalformedFrame)
             assert listener.events == 199 and listener.replies == 1
             assert listener.data_frames == 201 and listener.batches == len(batches)

@@ -339,14 +339,9 @@ cdef class OrderBook:
         ev.ts_event_ = self.ts_event_
         ev.ts_transaction_ = self.ts_transaction_
         ev.ts_recv = self.ts_recv_
-        ev.bids_ = <mt_level *>malloc(sizeof(mt_level) * (nb if nb else 1))
-        ev.asks_ = <mt_level *>malloc(sizeof(mt_level) * (na if na else 1))
-        if ev.bids_ == NULL or ev.asks_ == NULL:
-            raise MemoryError()
+        ev.alloc_levels(nb, na)
         _fill_top(&self.bids_, ev.bids_, nb, 1, pe, qe)
         _fill_top(&self.asks_, ev.asks_, na, -1, pe, qe)
-        ev.n_bids = nb
-        ev.n_asks = na
         return ev
 
     cdef int fused_into(self, list out, Py_ssize_t depth) except -1:

@@ -109,11 +109,14 @@ cdef class BookDepth(Event):
     cdef int64_t first_update_id_  # U, or MT_NA
     cdef int64_t prev_update_id_   # pu (futures), or MT_NA
     cdef int source_               # Source
-    cdef mt_level *bids_           # owned, n_bids entries, exchange order
-    cdef mt_level *asks_
+    # both sides live in ONE allocation, owned through bids_ (asks_ = bids_ +
+    # n_bids): one malloc and one free per event; only alloc_levels sets them
+    cdef mt_level *bids_           # n_bids entries, exchange order
+    cdef mt_level *asks_           # n_asks entries
     cdef readonly Py_ssize_t n_bids
     cdef readonly Py_ssize_t n_asks
 
+    cdef int alloc_levels(self, Py_ssize_t nb, Py_ssize_t na) except -1
     cdef int set_levels(self, const mt_level *bids, Py_ssize_t nb,
                         const mt_level *asks, Py_ssize_t na) except -1
 

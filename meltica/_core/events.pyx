@@ -414,26 +414,29 @@ cdef class BookDepth(Event):
         self.n_asks = 0
 
     def __dealloc__(self):
+        free(self.bids_)  # asks_ lives in the same block
+
+    cdef int alloc_levels(self, Py_ssize_t nb, Py_ssize_t na) except -1:
+        """Room for nb bids and na asks (contents undefined), in one block."""
         free(self.bids_)
-        free(self.asks_)
+        self.bids_ = self.asks_ = NULL
+        self.n_bids = self.n_asks = 0
+        # malloc(0) is avoided so that NULL means failure
+        self.bids_ = <mt_level *>malloc(sizeof(mt_level) * (nb + na if nb + na else 1))
+        if self.bids_ == NULL:
+            raise MemoryError()
+        self.asks_ = self.bids_ + nb
+        self.n_bids = nb
+        self.n_asks = na
+        return 0
 
     cdef int set_levels(self, const mt_level *bids, Py_ssize_t nb,
                         const mt_level *asks, Py_ssize_t na) except -1:
-        # one allocation per side; malloc(0) is avoided so NULL means failure
-        free(self.bids_)
-        free(self.asks_)
-        self.bids_ = self.asks_ = NULL
-        self.n_bids = self.n_asks = 0
-        self.bids_ = <mt_level *>malloc(sizeof(mt_level) * (nb if nb else 1))
-        self.asks_ = <mt_level *>malloc(sizeof(mt_level) * (na if na else 1))
-        if self.bids_ == NULL or self.asks_ == NULL:
-            raise MemoryError()
+        self.alloc_levels(nb, na)
         if nb:
             memcpy(self.bids_, bids, sizeof(mt_level) * nb)
         if na:
             memcpy(self.asks_, asks, sizeof(mt_level) * na)
-        self.n_bids = nb
-        self.n_asks = na
         return 0
 
     @property
@@ -477,7 +480,9 @@ cdef class BookDepth(Event):
     @staticmethod
     def _from_wire(dict d, int kind_id):
         cdef BookDepth ev = BookDepth.__new__(BookDepth)
-        cdef Py_ssize_t n
+        cdef Py_ssize_t nb, na
+        cdef mt_level *bids
+        cdef mt_level *asks
         ev._load_common(d, kind_id)
         ev.update_id_ = _wire_int(d, "update_id")
         ev.first_update_id_ = _wire_int(d, "first_update_id", True)
@@ -487,10 +492,15 @@ cdef class BookDepth(Event):
             if source not in SOURCE_NAMES:
                 raise WireError(f"wire field 'source' must be one of {SOURCE_NAMES}")
             ev.source_ = SOURCE_NAMES.index(source)
-        ev.bids_ = _levels_from_wire(d.get("bids"), "bids", &n)
-        ev.n_bids = n
-        ev.asks_ = _levels_from_wire(d.get("asks"), "asks", &n)
-        ev.n_asks = n
+        bids = _levels_from_wire(d.get("bids"), "bids", &nb)
+        try:
+            asks = _levels_from_wire(d.get("asks"), "asks", &na)
+            try:
+                ev.set_levels(bids, nb, asks, na)
+            finally:
+                free(asks)
+        finally:
+            free(bids)
         return ev
 
 

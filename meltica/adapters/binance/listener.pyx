@@ -3,7 +3,8 @@
 """The per-frame hot path: a picows listener that parses in C.
 
 picows calls ``on_ws_frame`` through its C vtable, so a TEXT frame costs no
-Python-level call: the receive time is read with ``clock_gettime``, the payload
+Python-level call: the receive time is read with ``clock_gettime`` once per
+socket read (every frame a read brought shares it), the payload
 is parsed in place by ``meltica._core.parser.parse_frame`` into the current
 batch, and the batch is handed on as ``sink(batch)`` (Python, once per batch)
 at the end of each socket read: picows marks the last complete frame of the
@@ -88,6 +89,9 @@ cdef class FrameListener(WSListener):
     cdef readonly uint64_t pongs           # PONG frames received
     cdef readonly uint64_t batches         # flushes that called the sink
     cdef readonly int64_t last_recv_ns     # CLOCK_REALTIME of the last frame, ns
+    # the next frame opens a socket read (the last one ended at a frame
+    # marked last_in_buffer): read the clock then
+    cdef bint _read_start
 
     def __init__(self, parser, owner, sink, loop):
         self.parser = parser
@@ -101,17 +105,21 @@ cdef class FrameListener(WSListener):
         self._held = deque()
         self._scheduled = False
         self._paused = False
+        self._read_start = True
         self.max_batch = 4096
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
-        cdef int64_t ts = _now_ns()
+        cdef int64_t ts
         cdef WSMsgType msg_type = frame.msg_type
+        if self._read_start:
+            self.last_recv_ns = _now_ns()
+            self._read_start = False
+        ts = self.last_recv_ns
         self.frames += 1
         self.bytes += <uint64_t>frame.payload_size
-        self.last_recv_ns = ts
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             self._on_data(frame, ts)
         elif msg_type == WSMsgType.PING:
@@ -122,9 +130,11 @@ cdef class FrameListener(WSListener):
         elif msg_type == WSMsgType.CLOSE:
             self.owner.on_close_frame(int(frame.get_close_code()), frame.get_close_reason())
         # CONTINUATION: Binance does not fragment; counted above and ignored.
-        if frame.last_in_buffer and not self._paused and (self._batch or self._held):
+        if frame.last_in_buffer:
             # the end of this socket read: hand on what it brought
-            self._flush_inline()
+            self._read_start = True
+            if not self._paused and (self._batch or self._held):
+                self._flush_inline()
 
     cdef inline void _on_data(self, WSFrame frame, int64_t ts) noexcept:
         cdef list batch = self._batch
