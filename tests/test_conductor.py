@@ -426,16 +426,22 @@ class FakeStore:
         return True
 
 
+async def aaa_live(**kw: Any) -> Harness:
+    """A Harness (Conductor options `kw`) whose book AAA went live at u=101."""
+    h = Harness(**kw)
+    h.snaps = {"AAA": [rest("AAA", 100)]}
+    h.cond.track("spot", "AAA")
+    h.feed(delta("AAA", 101, 101))
+    await settle()
+    return h
+
+
 def test_store_gets_each_fused_snapshot_with_cas_on_the_update_id() -> None:
     store = FakeStore()
     store.data["binance:spot:AAA:book"] = (50, "an older run")
 
     async def scenario() -> Harness:
-        h = Harness(store=store, snapshot_ttl_s=5.0)
-        h.snaps = {"AAA": [rest("AAA", 100)]}
-        h.cond.track("spot", "AAA")
-        h.feed(delta("AAA", 101, 101))
-        await settle()
+        h = await aaa_live(store=store, snapshot_ttl_s=5.0)
         h.feed(delta("AAA", 102, 102))
         store.data["binance:spot:AAA:book"] = (999, "a newer writer")
         h.feed(delta("AAA", 103, 103))
@@ -456,17 +462,12 @@ def test_store_gets_each_fused_snapshot_with_cas_on_the_update_id() -> None:
 def test_memory_store_is_written_from_c_with_the_same_cas_rules() -> None:
     """The in-memory store is written by BookSet.store_fused; a refused write
     takes the Python retry, and nothing is counted twice."""
-    now = [0]
-    store = MemorySnapshotStore(clock=lambda: now[0])
+    store = MemorySnapshotStore()
     k = "binance:spot:AAA:book"
     assert store.compare_and_set(k, None, 50, "an older run")
 
     async def scenario() -> Harness:
-        h = Harness(store=store, snapshot_ttl_s=5.0)
-        h.snaps = {"AAA": [rest("AAA", 100)]}
-        h.cond.track("spot", "AAA")
-        h.feed(delta("AAA", 101, 101))
-        await settle()
+        h = await aaa_live(store=store, snapshot_ttl_s=5.0)
         h.feed(delta("AAA", 102, 102), delta("AAA", 103, 103))
         assert store.get(k) == (103, h.cond.book("spot", "AAA").last_fused)
         assert store.compare_and_set(k, 103, 999, "a newer writer")
@@ -490,11 +491,7 @@ def test_memory_store_full_is_a_counted_store_error_and_the_batch_goes_on() -> N
     assert store.compare_and_set("other", None, 1, "x")
 
     async def scenario() -> Harness:
-        h = Harness(store=store)
-        h.snaps = {"AAA": [rest("AAA", 100)]}
-        h.cond.track("spot", "AAA")
-        h.feed(delta("AAA", 101, 101))
-        await settle()  # live: its first write is refused (Python path)
+        h = await aaa_live(store=store)  # live: its first write is refused (Python path)
         h.feed(delta("AAA", 102, 102))  # refused again (C path)
         assert store.get(k) is None
         assert store.delete("other")

@@ -83,9 +83,9 @@ cdef class OrderBook:
     cdef bint in_fused                # on its BookSet's `fused` list
     cdef int64_t bbo_pub[4]           # bid px, bid qty, ask px, ask qty last published
     cdef public object owner          # the Conductor's per-instrument state
-    # the SnapshotStore entry of this book: key (built at the first write) and
-    # the version last written there (None: nothing written yet)
-    cdef public str store_key
+    # the SnapshotStore entry of this book: key (built at the first use, see
+    # store_key) and the version last written there (None: nothing written yet)
+    cdef str store_key_
     cdef public object store_version
     # counters (read by the Python layer)
     cdef readonly uint64_t applied, stale, gaps, crossed, errors, trimmed, rescales
@@ -99,6 +99,7 @@ cdef class OrderBook:
     cdef bint _crossed(self) noexcept
     cdef BookDepth make_depth(self, Py_ssize_t depth, int source)
     cdef int fused_into(self, list out, Py_ssize_t depth) except -1
+    cdef str _store_key(self)
 
 
 cdef class BookSet:

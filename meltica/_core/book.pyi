@@ -23,7 +23,8 @@ class OrderBook:
     @property
     def last_fused(self) -> BookDepth | None: ...
     owner: Any
-    store_key: str | None
+    @property
+    def store_key(self) -> str: ...
     store_version: int | None
     applied: int
     stale: int

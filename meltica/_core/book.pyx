@@ -361,7 +361,17 @@ cdef class OrderBook:
         self.published += count
         return count
 
+    cdef str _store_key(self):
+        if self.store_key_ is None:
+            self.store_key_ = f"{self.venue}:{self.market}:{self.symbol}:book"
+        return self.store_key_
+
     # ------------------------------------------------------------ Python API
+
+    @property
+    def store_key(self):
+        """This book's SnapshotStore key, ``venue:market:SYMBOL:book``."""
+        return self._store_key()
 
     def apply(self, BookDepth ev not None):
         """Apply one ``book_delta`` (BINANCE.md §7 checks first); a BookStatus int."""
@@ -555,11 +565,10 @@ cdef class BookSet:
     def store_fused(self, SnapshotTable table not None, int64_t ttl_ns, int64_t now_ns,
                     list failed not None):
         """``take_fused()`` and write each book's ``last_fused`` into ``table``
-        (compare-and-set from the book's ``store_version``, key ``store_key``,
-        built from the snapshot at the first write).  A write that does not
-        succeed appends ``(book, status)`` to ``failed`` for the caller's slow
-        path; books no longer in this set are skipped.  Returns how many were
-        written."""
+        (compare-and-set from the book's ``store_version``, key ``store_key``).
+        A write that does not succeed appends ``(book, status)`` to ``failed``
+        for the caller's slow path; books no longer in this set are skipped.
+        Returns how many were written."""
         cdef OrderBook book
         cdef BookDepth ev
         cdef int st
@@ -571,9 +580,8 @@ cdef class BookSet:
             if ev is None or ev.update_id_ == MT_NA \
                     or self._lookup(book.market, book.symbol) is not book:
                 continue
-            if book.store_key is None:
-                book.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
-            st = table.cas(book.store_key, book.store_version, ev.update_id_, ev, ttl_ns, now_ns)
+            st = table.cas(book._store_key(), book.store_version, ev.update_id_, ev, ttl_ns,
+                           now_ns)
             if st == SNAP_OK:
                 book.store_version = ev.update_id_
                 written += 1

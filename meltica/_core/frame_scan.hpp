@@ -13,8 +13,9 @@
 // returns ST_OK, or returns SC_BAIL having decided nothing, and the caller
 // runs simdjson.  It accepts only a strict subset of valid JSON (no
 // whitespace between tokens, no escapes, no non-ASCII bytes, no floats, no
-// leading zeros, no unknown nesting, no acks) and bails on anything else, so every error, every unusual but valid
-// frame and every judgement about malformed input stays with simdjson.
+// leading zeros, no unknown nesting, no acks) and bails on anything else, so
+// every error, every unusual but valid frame and every judgement about
+// malformed input stays with simdjson.
 // tests/test_parser_fast_path.py checks the equivalence on the captures and
 // on generated, mutated and truncated frames.
 //

@@ -339,9 +339,7 @@ class InMemoryDataBus:
             cursor = consumer._cursor
             if cursor.kind_mask & kinds:
                 self._waiting.discard(consumer)
-                fut = consumer._waiter  # consumer._wake(), one call less per batch
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+                consumer._wake()
                 consumer.wakeups += 1
                 self.wakeups += 1
             else:

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Event, Trade
-from meltica._core.snapshot import MISMATCH, SnapshotTable
+from meltica._core.snapshot import MISMATCH
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.localseq import LocalSeq
 from meltica.log import root as _root_log
-from meltica.snapshot.store import MemorySnapshotStore, SnapshotStoreFull
+from meltica.snapshot.store import MemorySnapshotStore
 
 __all__ = ["Conductor", "Instrument", "SnapshotStoreLike", "State"]
 
@@ -142,13 +142,8 @@ class Conductor:
         self._fetch = fetch_snapshot
         self._store = store
         # the in-memory store is written from C, a batch's books in one call
-        self._table: SnapshotTable | None = None
-        self._table_ttl_ns = 0
-        self._table_clock: Callable[[], int] = time.monotonic_ns
-        if isinstance(store, MemorySnapshotStore):
-            self._table = store.table
-            self._table_ttl_ns = store.ttl_ns(snapshot_ttl_s)
-            self._table_clock = store.clock
+        self._mem = store if isinstance(store, MemorySnapshotStore) else None
+        self._mem_ttl_ns = 0 if self._mem is None else self._mem.ttl_ns(snapshot_ttl_s)
         self.book_depth = book_depth
         self._interval_ns = int(publish_interval_ms * 1_000_000)
         self._buffer_max = snapshot_buffer_max
@@ -585,25 +580,20 @@ class Conductor:
         """Write the latest fused snapshot of every book fused since the last
         call, once each: the store keeps the latest state, and nobody can read
         it between two updates of a batch."""
-        books = self.books
-        if self._table is None:
+        books, mem = self.books, self._mem
+        if mem is None:
             for book in books.take_fused():
                 self._store_book(book)
             return
         failed: list[tuple[OrderBook, int]] = []
         self.counters["store_writes"] += books.store_fused(
-            self._table, self._table_ttl_ns, self._table_clock(), failed
+            mem.table, self._mem_ttl_ns, mem.clock(), failed
         )
         for book, status in failed:
             if status == MISMATCH:
                 self._store_book(book, first_failed=True)
             else:  # FULL: the table refused a new key (counted there too)
-                self._store_error(
-                    SnapshotStoreFull(
-                        f"snapshot store holds {len(self._table)} live entries; "
-                        f"cannot add {book.store_key!r}"
-                    )
-                )
+                self._store_error(mem.full_error(book.store_key))
 
     def _store_book(self, book: OrderBook, first_failed: bool = False) -> None:
         """Write the latest fused snapshot of `book` (compare-and-set on its
@@ -614,8 +604,6 @@ class Conductor:
         if self._store is None or ev is None or self._instruments.get(inst.key) is not inst:
             return
         key = book.store_key
-        if key is None:
-            key = book.store_key = f"{ev.venue}:{ev.market}:{ev.symbol}:book"
         version = ev.update_id
         try:
             ok = not first_failed and self._store.compare_and_set(

@@ -143,10 +143,14 @@ class MemorySnapshotStore:
         except OverflowError:
             raise ValueError("versions must fit in int64") from None
         if status == FULL:
-            raise SnapshotStoreFull(
-                f"snapshot store holds {self.max_entries} live entries; cannot add {key!r}"
-            )
+            raise self.full_error(key)
         return status == OK
+
+    def full_error(self, key: str) -> SnapshotStoreFull:
+        """The error of a refused new `key` (the table said FULL)."""
+        return SnapshotStoreFull(
+            f"snapshot store holds {self.max_entries} live entries; cannot add {key!r}"
+        )
 
     def delete(self, key: str) -> bool:
         return self._table.delete(key, self.clock())
