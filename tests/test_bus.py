@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -250,3 +251,21 @@ def test_publish_latency_is_observed_per_batch_from_its_first_event() -> None:
     )
     bus.publish_batch([unstamped])  # no receive time: nothing to observe
     assert hist.n == 2
+
+
+def test_publish_latency_goes_to_any_observer_and_the_real_clock_by_default() -> None:
+    seen: list[float] = []
+
+    class Observer:
+        def observe(self, seconds: float, count: int = 1) -> None:
+            seen.append(seconds)
+
+    bus = InMemoryDataBus(16)  # time.time_ns: the compiled path reads CLOCK_REALTIME itself
+    bus.latency = Observer()
+    first = trade(1)
+    first.ts_recv = time.time_ns() - 5_000_000  # received 5 ms ago
+    bus.publish_batch([first, trade(2)])
+    assert len(seen) == 1 and 0.005 <= seen[0] < 60
+    bus.latency = None
+    bus.publish_batch([trade(3)])
+    assert len(seen) == 1

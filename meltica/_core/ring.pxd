@@ -66,3 +66,7 @@ cdef class Ring:
     cdef inline object at(self, int64_t p)
     cdef void release(self) noexcept
     cdef void evict(self, Cursor c, int64_t end, list batch)
+    cpdef skip(self, Cursor c)
+    cpdef int pressure(self)
+    cpdef Py_ssize_t publish(self, list batch) except -1
+    cpdef list read(self, Cursor c, Py_ssize_t max_n)

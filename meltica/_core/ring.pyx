@@ -168,13 +168,13 @@ cdef class Ring:
         """Ring positions `c` has not read yet (conflated events included)."""
         return self.head - c.pos + len(c.latest)
 
-    def skip(self, Cursor c):
+    cpdef skip(self, Cursor c):
         """Move `c` to the head: the caller knows nothing unread matches it."""
         if c.attached:
             c.pos = self.head
             self.release()
 
-    def pressure(self):
+    cpdef int pressure(self):
         """Block back-pressure: 2 if a block cursor's lag reached its high
         water, 0 if every block cursor is at or below its low water, else 1."""
         cdef Cursor c
@@ -221,17 +221,20 @@ cdef class Ring:
         self.evicted += end - c.pos
         c.pos = end
 
-    def publish(self, list batch not None):
+    cpdef Py_ssize_t publish(self, list batch) except -1:
         """Write `batch`'s events (all must be Event); returns how many were
         written, fewer than ``len(batch)`` only when a block cursor is full.
         A non-Event raises TypeError before anything is written."""
-        cdef Py_ssize_t n = PyList_GET_SIZE(batch), i, n_write
+        cdef Py_ssize_t n, i, n_write
         cdef PyObject *ob
         cdef PyObject *old
         cdef PyObject **slot
         cdef uint64_t kinds = 0
         cdef int64_t room, end, lossy_min = INT64_MAX
         cdef Cursor c
+        if batch is None:
+            raise TypeError("publish needs a list of events, got None")
+        n = PyList_GET_SIZE(batch)
         if n == 0:
             return 0
         for i in range(n):
@@ -270,7 +273,7 @@ cdef class Ring:
             self.release()
         return n_write
 
-    def read(self, Cursor c, Py_ssize_t max_n):
+    cpdef list read(self, Cursor c, Py_ssize_t max_n):
         """Up to `max_n` events for `c`, in publish order, advancing it.
 
         A conflate cursor that has conflated events, or lags by more than

@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 from meltica._core.events import KIND_IDS, Control, Event
 from meltica._core.ring import ALL_KINDS, POLICIES, Cursor, Ring
+from meltica.bus._publish import Publisher
 from meltica.errors import MelticaError
 
 __all__ = [
@@ -162,7 +163,7 @@ class RingConsumer:
         cursor = self._cursor
         gap = cursor.take_gap() if cursor.gap_from else None
         if gap is None:
-            out = self._bus._read(cursor, n)
+            out = self._bus._pub.read(cursor, n)
         else:
             marker = Control(
                 "gap",
@@ -175,7 +176,7 @@ class RingConsumer:
                 from_seq=gap[0],
                 to_seq=gap[1],
             )
-            out = [marker, *self._bus._read(cursor, n - 1)]
+            out = [marker, *self._bus._pub.read(cursor, n - 1)]
         return out
 
     async def next_batch(self, max_n: int | None = None) -> list[Event]:
@@ -191,12 +192,12 @@ class RingConsumer:
                 return out
             fut = asyncio.get_running_loop().create_future()
             self._waiter = fut
-            self._bus._waiting.add(self)
+            self._bus._pub.wait(self, self._cursor, fut)
             try:
                 await fut
             finally:
                 self._waiter = None
-                self._bus._waiting.discard(self)
+                self._bus._pub.unwait(self)
 
     def __aiter__(self) -> AsyncIterator[list[Event]]:
         return self._batches()
@@ -298,53 +299,50 @@ class InMemoryDataBus:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._ring = Ring(capacity)
+        self._pub = Publisher(self, self._ring)
+        # the compiled per-batch path: a bound C method, no Python frame per batch
+        self.publish_batch: Callable[[list[Event]], None] = self._pub.publish
         self.capacity = capacity
         self.policy = policy
         self.batch_size = batch_size
         self.on_pause = on_pause
         self.on_resume = on_resume
         self.clock = clock
-        self.latency: LatencyObserver | None = None
-        self.paused = False
         self.pauses = 0
         self.resumes = 0
         self.overflows = 0
-        self.wakeups = 0
         self._consumers: dict[str, RingConsumer] = {}
-        self._waiting: set[RingConsumer] = set()
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        # the publisher reads CLOCK_REALTIME itself unless another clock is given
+        self._pub.clock = None if clock is time.time_ns else clock
+
+    @property
+    def latency(self) -> LatencyObserver | None:
+        """Where per-batch publish latency goes (None: not observed)."""
+        return self._pub.latency  # type: ignore[no-any-return]
+
+    @latency.setter
+    def latency(self, observer: LatencyObserver | None) -> None:
+        self._pub.latency = observer
+
+    @property
+    def paused(self) -> bool:
+        """A ``block`` consumer has the readers paused."""
+        return bool(self._pub.paused)
+
+    @property
+    def wakeups(self) -> int:
+        """Waiting consumers woken by a publish."""
+        return int(self._pub.wakeups)
 
     # publishing
-
-    def publish_batch(self, batch: list[Event]) -> None:
-        """Publish `batch` (in order) to every consumer; wakes waiting ones
-        that may want something in it, once each."""
-        ring = self._ring
-        if self.latency is not None and batch:
-            ts = batch[0].ts_recv
-            if ts > 0:
-                self.latency.observe(max(0, self.clock() - ts) / 1e9)
-        written = ring.publish(batch)
-        while written < len(batch):
-            if not self._overflow():
-                raise AssertionError("ring refused events with no full block consumer")
-            written += ring.publish(batch[written:])
-        if self._waiting:
-            self._wake(ring.last_kinds)
-        if not self.paused and ring.pressure() == 2:
-            self._set_paused(True)
-
-    def _wake(self, kinds: int) -> None:
-        ring = self._ring
-        for consumer in list(self._waiting):
-            cursor = consumer._cursor
-            if cursor.kind_mask & kinds:
-                self._waiting.discard(consumer)
-                consumer._wake()
-                consumer.wakeups += 1
-                self.wakeups += 1
-            else:
-                # It read everything before waiting, and nothing new is of its kinds.
-                ring.skip(cursor)
 
     def _overflow(self) -> int:
         failed = 0
@@ -367,7 +365,7 @@ class InMemoryDataBus:
         return failed
 
     def _set_paused(self, paused: bool) -> None:
-        self.paused = paused
+        self._pub.paused = paused
         if paused:
             self.pauses += 1
             callback = self.on_pause
@@ -429,15 +427,9 @@ class InMemoryDataBus:
     def consumers(self) -> list[RingConsumer]:
         return list(self._consumers.values())
 
-    def _read(self, cursor: Cursor, max_n: int) -> list[Event]:
-        out: list[Event] = self._ring.read(cursor, max_n)
-        if self.paused and cursor.policy == 0 and self._ring.pressure() == 0:
-            self._set_paused(False)
-        return out
-
     def _detach(self, consumer: RingConsumer) -> None:
         self._ring.detach(consumer._cursor)
-        self._waiting.discard(consumer)
+        self._pub.unwait(consumer)
         if self._consumers.get(consumer.name) is consumer:
             del self._consumers[consumer.name]
         if self.paused and self._ring.pressure() == 0:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Event, Trade
 from meltica._core.snapshot import MISMATCH
+from meltica.conductor._flow import Flow
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.localseq import LocalSeq
 from meltica.log import root as _root_log
@@ -175,6 +176,21 @@ class Conductor:
             0,
         )
         self.hook_errors: dict[str, int] = {h.name: 0 for h in self.hooks}
+        mem = self._mem
+        self._flow = Flow(
+            self,
+            self.books,
+            downstream,
+            self.counters,
+            bool(self._hooks_by_kind),
+            self._trade_hooks,
+            None if mem is None else mem.table,
+            None if mem is None else mem.clock,
+            self._mem_ttl_ns,
+        )
+        # the per-batch path is compiled: the Dispatcher calls it with no
+        # Python frame in between (see meltica/conductor/_flow.pyx)
+        self.on_events: Callable[[list[Any]], None] = self._flow.on_events
 
     # ------------------------------------------------------------ control
 
@@ -254,29 +270,6 @@ class Conductor:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------ hot path
-
-    def on_events(self, batch: list[Any]) -> None:
-        """Apply a batch, append fused/control/derived events, hand it downstream."""
-        out: list[Any] = []
-        books = self.books
-        n = len(batch)
-        i = books.apply_batch(batch, 0, out)
-        while i < n:
-            self._on_notice(batch[i], books.last_book, books.last_status, out)
-            i = books.apply_batch(batch, i + 1, out)
-        if books.dirty:
-            self._throttle(books.take_dirty(), out)
-        if books.fused:
-            # one store write per book per batch: its latest snapshot
-            self._store_fused()
-        if out and self._hooks_by_kind:
-            self._post(out)
-        if self._trade_hooks:
-            self._trades(batch, out)
-        self.counters["batches"] += 1
-        if out:
-            batch.extend(out)
-        self._downstream(batch)
 
     # ------------------------------------------------------------ state machine
 
@@ -576,24 +569,14 @@ class Conductor:
             if n == 1 or n % 1000 == 0:
                 log.exception("analytics hook %s failed (%d so far)", hook.name, n)
 
-    def _store_fused(self) -> None:
-        """Write the latest fused snapshot of every book fused since the last
-        call, once each: the store keeps the latest state, and nobody can read
-        it between two updates of a batch."""
-        books, mem = self.books, self._mem
-        if mem is None:
-            for book in books.take_fused():
-                self._store_book(book)
-            return
-        failed: list[tuple[OrderBook, int]] = []
-        self.counters["store_writes"] += books.store_fused(
-            mem.table, self._mem_ttl_ns, mem.clock(), failed
-        )
+    def _store_failed(self, failed: list[tuple[OrderBook, int]]) -> None:
+        """The books whose C store write (``Flow``) was refused."""
         for book, status in failed:
             if status == MISMATCH:
                 self._store_book(book, first_failed=True)
             else:  # FULL: the table refused a new key (counted there too)
-                self._store_error(mem.full_error(book.store_key))
+                assert self._mem is not None
+                self._store_error(self._mem.full_error(book.store_key))
 
     def _store_book(self, book: OrderBook, first_failed: bool = False) -> None:
         """Write the latest fused snapshot of `book` (compare-and-set on its

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from meltica._core.dispatch import DispatchTable
 from meltica.adapters.binance import streams as bstreams
+from meltica.dispatcher._gate import Gate
 from meltica.dispatcher.messages import ControlReply, ControlRequest
 from meltica.errors import MelticaError
 
@@ -153,7 +154,6 @@ class Dispatcher:
         self.table = table
         self._subscriber = dict(subscriber)
         self._instruments = instruments
-        self._downstream = downstream
         self._clock = clock
         self._conductor = conductor
         self._depth_speed = {m: 100 for m in self._subscriber} | dict(depth_speed_ms or {})
@@ -170,13 +170,9 @@ class Dispatcher:
         )
         self.last_propagation_ns: int | None = None
         self.max_propagation_ns = 0
-
-    # ------------------------------------------------------------ hot path
-
-    def on_events(self, batch: builtins.list[Any]) -> None:
-        """Filter a batch through the table; pass what stays on, once."""
-        if self.table.accept(batch):
-            self._downstream(batch)
+        # the hot path, compiled: filter a batch through the table and pass
+        # what stays on, once, with no Python frame (meltica/dispatcher/_gate.pyx)
+        self.on_events: Callable[[builtins.list[Any]], None] = Gate(table, downstream).on_events
 
     # ------------------------------------------------------------ control plane
 

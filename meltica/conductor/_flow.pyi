@@ -1,0 +1,21 @@
+# Type stubs for the compiled per-batch path of the Conductor (see _flow.pyx).
+from collections.abc import Callable
+from typing import Any
+
+from meltica._core.book import BookSet
+
+class Flow:
+    downstream: Callable[[list[Any]], None]
+    def __init__(
+        self,
+        conductor: Any,
+        books: BookSet,
+        downstream: Callable[[list[Any]], None],
+        counters: dict[str, int],
+        hooks: bool,
+        trade_hooks: bool,
+        mem_table: Any = None,
+        mem_clock: Callable[[], int] | None = None,
+        mem_ttl_ns: int = 0,
+    ) -> None: ...
+    def on_events(self, batch: list[Any]) -> None: ...

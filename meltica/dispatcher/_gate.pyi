@@ -1,0 +1,10 @@
+# Type stubs for the compiled per-batch path of the Dispatcher (see _gate.pyx).
+from collections.abc import Callable
+from typing import Any
+
+from meltica._core.dispatch import DispatchTable
+
+class Gate:
+    downstream: Callable[[list[Any]], object]
+    def __init__(self, table: DispatchTable, downstream: Callable[[list[Any]], object]) -> None: ...
+    def on_events(self, batch: list[Any]) -> None: ...
