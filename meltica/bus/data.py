@@ -186,18 +186,23 @@ class RingConsumer:
         """
         if max_n is not None and max_n < 1:
             raise ValueError(f"max_n must be >= 1, got {max_n}")
+        n = self.batch_size if max_n is None else max_n
+        cursor, pub = self._cursor, self._bus._pub
         while True:
-            out = self.poll(max_n)
+            if self._error is None and not cursor.gap_from:
+                out = pub.read(cursor, n)  # poll() when it has nothing rare to do
+            else:
+                out = self.poll(max_n)
             if out:
                 return out
             fut = asyncio.get_running_loop().create_future()
             self._waiter = fut
-            self._bus._pub.wait(self, self._cursor, fut)
+            pub.wait(self, cursor, fut)
             try:
                 await fut
             finally:
                 self._waiter = None
-                self._bus._pub.unwait(self)
+                pub.unwait(self)
 
     def __aiter__(self) -> AsyncIterator[list[Event]]:
         return self._batches()
