@@ -14,8 +14,7 @@ class Flow:
         counters: dict[str, int],
         hooks: bool,
         trade_hooks: bool,
-        mem_table: Any = None,
-        mem_clock: Callable[[], int] | None = None,
+        mem: Any = None,
         mem_ttl_ns: int = 0,
     ) -> None: ...
     def on_events(self, batch: list[Any]) -> None: ...

@@ -28,30 +28,27 @@ cdef class Flow:
     downstream: where every batch goes (the Data Bus's publish); counters:
     the Conductor's counters dict (``batches`` and ``store_writes`` are
     counted here); hooks / trade_hooks: analytics hooks on outputs / on
-    trades exist; mem_table, mem_clock, mem_ttl_ns: the in-memory
-    SnapshotStore's table, clock and entry TTL, written here (mem_table None:
-    every store write goes through ``conductor._store_book``).
+    trades exist; mem, mem_ttl_ns: the in-memory SnapshotStore and its entry
+    TTL, written here through its table and clock (mem None: every store
+    write goes through ``conductor._store_book``).
     """
     cdef object conductor
     cdef BookSet books
     cdef public object downstream
     cdef dict counters
     cdef bint hooks, trade_hooks
-    cdef object mem_table
-    cdef object mem_clock
+    cdef object mem
     cdef int64_t mem_ttl_ns
 
     def __init__(self, conductor, BookSet books not None, downstream, dict counters not None,
-                 bint hooks, bint trade_hooks, mem_table=None, mem_clock=None,
-                 int64_t mem_ttl_ns=0):
+                 bint hooks, bint trade_hooks, mem=None, int64_t mem_ttl_ns=0):
         self.conductor = conductor
         self.books = books
         self.downstream = downstream
         self.counters = counters
         self.hooks = hooks
         self.trade_hooks = trade_hooks
-        self.mem_table = mem_table
-        self.mem_clock = mem_clock
+        self.mem = mem
         self.mem_ttl_ns = mem_ttl_ns
 
     def on_events(self, list batch not None):
@@ -83,13 +80,14 @@ cdef class Flow:
         call, once each: the store keeps the latest state, and nobody can read
         it between two updates of a batch."""
         cdef list failed
-        if self.mem_table is None:
+        cdef object mem = self.mem
+        if mem is None:
             for book in self.books.take_fused():
                 self.conductor._store_book(book)
             return 0
         failed = []
         self.counters["store_writes"] += self.books.store_fused(
-            self.mem_table, self.mem_ttl_ns, self.mem_clock(), failed)
+            mem.table, self.mem_ttl_ns, mem.clock(), failed)
         if failed:
             self.conductor._store_failed(failed)
         return 0

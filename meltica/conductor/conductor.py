@@ -176,7 +176,6 @@ class Conductor:
             0,
         )
         self.hook_errors: dict[str, int] = {h.name: 0 for h in self.hooks}
-        mem = self._mem
         self._flow = Flow(
             self,
             self.books,
@@ -184,8 +183,7 @@ class Conductor:
             self.counters,
             bool(self._hooks_by_kind),
             self._trade_hooks,
-            None if mem is None else mem.table,
-            None if mem is None else mem.clock,
+            self._mem,
             self._mem_ttl_ns,
         )
         # the per-batch path is compiled: the Dispatcher calls it with no
