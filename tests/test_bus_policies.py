@@ -208,6 +208,28 @@ def test_block_overflow_fails_that_consumer_only() -> None:
     assert not bus.paused  # the failed consumer no longer holds the readers
 
 
+def test_a_batch_split_by_an_overflow_wakes_consumers_of_both_parts() -> None:
+    """A block consumer with room for part of a batch fails; the batch is
+    written in two parts, and a waiting consumer of a kind that only the first
+    part holds is still woken and gets its event."""
+
+    async def main() -> None:
+        bus = InMemoryDataBus(16)
+        strict = bus.subscribe("strict", policy="block")
+        trades = bus.subscribe("trades", kinds=["trade"], policy="block")
+        waiter = asyncio.ensure_future(trades.next_batch())
+        await asyncio.sleep(0)
+        bus.publish_batch([book_ticker(t) for t in range(15)])  # strict: room for 1 more
+        await asyncio.sleep(0)
+        assert not waiter.done() and trades.lag == 0
+        bus.publish_batch([trade(100), book_ticker(15), book_ticker(16)])
+        assert strict.stats()["failed"] == 1
+        got = await asyncio.wait_for(waiter, 1.0)
+        assert seqs(got) == [100] and trades.wakeups == 1
+
+    run(main)
+
+
 def test_block_slow_consumer_with_pausing_reader_keeps_memory_bounded() -> None:
     """A reader that honours pause/resume and a slow block consumer: all events
     arrive, in order, and the ring never holds more than its capacity."""

@@ -11,8 +11,9 @@
 #   a block cursor's unread slots are never overwritten (publish stops short)
 #   a lossy (drop_oldest / conflate) cursor is moved past a slot before that
 #   slot is overwritten, and what it lost is counted exactly (eviction)
-# Pure computation: no asyncio, clocks or logging.  The Python layer
-# (meltica/bus/data.py) owns wake-ups, pause/resume and gap-marker creation.
+# Pure computation: no asyncio, clocks or logging.  The bus owns wake-ups,
+# pause/resume (meltica/bus/_publish.pyx, compiled, on the per-batch path) and
+# gap-marker creation (meltica/bus/data.py).
 
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint64_t

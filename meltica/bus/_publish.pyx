@@ -86,11 +86,14 @@ cdef class Publisher:
             bounds = <double *>malloc(sizeof(double) * (n if n else 1))
             if bounds == NULL:
                 raise MemoryError()
-            for i in range(n):
-                bounds[i] = observer.buckets[i]
-                if i and bounds[i] < bounds[i - 1]:
-                    free(bounds)
-                    raise ValueError("histogram buckets must ascend")
+            try:
+                for i in range(n):
+                    bounds[i] = observer.buckets[i]
+                    if i and bounds[i] < bounds[i - 1]:
+                        raise ValueError("histogram buckets must ascend")
+            except BaseException:
+                free(bounds)
+                raise
             free(self._bounds)
             self._bounds = bounds
             self._n_bounds = n
@@ -132,19 +135,24 @@ cdef class Publisher:
         """Publish `batch` (in order) to every consumer; wakes the waiting ones
         that may want something in it, once each."""
         cdef Ring ring = self.ring
-        cdef Py_ssize_t n = PyList_GET_SIZE(batch), written
+        cdef Py_ssize_t n = PyList_GET_SIZE(batch), written, w
+        cdef uint64_t kinds
         cdef object first
         if self._latency is not None and n:
             first = batch[0]
             if isinstance(first, Event) and (<Event>first).ts_recv > 0:
                 self._observe((<Event>first).ts_recv)
         written = ring.publish(batch)
+        kinds = ring.last_kinds if written else 0
         while written < n:
             if not self.bus._overflow():
                 raise AssertionError("ring refused events with no full block consumer")
-            written += ring.publish(batch[written:])
+            w = ring.publish(batch[written:])
+            if w:
+                kinds |= ring.last_kinds   # every part written wakes its consumers
+            written += w
         if PyList_GET_SIZE(self._waiting):
-            self._wake(ring.last_kinds)
+            self._wake(kinds)
         if not self.paused and ring.pressure() == 2:
             self.bus._set_paused(True)
 

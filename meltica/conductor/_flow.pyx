@@ -6,11 +6,12 @@
 steps of a batch in order: apply the depth updates to the books (C), let the
 Conductor handle whatever stopped the books (a book not live yet, a gap, a
 crossed book), the throttled books, the SnapshotStore writes, the analytics
-hooks, then append the fused and control events and publish the batch.  A
-batch of a live market needs no Python function at all: each Python frame
-costs about a microsecond on a cold cache, and at 10k frames/s every batch
-finds the cache cold.  Everything that can happen besides that calls back
-into the Conductor (Python): ``_on_notice``, ``_throttle``, ``_store_book``,
+hooks, then append the fused and control events and publish the batch.  With
+the in-memory SnapshotStore, a batch of a live market needs no Python
+function at all: each Python frame costs about a microsecond on a cold cache,
+and at 10k frames/s every batch finds the cache cold.  Everything else calls
+back into the Conductor (Python): ``_on_notice``, ``_throttle``,
+``_store_book`` (every write to a store other than the in-memory one),
 ``_store_failed``, ``_post`` and ``_trades``.
 """
 
@@ -29,8 +30,8 @@ cdef class Flow:
     the Conductor's counters dict (``batches`` and ``store_writes`` are
     counted here); hooks / trade_hooks: analytics hooks on outputs / on
     trades exist; mem, mem_ttl_ns: the in-memory SnapshotStore and its entry
-    TTL, written here through its table and clock (mem None: every store
-    write goes through ``conductor._store_book``).
+    TTL, written here through its C table (held) and its clock (read per
+    batch); mem None: every store write goes through ``conductor._store_book``.
     """
     cdef object conductor
     cdef BookSet books
@@ -38,6 +39,7 @@ cdef class Flow:
     cdef dict counters
     cdef bint hooks, trade_hooks
     cdef object mem
+    cdef object mem_table
     cdef int64_t mem_ttl_ns
 
     def __init__(self, conductor, BookSet books not None, downstream, dict counters not None,
@@ -49,6 +51,8 @@ cdef class Flow:
         self.hooks = hooks
         self.trade_hooks = trade_hooks
         self.mem = mem
+        # the store's own table, never replaced (``table`` is a Python property)
+        self.mem_table = None if mem is None else mem.table
         self.mem_ttl_ns = mem_ttl_ns
 
     def on_events(self, list batch not None):
@@ -87,7 +91,7 @@ cdef class Flow:
             return 0
         failed = []
         self.counters["store_writes"] += self.books.store_fused(
-            mem.table, self.mem_ttl_ns, mem.clock(), failed)
+            self.mem_table, self.mem_ttl_ns, mem.clock(), failed)
         if failed:
             self.conductor._store_failed(failed)
         return 0
