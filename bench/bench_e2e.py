@@ -41,9 +41,10 @@ overrides to the gateway (e.g. ``bus.capacity=1048576``) and is recorded.
 Rounds alternate the two receivers (raw first in even rounds, gateway first in
 odd ones) so machine drift hits both alike; the table gives medians of rounds.
 Latency runs 5 rounds per rate (``--latency-rounds``): raw picows' own p99 at
-10k frames/s falls into one of two regimes from one round to the next (about
-80-110 µs or 150-220 µs on the 2-core dev VM), so one round's ratio can be
-far from the others and a median of 3 rounds moves with it.
+10k frames/s moves a lot from one round to the next (77-312 µs over 41
+rounds of one session on the 2-core dev VM, a few of them far below the
+rest), so one round's ratio can be far from the others and a median of 3
+rounds moves with it.
 The machine is shared and noisy: compare the ratios.  The budget ratios
 (throughput, p99) are medians over rounds of gateway ÷ raw within the same
 round; the other ratios in the table divide the medians.  A budget is met only
