@@ -18,16 +18,10 @@ cimport cython
 from cpython.list cimport PyList_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from meltica._core.events cimport Event
 from meltica._core.ring cimport Cursor, Ring
-
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+from meltica.wallclock cimport wall_ns
 
 
 @cython.final
@@ -104,7 +98,7 @@ cdef class Publisher:
 
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
-            return _now_ns()
+            return wall_ns()
         return self.clock()
 
     cdef int _observe(self, int64_t ts_recv) except -1:
@@ -189,11 +183,6 @@ cdef class Publisher:
             if entry[0] is consumer:
                 self._waiting = [e for e in self._waiting if e[0] is not consumer]
                 return
-
-    @property
-    def waiting(self):
-        """The consumers waiting now, oldest first."""
-        return [e[0] for e in self._waiting]
 
     def read(self, Cursor cursor not None, Py_ssize_t max_n):
         """Up to `max_n` events for `cursor`; resumes the readers once a

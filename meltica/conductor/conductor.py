@@ -144,7 +144,6 @@ class Conductor:
         self._store = store
         # the in-memory store is written from C, a batch's books in one call
         self._mem = store if isinstance(store, MemorySnapshotStore) else None
-        self._mem_ttl_ns = 0 if self._mem is None else self._mem.ttl_ns(snapshot_ttl_s)
         self.book_depth = book_depth
         self._interval_ns = int(publish_interval_ms * 1_000_000)
         self._buffer_max = snapshot_buffer_max
@@ -184,7 +183,7 @@ class Conductor:
             bool(self._hooks_by_kind),
             self._trade_hooks,
             self._mem,
-            self._mem_ttl_ns,
+            0 if self._mem is None else self._mem.ttl_ns(snapshot_ttl_s),
         )
         # the per-batch path is compiled: the Dispatcher calls it with no
         # Python frame in between (see meltica/conductor/_flow.pyx)
@@ -266,8 +265,6 @@ class Conductor:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    # ------------------------------------------------------------ hot path
 
     # ------------------------------------------------------------ state machine
 

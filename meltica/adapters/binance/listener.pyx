@@ -20,11 +20,11 @@ The owner must provide ``on_reply(reply)``, ``on_parse_error(exc)``,
 
 cimport cython
 from libc.stdint cimport int64_t, uint64_t
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
 
 from meltica._core.events cimport Event
 from meltica._core.parser cimport parse_frame
+from meltica.wallclock cimport wall_ns
 
 from collections import deque
 
@@ -34,12 +34,6 @@ from meltica.errors import ParseError
 # Python globals rebound once: the type checks below are pointer compares.
 cdef object _Reply = Reply
 cdef object _ParseError = ParseError
-
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 
 
 @cython.final
@@ -115,7 +109,7 @@ cdef class FrameListener(WSListener):
         cdef int64_t ts
         cdef WSMsgType msg_type = frame.msg_type
         if self._read_start:
-            self.last_recv_ns = _now_ns()
+            self.last_recv_ns = wall_ns()
             self._read_start = False
         ts = self.last_recv_ns
         self.frames += 1
