@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meltica import __version__
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
@@ -224,7 +225,13 @@ class Engine:
                     raise StartupError(f"exchangeInfo for {market} failed: {exc}") from exc
             if self.metrics is not None:
                 await self.metrics.start()
-                log.info("metrics on %s/metrics", self.metrics.url)
+            log.info(
+                "meltica-engine %s starting: markets %s, %d symbols, metrics %s",
+                __version__,
+                ",".join(self.markets),
+                sum(len(self.config.binance.market(m).symbols) for m in self.markets),
+                f"{self.metrics.url}/metrics" if self.metrics is not None else "off",
+            )
             for manager in self.managers.values():
                 await manager.start()
             refresh: dict[str, float] = {
@@ -249,6 +256,11 @@ class Engine:
             await self.stop()
             raise
         self._state = "running"
+        log.info(
+            "running: %d streams subscribed, %d books tracked",
+            sum(m.stats().get("streams", 0) for m in self.managers.values()),
+            len(self.conductor.status()["instruments"]),
+        )
 
     async def stop(self) -> None:
         """Stop everything (idempotent): connections first, so their last frames flush."""
@@ -258,6 +270,7 @@ class Engine:
         if self._state == "stopping":
             return
         self._state = "stopping"
+        log.info("stopping")
         for manager in self.managers.values():
             with contextlib.suppress(Exception):
                 await manager.stop()
@@ -271,12 +284,14 @@ class Engine:
         if self.metrics is not None:
             await self.metrics.stop()
         self._state = "stopped"
+        log.info("stopped")
         if self._stopping is not None:
             self._stopping.set()
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "requested") -> None:
         """Ask `run` to stop (signal handlers call this)."""
-        if self._stopping is not None:
+        if self._stopping is not None and not self._stopping.is_set():
+            log.info("stop %s", reason)
             self._stopping.set()
 
     async def run(self, *, duration_s: float | None = None) -> None:
@@ -287,11 +302,13 @@ class Engine:
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, self.request_stop, f"on {sig.name}")
                 installed.append(sig)
         try:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._stopping.wait(), duration_s)
+            except TimeoutError:
+                log.info("stop after --duration %ss", duration_s)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
-from meltica.commands.common import local_overrides
+from meltica.commands.common import apply_log_level, local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import CaptureError, ConfigError, MelticaError
@@ -118,6 +118,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         overrides += ["telemetry.metrics_enabled=false", *args.set]
         try:
             config = load_config(args.config, overrides=overrides)
+            apply_log_level(args, config)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -14,6 +14,7 @@ unchanged and in order; fused and control events are appended; the batch goes
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -331,6 +332,7 @@ class Conductor:
         if inst.state is State.LIVE:
             inst.state = State.RESYNCING
             inst.resyncs += 1
+            log.warning("%s %s: book resyncing (%s at u=%s)", inst.market, inst.symbol, reason, seq)
             self._control(out, "resync_started", inst, seq, ts, reason)
             self._control(out, "stale", inst, seq, ts, reason, stale=True)
         inst.book.clear()
@@ -349,6 +351,14 @@ class Conductor:
         book.live = True
         ts = self._clock()
         reason = "resynced" if was is State.RESYNCING else "synced"
+        log.log(
+            logging.INFO if was is State.RESYNCING else logging.DEBUG,
+            "%s %s: book %s at u=%s",
+            inst.market,
+            inst.symbol,
+            reason,
+            book.update_id,
+        )
         self._control(out, "resync_done", inst, book.update_id, ts, reason)
         if was is State.RESYNCING:
             self._control(out, "stale", inst, book.update_id, ts, reason, stale=False)
