@@ -263,3 +263,35 @@ def test_derived_is_a_canonical_event_with_checked_fields() -> None:
         with pytest.raises(AnalyticsError):
             Derived(**(base | change))
     assert issubclass(AnalyticsError, ValueError)
+
+
+def test_engine_exports_hook_errors_per_hook_and_reason() -> None:
+    from meltica.config import load_config
+    from meltica.engine import Engine
+
+    hooks = '["meltica.conductor.analytics:Mid","test_analytics:Boom"]'
+
+    async def scenario() -> list[Any]:
+        config = load_config(
+            None, overrides=[f"conductor.analytics={hooks}", "telemetry.metrics_enabled=false"]
+        )
+        engine = Engine(config, subscribe_on_start=False)
+        snaps = [rest("AAA", 100)]
+
+        async def fetch(market: str, symbol: str) -> Any:
+            await asyncio.sleep(0)
+            return snaps.pop(0)
+
+        cond = engine.conductor
+        cond._fetch = fetch  # scripted REST snapshot
+        cond.track("spot", "AAA")
+        cond.on_events([delta("AAA", 99, 101)])
+        await settle()
+        cond.on_events([delta("AAA", 102, 102)])
+        await cond.stop()
+        return [s for s in engine.samples() if s.name == "analytics_hook_errors"]
+
+    samples = run(scenario)
+    got = {dict(s.labels)["hook"] + ":" + dict(s.labels)["reason"]: s.value for s in samples}
+    assert got == {"mid:raised": 0, "mid:bad_output": 0, "boom:raised": 2, "boom:bad_output": 0}
+    assert {s.kind for s in samples} == {"counter"}
