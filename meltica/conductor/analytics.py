@@ -44,7 +44,11 @@ PRECISION = 28
 
 @runtime_checkable
 class Hook(Protocol):
-    """What the Conductor calls: ``on_event`` for each event of ``kinds``."""
+    """What the Conductor calls: ``on_event`` for each event of ``kinds``.
+
+    ``on_event`` returns None or an iterable of ``Derived``; anything else, or
+    an exception, drops that call's output and is counted against ``name``.
+    """
 
     name: str
     kinds: frozenset[str]
