@@ -295,3 +295,13 @@ def test_engine_exports_hook_errors_per_hook_and_reason() -> None:
     got = {dict(s.labels)["hook"] + ":" + dict(s.labels)["reason"]: s.value for s in samples}
     assert got == {"mid:raised": 0, "mid:bad_output": 0, "boom:raised": 2, "boom:bad_output": 0}
     assert {s.kind for s in samples} == {"counter"}
+
+
+def test_derive_copies_the_source_identity_times_and_trace() -> None:
+    src = trade(5, "10", "1", 1000)
+    src.trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    d = derive(src, "x", {"x": 1})
+    assert (d.venue, d.market, d.symbol, d.seq) == ("binance", "spot", "AAA", 5)
+    assert (d.ts_event, d.ts_recv, d.trace) == (src.ts_event, src.ts_recv, src.trace)
+    assert d.key == "binance:spot:AAA:derived:x:5" and dict(d.values) == {"x": "1"}
+    assert derive(src, "x", {}, seq=9).seq == 9

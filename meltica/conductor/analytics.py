@@ -101,23 +101,18 @@ def derive(
     values: Mapping[str, str | Decimal | int],
     seq: int | None = None,
 ) -> Derived:
-    """A ``Derived`` event computed from `source`: same venue, market, symbol,
-    exchange and receive times; `seq` defaults to the source's sequence (book
-    update id, trade id).  AnalyticsError if a field is invalid."""
+    """A ``Derived`` event computed from `source`: same venue, market,
+    symbol, exchange and receive times and trace context; `seq` defaults to
+    the source's sequence (book update id, trade id).  AnalyticsError if a
+    field is invalid."""
     if seq is None:
         seq = source.seq
         if seq is None:
             raise AnalyticsError(f"derive(): {source!r} has no sequence; pass seq")
-    return Derived(
-        source.venue,
-        source.market,
-        source.symbol,
-        name,
-        seq,
-        source.ts_event,
-        source.ts_recv,
-        values,
-    )
+    src = source
+    d = Derived(src.venue, src.market, src.symbol, name, seq, src.ts_event, src.ts_recv, values)
+    d.trace = source.trace  # a sampled source's trace continues in what it produced
+    return d
 
 
 def _top(ev: BookDepth) -> tuple[Fixed, Fixed, Fixed, Fixed] | None:
