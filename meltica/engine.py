@@ -367,6 +367,16 @@ class Engine:
         cstat = self.conductor.status()
         for name, value in cstat["counters"].items():
             yield _sample(f"conductor_{name}", value, "Conductor")
+        for hook, reasons in cstat["hook_errors"].items():
+            for reason, value in reasons.items():
+                yield _sample(
+                    "analytics_hook_errors",
+                    value,
+                    "Analytics hook calls whose output was dropped (raised, bad_output)",
+                    kind="counter",
+                    hook=hook,
+                    reason=reason,
+                )
         for key, inst in cstat["instruments"].items():
             market, symbol = key.split(":", 1)
             for name in ("gaps", "resyncs", "refetches", "buffer_overflows", "crossed"):

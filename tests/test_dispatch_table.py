@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meltica._core.dispatch import DispatchTable, route_key_of
-from meltica._core.events import Control, Event, event_from_wire
+from meltica._core.events import Control, Derived, Event, event_from_wire
 from meltica._core.parser import FrameParser, classify_stream
 from meltica.replay.source import CaptureSource, StreamFrame, combined_frame
 
@@ -247,12 +247,13 @@ def test_empty_and_all_dropped_batches() -> None:
     assert t.unrouted == 2
 
 
-def test_control_events_and_meltica_snapshots_always_pass() -> None:
+def test_control_events_derived_events_and_meltica_snapshots_always_pass() -> None:
     t = DispatchTable()
     evs = [control(k) for k in ("gap", "resync_started", "resync_done", "stale")]
     evs.append(control("connection_state", market="", symbol=""))
     evs.append(book("book_snapshot", 5, source="rest"))
     evs.append(book("book_snapshot", 5, source="book"))
+    evs.append(Derived("binance", "spot", "BTCUSDT", "mid", 5, None, 1, {"mid": "1"}))
     batch = list(evs)
     assert t.accept(batch) == len(evs) and batch == evs
     assert t.passed == len(evs) and t.unrouted == 0

@@ -167,6 +167,7 @@ cdef class DispatchTable:
         ev = <Event>item
         kind = ev.kind_id
         if kind >= GAP:
+            # control and derived events: made by Meltica, nothing to look up
             self.passed += 1
             return True
         seq = ev.seq_

@@ -6,7 +6,8 @@ REST.  The gateway subscribes to the capture's streams before the first frame
 goes out (the fake's "manual" start), so every recorded frame reaches it; at
 ``--speed max`` the fake sends as fast as the gateway reads.  Every Data Bus
 event is written in the wire format (a ``block`` consumer: nothing is lost),
-and a report goes to stderr: frames, events by kind, gaps, resyncs, drops,
+and a report goes to stderr: frames, events by kind (``derived`` ones from
+analytics hooks included), analytics hook errors, gaps, resyncs, drops,
 throughput, receive->consumer latency, and the book check — at every exchange
 ``bookTicker`` whose update id equals a published book's update id, the
 book's best bid/ask must equal the exchange's.
@@ -244,7 +245,8 @@ def _report(
     received: int,
     elapsed: float,
 ) -> dict[str, Any]:
-    instruments = engine.conductor.status()["instruments"]
+    cstat = engine.conductor.status()
+    instruments = cstat["instruments"]
     table = engine.table.stats()
     return {
         "capture": [str(p) for p in source.paths],
@@ -261,6 +263,10 @@ def _report(
         "drops": consumer.dropped,
         "unrouted": int(table.get("unrouted", 0)),
         "duplicates_dropped": int(table.get("duplicates", 0)),
+        "analytics": {
+            "derived": int(cstat["counters"].get("derived", 0)),
+            "hook_errors": cstat["hook_errors"],
+        },
         "books": {k: v.get("state") for k, v in instruments.items()},
         "throughput_frames_per_s": round(received / max(elapsed, 1e-9), 1),
         "elapsed_s": round(elapsed, 3),
