@@ -364,6 +364,14 @@ class Engine:
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:
                 yield _sample(f"dispatch_{dname}", dvalue, "Dispatcher and dispatch table")
+        for reason, dropped in self.table.drops().items():
+            yield _sample(
+                "dispatch_dropped",
+                dropped,
+                "Events the dispatch table dropped, by reason (see docs/control-plane.md)",
+                kind="counter",
+                reason=reason,
+            )
         cstat = self.conductor.status()
         for name, value in cstat["counters"].items():
             yield _sample(f"conductor_{name}", value, "Conductor")

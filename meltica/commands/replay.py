@@ -7,8 +7,9 @@ goes out (the fake's "manual" start), so every recorded frame reaches it; at
 ``--speed max`` the fake sends as fast as the gateway reads.  Every Data Bus
 event is written in the wire format (a ``block`` consumer: nothing is lost),
 and a report goes to stderr: frames, events by kind (``derived`` ones from
-analytics hooks included), analytics hook errors, gaps, resyncs, drops,
-throughput, receive->consumer latency, and the book check — at every exchange
+analytics hooks included), analytics hook errors, gaps, resyncs, drops (the
+bus consumer's, and the dispatch table's by reason), throughput,
+receive->consumer latency, and the book check — at every exchange
 ``bookTicker`` whose update id equals a published book's update id, the
 book's best bid/ask must equal the exchange's.
 """
@@ -247,7 +248,6 @@ def _report(
 ) -> dict[str, Any]:
     cstat = engine.conductor.status()
     instruments = cstat["instruments"]
-    table = engine.table.stats()
     return {
         "capture": [str(p) for p in source.paths],
         "market": source.market,
@@ -261,8 +261,8 @@ def _report(
         "gaps": sum(i.get("gaps", 0) for i in instruments.values()),
         "resyncs": sum(i.get("resyncs", 0) for i in instruments.values()),
         "drops": consumer.dropped,
-        "unrouted": int(table.get("unrouted", 0)),
-        "duplicates_dropped": int(table.get("duplicates", 0)),
+        # the dispatch table's drops by reason (meltica_dispatch_dropped_total)
+        "dispatch_dropped": engine.table.drops(),
         "analytics": {
             "derived": int(cstat["counters"].get("derived", 0)),
             "hook_errors": cstat["hook_errors"],

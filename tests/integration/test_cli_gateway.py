@@ -81,6 +81,8 @@ def test_replay_writes_every_bus_event_and_checks_books(
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
     assert report["gaps"] == 0 and report["drops"] == 0
+    dispatch = report["dispatch_dropped"]
+    assert dispatch["unrouted"] == dispatch["invalid"] == dispatch["implausible"] == 0
     assert report["frames"]["sent"] == report["frames"]["in_capture"]
     assert report["book_check"]["mismatches"] == 0
     assert all(state == "live" for state in report["books"].values())
