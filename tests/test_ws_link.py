@@ -166,16 +166,15 @@ def test_fragmented_messages_are_reassembled_or_refused_whole() -> None:
     async def scenario() -> tuple[Collector, dict[str, int | float]]:
         server = await ws_create_server(lambda _req: _FragmentingServer(script), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
+        col = Collector()
+        mgr = manager(f"ws://127.0.0.1:{port}", "spot", col, max_frame_bytes=limit)
         try:
-            col = Collector()
-            mgr = manager(f"ws://127.0.0.1:{port}", "spot", col, max_frame_bytes=limit)
             await mgr.start()
             await mgr.subscribe(["btcusdt@trade"])
-            await col.until(lambda: len(col.events) >= 4)
-            stats = mgr.stats()
-            await mgr.stop()
-            return col, stats
+            await col.until(lambda: len(col.events) >= 4, 10)
+            return col, mgr.stats()
         finally:
+            await mgr.stop()
             server.close()
             await server.wait_closed()
 
