@@ -296,6 +296,8 @@ class SpotConfig(_Section):
     depth_speed_ms: Literal[100, 1000] = 100
     depth_snapshot_limit: int = _f(1000, _between(1, 5000))
     silence_timeout_s: float = _f(60.0, _at_least(1))
+    ping_interval_s: float = _f(4.0, _between(1, 600))
+    pong_timeout_s: float = _f(4.0, _between(2, 600))
     exchange_info_refresh_s: float = _f(3600.0, _at_least(60))
     rest_weight_limit_per_minute: int = _f(6000, _positive)
     rest_weight_budget_fraction: float = _f(0.5, _between(0.01, 1))
@@ -321,6 +323,8 @@ class _FuturesConfig(_Section):
     depth_speed_ms: Literal[0, 100, 250, 500] = 100
     depth_snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = 1000
     silence_timeout_s: float = _f(240.0, _at_least(1))
+    ping_interval_s: float = _f(4.0, _between(1, 600))
+    pong_timeout_s: float = _f(4.0, _between(2, 600))
     exchange_info_refresh_s: float = _f(3600.0, _at_least(60))
     rest_weight_limit_per_minute: int = _f(2400, _positive)
     rest_weight_budget_fraction: float = _f(0.5, _between(0.01, 1))

@@ -175,6 +175,8 @@ class Engine:
             max_streams_per_connection=m.max_streams_per_connection,
             control_msgs_per_second=m.control_msgs_per_second,
             silence_timeout_s=m.silence_timeout_s,
+            ping_interval_s=m.ping_interval_s,
+            pong_timeout_s=m.pong_timeout_s,
             reconnect_initial_s=b.reconnect_initial_s,
             reconnect_max_s=b.reconnect_max_s,
             rotate_after_s=b.rotate_after_s,
@@ -359,7 +361,19 @@ class Engine:
         """Every counter and gauge, read at scrape time."""
         for market, manager in self.managers.items():
             for name, value in manager.stats().items():
-                yield _sample(f"ws_{name}", value, "WebSocket connection manager", market=market)
+                if name != "disconnects":  # exported per reason below
+                    yield _sample(
+                        f"ws_{name}", value, "WebSocket connection manager", market=market
+                    )
+            for reason, count in manager.disconnects_by_reason().items():
+                yield _sample(
+                    "ws_disconnects",
+                    count,
+                    "WebSocket disconnects of open connections, by reason",
+                    kind="counter",
+                    market=market,
+                    reason=reason,
+                )
         yield from self.rest.samples()
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:
