@@ -30,8 +30,8 @@ from meltica.bus.control import InProcessControlBus
 from meltica.bus.data import InMemoryDataBus
 from meltica.conductor import Conductor
 from meltica.config import Config, Market
+from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher.dispatcher import Dispatcher
-from meltica.dispatcher.messages import ControlReply, ControlRequest
 from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
