@@ -41,7 +41,9 @@ __all__ = [
     "BusConfig",
     "ConductorConfig",
     "Config",
+    "GatewayConfig",
     "LogConfig",
+    "NatsConfig",
     "ParserConfig",
     "SnapshotConfig",
     "SpotConfig",
@@ -58,6 +60,9 @@ TimeUnit = Literal["ms", "us"]
 Venue = Literal["binance", "binance_us"]
 Policy = Literal["block", "drop_oldest", "conflate"]
 Backend = Literal["memory", "redis"]
+BusBackend = Literal["memory", "nats"]
+NatsStorage = Literal["file", "memory"]
+OutagePolicy = Literal["block", "drop"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
 
 # Channel names as written in config (snake_case); the adapter maps them to
@@ -427,8 +432,10 @@ class ParserConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class BusConfig(_Section):
-    """In-memory Data Bus: ring size, default consumer policy, wake-up batch."""
+    """Data Bus: where events go (``backend``), and the in-memory ring (size,
+    default consumer policy, wake-up batch) that every backend feeds."""
 
+    backend: BusBackend = "memory"
     capacity: int = _f(1 << 16, _power_of_two)
     policy: Policy = "block"
     batch_size: int = _f(256, _at_least(1))
@@ -439,6 +446,73 @@ class BusConfig(_Section):
                 "batch_size",
                 f"must not exceed capacity ({self.capacity}), got {self.batch_size}",
             )
+
+
+def _optional_file(value: str | None) -> str | None:
+    return None if value is None or value.strip() else "must not be empty (null for none)"
+
+
+def _nats_token(value: str | None) -> str | None:
+    # one NATS subject token: no dots, wildcards or whitespace
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        return f"must be 1-64 of A-Z a-z 0-9 _ - (a NATS subject token), got {value!r}"
+    return None
+
+
+def _nats_urls(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        problem = _url("nats", "tls")(value)
+        if problem is not None:
+            return problem
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfig(_Section):
+    """NATS with JetStream: the Data Bus's stream and the Control Bus's subjects
+    when ``bus.backend`` is ``nats`` (docs/nats.md)."""
+
+    url: str = _f("nats://127.0.0.1:4222", _url("nats", "tls"))
+    servers: tuple[str, ...] = _f((), _nats_urls)
+    user: str | None = _f(None, _optional_file)
+    password: str | None = None
+    token: str | None = _f(None, _optional_file)
+    nkey_seed_file: str | None = _f(None, _optional_file)
+    creds_file: str | None = _f(None, _optional_file)
+    tls_ca_file: str | None = _f(None, _optional_file)
+    tls_cert_file: str | None = _f(None, _optional_file)
+    tls_key_file: str | None = _f(None, _optional_file)
+    connect_timeout_s: float = _f(5.0, _between(0.1, 600))
+    stream: str = _f("MELTICA", _nats_token)
+    max_age_s: float = _f(86_400.0, _between(1, 365 * 86_400))
+    max_bytes: int = _f(1 << 30, _between(1 << 20, 1 << 50))
+    storage: NatsStorage = "file"
+    replicas: int = _f(1, _between(1, 5))
+    duplicate_window_s: float = _f(120.0, _between(1, 86_400))
+    publish_buffer: int = _f(1 << 16, _between(16, 1 << 24))
+    outage_policy: OutagePolicy = "block"
+
+    def _check_together(self) -> None:
+        if (self.user is None) != (self.password is None):
+            self._reject(
+                "password" if self.password is None else "user", "user and password go together"
+            )
+        if self.token is not None and self.user is not None:
+            self._reject("token", "give a token or user/password, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            self._reject("tls_key_file", "tls_cert_file and tls_key_file go together")
+        if self.duplicate_window_s > self.max_age_s:
+            self._reject("duplicate_window_s", f"must not exceed max_age_s ({self.max_age_s})")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig(_Section):
+    """This gateway's identity among several (control subjects, status)."""
+
+    # None: the host name, made a valid subject token, at start-up
+    id: str | None = _f(None, _nats_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +568,8 @@ class Config(_Section):
     binance: BinanceConfig = field(default_factory=BinanceConfig)
     parser: ParserConfig = field(default_factory=ParserConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -785,6 +861,10 @@ def _plain(value: object) -> object:
     return value
 
 
+# printed as *** by check-config (URL passwords are masked wherever they are)
+_SECRET_KEYS: Final = ("password", "token")
+
+
 def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
     """Validate ``path`` (with the ``MELTICA_*`` environment applied, as a run
     would see it) and print the effective config as YAML.
@@ -798,6 +878,10 @@ def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
         print(f"error: {log.redact(str(exc))}", file=sys.stderr)
         return 2
     print(f"ok: {path}")
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=100)
+    plain = config_to_dict(cfg)
+    for key in _SECRET_KEYS:
+        if plain["nats"][key] is not None:
+            plain["nats"][key] = "***"
+    text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
     sys.stdout.write(log.redact(text))
     return 0

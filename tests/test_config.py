@@ -492,3 +492,18 @@ def test_check_config_redacts_url_credentials(
     assert "s3cret" not in out + err
     assert "snapshot.redis_url: " in err
     assert "redis://:***@10.1.2.3:6379/0" in err
+
+
+def test_check_config_masks_nats_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        "nats:\n  url: nats://ops:urlpw@127.0.0.1:4222\n  user: u\n  password: pw123\n",
+    )
+    assert check_config(str(path), env={}) == 0
+    out, _ = capsys.readouterr()
+    effective = yaml.safe_load(out.partition("\n")[2])
+    assert effective["nats"]["password"] == "***"
+    assert effective["nats"]["url"] == "nats://ops:***@127.0.0.1:4222"
+    assert "pw123" not in out and "urlpw" not in out
