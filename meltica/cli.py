@@ -279,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="capture file to write (gzip JSON lines)")
     p.add_argument("--market", choices=("spot", "usdm"), default="spot")
     p.add_argument(
-        "--streams", default="depth@100ms,trade,bookTicker", help="comma-separated stream kinds"
+        "--streams",
+        default="depth@100ms,trade,bookTicker",
+        help="comma-separated channels as config names them (trade, agg_trade, book_ticker, "
+        "...) or Binance stream kinds (depth@100ms, bookTicker)",
     )
     p.add_argument("--ws-url", help="WebSocket base URL (default: Binance)")
     p.add_argument("--rest-url", help="REST base URL (default: Binance)")

@@ -28,15 +28,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from meltica import log
+from meltica.adapters.binance import streams as vocabulary
 from meltica.errors import ConfigError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
-    "KLINE_INTERVALS",
-    "SPOT_STREAMS",
-    "USDM_STREAMS",
     "BinanceConfig",
     "BusConfig",
     "ConductorConfig",
@@ -64,29 +62,6 @@ BusBackend = Literal["memory", "nats"]
 NatsStorage = Literal["file", "memory"]
 OutagePolicy = Literal["block", "drop"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
-
-# Channel names as written in config (snake_case); the adapter maps them to
-# Binance's stream names (``agg_trade`` -> ``<s>@aggTrade``).  ``kline_<i>`` is
-# accepted for every interval in KLINE_INTERVALS of that market.
-_COMMON_STREAMS = (
-    "trade",
-    "agg_trade",
-    "book_ticker",
-    "depth",
-    "depth5",
-    "depth10",
-    "depth20",
-    "ticker",
-    "mini_ticker",
-)
-SPOT_STREAMS: Final = frozenset((*_COMMON_STREAMS, "ticker_1h", "ticker_4h", "ticker_1d"))
-USDM_STREAMS: Final = frozenset((*_COMMON_STREAMS, "mark_price", "liquidation"))
-_FUTURES_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h")
-KLINE_INTERVALS: Final[Mapping[str, frozenset[str]]] = {
-    "spot": frozenset(("1s", *_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
-    "usdm": frozenset((*_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
-    "coinm": frozenset((*_FUTURES_INTERVALS, "1d", "3d", "1w", "1M")),
-}
 
 # Keys documented for backends this version does not have, per section class:
 # they accept only their default, so a value that would do nothing is an error.
@@ -167,23 +142,21 @@ def _markets(values: tuple[str, ...]) -> str | None:
 
 
 def _symbols(values: tuple[str, ...]) -> str | None:
-    # isalnum, not [a-z0-9]: Binance lists symbols with non-ASCII letters; "_" joins a
-    # COIN-M contract's parts (btcusd_perp, btcusd_251226).
-    bad = [s for s in values if not s.replace("_", "").isalnum() or s.startswith("_")]
+    # Binance's one symbol rule lives with its stream names (adapters/binance/streams.py).
+    bad = [s for s in values if not vocabulary.is_symbol(s)]
     if bad:
-        return f"invalid symbol {bad[0]!r} (letters, digits and '_' only, e.g. 'btcusdt')"
+        return f"invalid symbol {bad[0]!r} ({vocabulary.SYMBOL_RULE})"
     return _unique(values)
 
 
-def _streams(market: Market, known: frozenset[str]) -> _Check:
-    intervals = KLINE_INTERVALS[market]
-
+def _streams(market: Market) -> _Check:
+    # Channel names (snake_case, the same as ``ctl``'s); the adapter maps them to
+    # Binance's stream names (``agg_trade`` -> ``<s>@aggTrade``).
     def check(values: tuple[str, ...]) -> str | None:
         for name in values:
-            kline, _, interval = name.partition("_")
-            if name not in known and not (kline == "kline" and interval in intervals):
-                choices = ", ".join(sorted(known))
-                return f"unknown {market} stream {name!r} (known: {choices}, kline_<interval>)"
+            if not vocabulary.is_channel(market, name):
+                choices = vocabulary.channel_list(market)
+                return f"unknown {market} stream {name!r} (known: {choices})"
         return _unique(values)
 
     return check
@@ -202,7 +175,8 @@ def _import_paths(values: tuple[str, ...]) -> str | None:
 
 
 def _lowercase(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v.lower() for v in values)
+    # a bad symbol is kept as written, for _symbols to name it
+    return tuple(vocabulary.stream_symbol(v) if vocabulary.is_symbol(v) else v for v in values)
 
 
 def _f(
@@ -294,7 +268,7 @@ class SpotConfig(_Section):
     rest_url: str = _f("https://api.binance.com", _url("https", "http"))
     market_data_only_rest_url: str = _f("https://data-api.binance.vision", _url("https", "http"))
     symbols: tuple[str, ...] = _f(("btcusdt", "ethusdt"), _symbols, normalize=_lowercase)
-    streams: tuple[str, ...] = _f(("trade", "book_ticker", "depth"), _streams("spot", SPOT_STREAMS))
+    streams: tuple[str, ...] = _f(("trade", "book_ticker", "depth"), _streams("spot"))
     time_unit: TimeUnit = "ms"
     max_streams_per_connection: int = _f(1024, _between(1, 1024))
     control_msgs_per_second: int = _f(5, _between(1, 5))
@@ -362,7 +336,7 @@ class UsdmConfig(_FuturesConfig):
     rest_url: str = _f("https://fapi.binance.com", _url("https", "http"))
     symbols: tuple[str, ...] = _f(("btcusdt", "ethusdt"), _symbols, normalize=_lowercase)
     streams: tuple[str, ...] = _f(
-        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("usdm", USDM_STREAMS)
+        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("usdm")
     )
 
     @property
@@ -383,7 +357,7 @@ class CoinmConfig(_FuturesConfig):
     rest_url: str = _f("https://dapi.binance.com", _url("https", "http"))
     symbols: tuple[str, ...] = _f(("btcusd_perp",), _symbols, normalize=_lowercase)
     streams: tuple[str, ...] = _f(
-        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("coinm", USDM_STREAMS)
+        ("agg_trade", "book_ticker", "depth", "mark_price"), _streams("coinm")
     )
 
 

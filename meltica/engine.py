@@ -24,7 +24,7 @@ from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
-from meltica.adapters.binance.streams import channel_of
+from meltica.adapters.binance.streams import VOCABULARY, channel_of
 from meltica.adapters.binance.ws import ConnectionManager
 from meltica.bus.control import InProcessControlBus
 from meltica.bus.data import InMemoryDataBus
@@ -123,6 +123,7 @@ class Engine:
             self.managers,
             self.instruments,
             self.conductor.on_events,
+            vocabulary=VOCABULARY,
             conductor=_BookTracker(
                 self.conductor,
                 self.instruments,

@@ -25,6 +25,8 @@ from pathlib import Path
 import aiohttp
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from meltica.adapters.binance import streams as vocabulary
+from meltica.adapters.binance.ws import stream_route
 from meltica.capture import CaptureWriter
 
 __all__ = ["RecordOptions", "Recorder", "market_urls", "streams_for"]
@@ -36,13 +38,34 @@ DEFAULT_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.bi
 DEFAULT_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com"}
 DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}
 DEFAULT_STREAMS = ("depth@100ms", "trade", "bookTicker")
-# USD-M routes high-frequency book streams to /public and the rest to /market.
-_PUBLIC_PREFIXES = ("bookTicker", "depth")
 
 
-def streams_for(symbols: Sequence[str], streams: Sequence[str]) -> list[str]:
-    """Binance stream names: lowercase symbol @ stream."""
-    return [f"{s.lower()}@{st}" for s in symbols for st in streams]
+def streams_for(symbols: Sequence[str], streams: Sequence[str], market: str = "spot") -> list[str]:
+    """Binance stream names, lowercase symbol @ stream, for every symbol x stream.
+
+    A stream is Binance's own spelling (``depth@100ms``, ``bookTicker``), kept as
+    written, or a Meltica channel as config and ``ctl`` name it (``book_ticker``,
+    ``agg_trade``, ``mark_price``), mapped by the adapter's vocabulary.  Names neither
+    knows (``avgPrice``) are recorded as asked: a capture may hold what Meltica does
+    not read.  StreamError (a ValueError) for a symbol that is not one.
+    """
+    names = []
+    for s in symbols:
+        sym = vocabulary.stream_symbol(s)
+        for st in streams:
+            name = f"{sym}@{st}"
+            if vocabulary.is_channel(market, st) and not _is_stream(market, name):
+                name = vocabulary.stream_name(market, sym, st)
+            names.append(name)
+    return names
+
+
+def _is_stream(market: str, name: str) -> bool:
+    try:
+        vocabulary.channel_of(market, name)
+    except vocabulary.StreamError:
+        return False
+    return True
 
 
 def market_urls(market: str, ws_base: str, names: Sequence[str]) -> list[str]:
@@ -50,7 +73,7 @@ def market_urls(market: str, ws_base: str, names: Sequence[str]) -> list[str]:
     base = ws_base.rstrip("/")
     if market != "usdm":
         return [f"{base}/stream?streams={'/'.join(names)}"]
-    public = [n for n in names if n.split("@", 1)[1].startswith(_PUBLIC_PREFIXES)]
+    public = [n for n in names if stream_route(n) == "public"]
     other = [n for n in names if n not in public]
     return [
         f"{base}/{path}/stream?streams={'/'.join(group)}"
@@ -111,7 +134,7 @@ class Recorder:
 
     async def run(self) -> None:
         opts = self.options
-        names = streams_for(opts.symbols, opts.streams)
+        names = streams_for(opts.symbols, opts.streams, opts.market)
         ws_base = opts.ws_url or DEFAULT_WS[opts.market]
         rest_base = (opts.rest_url or DEFAULT_REST[opts.market]).rstrip("/")
         transports: list[WSTransport] = []

@@ -19,6 +19,7 @@ import uvloop
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Event
 from meltica._core.parser import FrameParser
+from meltica.adapters.binance.streams import VOCABULARY
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher import Dispatcher
 
@@ -111,6 +112,7 @@ class Harness:
             self.registry,
             self.batches.append,
             clock=lambda: next(self.ticks),
+            vocabulary=VOCABULARY,
             conductor=self.conductor,
             depth_speed_ms={"spot": 100, "usdm": 500},
             **kw,
@@ -441,6 +443,8 @@ def test_handle_dispatches_every_op() -> None:
 
 def test_constructor_checks() -> None:
     with pytest.raises(ValueError, match="dapi"):
-        Dispatcher(DispatchTable(), {"dapi": FakeSubscriber()}, Registry({}), print)
+        Dispatcher(
+            DispatchTable(), {"dapi": FakeSubscriber()}, Registry({}), print, vocabulary=VOCABULARY
+        )
     with pytest.raises(ValueError, match="ack_timeout_s"):
-        Dispatcher(DispatchTable(), {}, Registry({}), print, ack_timeout_s=0)
+        Dispatcher(DispatchTable(), {}, Registry({}), print, vocabulary=VOCABULARY, ack_timeout_s=0)

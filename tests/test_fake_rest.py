@@ -248,13 +248,23 @@ def test_symbol_errors(run: Runner) -> None:
             assert (reply.status, reply.json) == (400, {"code": -1121, "msg": "Invalid symbol."})
             reply = await get(session, server, path, symbol="btcusdt")
             assert (reply.status, reply.json["code"]) == (400, -1100)
+            # a symbol the adapter may ask for is legal here too: unknown, not illegal
+            reply = await get(session, server, path, symbol="币安人生USDT")
+            assert (reply.status, reply.json["code"]) == (400, -1121)
+            reply = await get(session, server, path, symbol="币安人生usdt")
+            assert (reply.status, reply.json["code"]) == (400, -1100)
         # coinm is not served by this source: every symbol is unknown there
         reply = await get(session, server, "/dapi/v1/depth", symbol="BTCUSD_PERP")
         assert (reply.status, reply.json["code"]) == (400, -1121)
-        assert reply.weight == 4 * 10 + 10
+        assert reply.weight == 6 * 10 + 10
 
     source = serve(run, body)
-    assert source.calls == [("spot", "NOPEUSDT", 100), ("usdm", "NOPEUSDT", 500)]
+    assert source.calls == [
+        ("spot", "NOPEUSDT", 100),
+        ("spot", "币安人生USDT", 100),
+        ("usdm", "NOPEUSDT", 500),
+        ("usdm", "币安人生USDT", 500),
+    ]
 
 
 def test_exchange_info_ping_time(run: Runner) -> None:

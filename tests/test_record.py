@@ -141,3 +141,47 @@ def test_record_against_the_fake_exchange(tmp_path: Path) -> None:
     assert "rejects: 0" in result.stderr
     lines = (tmp_path / "ev.jsonl").read_text().splitlines()
     assert len(lines) == frames + 2
+
+
+def test_record_cli_takes_channel_names(tmp_path: Path) -> None:
+    """``record --streams`` takes config's channel names as well as Binance's spellings."""
+    source = ListSource()
+    ticker = {"u": 7, "s": "BTCUSDT", "b": "100.0", "B": "1.0", "a": "101.0", "A": "2.0"}
+    payload = json.dumps(ticker, separators=(",", ":")).encode()
+    source.frames_list += [
+        StreamFrame(60 + i, "spot", "btcusdt@bookTicker", payload) for i in range(5)
+    ]
+    out = tmp_path / "rec.jsonl.gz"
+
+    async def scenario() -> tuple[int, str]:
+        async with FakeExchange(source, speed=None) as ex:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-m", "meltica", "record", "BTCUSDT", "--out", str(out)),
+                *("--streams", "book_ticker,trade", "--duration", "1"),
+                *("--ws-url", ex.ws_url("spot"), "--rest-url", ex.rest_url),
+                stderr=asyncio.subprocess.PIPE,
+                env=os.environ.copy(),
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode is not None
+            return proc.returncode, err.decode()
+
+    code, err = uvloop.run(scenario())
+    assert code == 0, err
+    records = list(read_capture(out))
+    url = next(r.payload for r in records if r.kind == "conn")
+    assert b"streams=btcusdt@bookTicker/btcusdt@trade" in url
+    frames = [json.loads(r.payload)["stream"] for r in records if r.kind == "ws"]
+    assert frames.count("btcusdt@bookTicker") == 5
+    assert frames.count("btcusdt@trade") == 50
+
+
+def test_stream_names_from_channels_and_binance_spellings() -> None:
+    names = streams_for(["BTCUSDT"], ["agg_trade", "depth", "depth@100ms", "avgPrice"])
+    # a Binance spelling is kept as written (bare depth: the market's default speed)
+    assert names == ["btcusdt@aggTrade", "btcusdt@depth", "btcusdt@depth@100ms", "btcusdt@avgPrice"]
+    assert streams_for(["BTCUSDT"], ["mark_price", "markPrice"], "usdm") == [
+        "btcusdt@markPrice@1s",
+        "btcusdt@markPrice",
+    ]

@@ -9,9 +9,13 @@ import pytest
 from meltica._core.events import KIND_IDS
 from meltica._core.parser import classify_stream
 from meltica.adapters.binance import streams
-from meltica.adapters.binance.streams import StreamError
+from meltica.adapters.binance.streams import (
+    KLINE_INTERVALS,
+    SPOT_CHANNELS,
+    USDM_CHANNELS,
+    StreamError,
+)
 from meltica.adapters.binance.ws import stream_route
-from meltica.config import KLINE_INTERVALS, SPOT_STREAMS, USDM_STREAMS
 from meltica.replay.source import CaptureSource
 
 PARTIAL_DEPTH_ROUTE = 100  # parser's route kind for <s>@depth<N>
@@ -19,7 +23,7 @@ ALL_CHANNELS = [(m, c) for m in ("spot", "usdm") for c in sorted(streams.channel
 
 
 def test_channels_are_what_config_accepts() -> None:
-    for market, fixed in (("spot", SPOT_STREAMS), ("usdm", USDM_STREAMS)):
+    for market, fixed in (("spot", SPOT_CHANNELS), ("usdm", USDM_CHANNELS)):
         klines = {f"kline_{i}" for i in KLINE_INTERVALS[market]}
         assert streams.channels(market) == fixed | klines
     assert "mark_price" not in streams.channels("spot")

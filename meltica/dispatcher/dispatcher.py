@@ -8,7 +8,9 @@ against the instrument registry), idempotent, applied to the table and the
 exchange subscriptions (a ConnectionManager per market) all or nothing, with the
 measured propagation time.  Mutating requests on the same instrument never
 interleave: a per-(market, symbol) lock, taken in a fixed order, serialises them
-in arrival order.  See docs/control-plane.md.
+in arrival order.  Channel, stream and symbol names come from the ``Vocabulary``
+the engine hands in (Binance's, from the adapter); this module imports no adapter.
+See docs/control-plane.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from meltica._core.dispatch import DispatchTable
-from meltica.adapters.binance import streams as bstreams
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher._gate import Gate
 from meltica.errors import MelticaError
@@ -32,7 +33,9 @@ __all__ = [
     "BookTracker",
     "Dispatcher",
     "InstrumentLookup",
+    "Route",
     "Subscriber",
+    "Vocabulary",
 ]
 
 log = logging.getLogger("meltica.dispatcher")
@@ -42,8 +45,49 @@ InstrumentKey = tuple[str, str]  # (market, SYMBOL)
 
 # Binance allows 1024 streams per connection; one request may ask for at most that.
 MAX_STREAMS_PER_REQUEST = 1024
-# The channel whose (un)subscription starts / stops the Conductor's book.
-BOOK_CHANNEL = "depth"
+
+
+class Route(Protocol):
+    """What a channel's events carry: the event kind and its qualifier (or None)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def qualifier(self) -> str | None: ...
+
+
+class Vocabulary(Protocol):
+    """An exchange's names, as the Dispatcher needs them (``streams.VOCABULARY``).
+
+    Invalid names raise ``ValueError`` (with a message fit for the reply).
+    """
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """Markets it has names for."""
+        ...
+
+    @property
+    def book_channel(self) -> str:
+        """The channel whose (un)subscription starts / stops the Conductor's book."""
+        ...
+
+    def is_channel(self, market: str, channel: str) -> bool: ...
+
+    def channel_list(self, market: str) -> str:
+        """The market's channels, for an error message."""
+        ...
+
+    def symbol_key(self, symbol: str) -> str:
+        """The one spelling of ``symbol`` (``BTCUSDT``); ValueError if it is not one."""
+        ...
+
+    def stream_name(
+        self, market: str, symbol: str, channel: str, *, depth_speed_ms: int = ...
+    ) -> str: ...
+
+    def route_of(self, market: str, channel: str) -> Route: ...
 
 
 class Subscriber(Protocol):
@@ -129,9 +173,10 @@ class Dispatcher:
     ``async unsubscribe(streams)``, ``streams()``.  ``instruments``: ``get(market,
     symbol) -> object | None``.  ``downstream(batch)``: the next stage.  ``clock``: ns,
     for propagation times.  ``conductor``: ``track`` / ``untrack`` on (un)subscription
-    of the ``depth`` channel, ``resync`` for resync requests.  ``depth_speed_ms``:
-    market -> configured depth speed.  ``ack_timeout_s`` bounds the wait for the
-    exchange; past it the request fails and is rolled back.
+    of the vocabulary's book channel (``depth``), ``resync`` for resync requests.
+    ``depth_speed_ms``: market -> configured depth speed.  ``ack_timeout_s`` bounds the wait for the
+    exchange; past it the request fails and is rolled back.  ``vocabulary``: the
+    exchange's channel, stream and symbol names.
     """
 
     def __init__(
@@ -142,6 +187,7 @@ class Dispatcher:
         downstream: Callable[[builtins.list[Any]], object],
         clock: Callable[[], int] = time.monotonic_ns,
         *,
+        vocabulary: Vocabulary,
         conductor: BookTracker | None = None,
         depth_speed_ms: Mapping[str, int] | None = None,
         ack_timeout_s: float = 10.0,
@@ -149,8 +195,10 @@ class Dispatcher:
         if ack_timeout_s <= 0:
             raise ValueError("ack_timeout_s must be positive")
         for market in subscriber:
-            if market not in bstreams.MARKETS:
+            if market not in vocabulary.markets:
                 raise ValueError(f"no stream vocabulary for market {market!r}")
+        self._vocab = vocabulary
+        self._book_channel = vocabulary.book_channel
         self.table = table
         self._subscriber = dict(subscriber)
         self._instruments = instruments
@@ -211,7 +259,7 @@ class Dispatcher:
             if not new:
                 return self._done(req, t0, {"added": [], "subscribed": self._pairs(market, keys)})
             added_routes = self._routes_add(market, new)
-            books = sorted({s for s, ch, _ in new if ch == BOOK_CHANNEL})
+            books = sorted({s for s, ch, _ in new if ch == self._book_channel})
             try:
                 for sym in books:
                     await self._conductor_call("track", market, sym)
@@ -279,7 +327,7 @@ class Dispatcher:
                 gone = removed
             else:
                 self._forget(market, gone)
-            for sym in sorted({s for s, ch, _ in gone if ch == BOOK_CHANNEL}):
+            for sym in sorted({s for s, ch, _ in gone if ch == self._book_channel}):
                 await self._conductor_call("untrack", market, sym)
             if error is not None:
                 return self._fail(req, error)
@@ -304,7 +352,7 @@ class Dispatcher:
             symbols = self._symbols(req.symbols)
         except _Invalid as exc:
             return self._reject(req, str(exc))
-        missing = [s for s in symbols if BOOK_CHANNEL not in self._subs.get((market, s), {})]
+        missing = [s for s in symbols if self._book_channel not in self._subs.get((market, s), {})]
         if missing:
             return self._reject(
                 req, f"not subscribed to {market} depth, no book to resync: {', '.join(missing)}"
@@ -359,7 +407,10 @@ class Dispatcher:
         return {k: frozenset(v) for k, v in self._subs.items() if v}
 
     def instrument_id(self, market: str, symbol: str) -> int | None:
-        return self._ids.get((market, symbol.upper()))
+        try:
+            return self._ids.get((market, self._vocab.symbol_key(symbol)))
+        except ValueError:
+            return None
 
     def stats(self) -> dict[str, int | None]:
         return {
@@ -382,7 +433,10 @@ class Dispatcher:
         return market
 
     def _symbols(self, symbols: Iterable[str], *, allow_empty: bool = False) -> builtins.list[str]:
-        out = list(dict.fromkeys(s.upper() for s in symbols))
+        try:
+            out = list(dict.fromkeys(self._vocab.symbol_key(s) for s in symbols))
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
         if not out and not allow_empty:
             raise _Invalid("request needs at least one symbol")
         return out
@@ -395,23 +449,17 @@ class Dispatcher:
         channels = list(dict.fromkeys(req.channels))
         if not channels:
             raise _Invalid("request needs at least one channel")
-        bad = [c for c in channels if not bstreams.is_channel(market, c)]
+        bad = [c for c in channels if not self._vocab.is_channel(market, c)]
         if bad:
             raise _Invalid(
                 f"unknown {market} channel(s): {', '.join(map(repr, bad))} "
-                f"(known: {', '.join(sorted(bstreams.channels(market) - _klines(market)))}, "
-                "kline_<interval>)"
+                f"(known: {self._vocab.channel_list(market)})"
             )
         if len(symbols) * len(channels) > MAX_STREAMS_PER_REQUEST:
             raise _Invalid(
                 f"request asks for {len(symbols) * len(channels)} streams; "
                 f"at most {MAX_STREAMS_PER_REQUEST} per request"
             )
-        for sym in symbols:
-            try:
-                bstreams.stream_name(market, sym, channels[0])
-            except bstreams.StreamError as exc:
-                raise _Invalid(str(exc)) from None
         if need_registry:
             unknown = [s for s in symbols if self._instruments.get(market, s) is None]
             if unknown:
@@ -419,12 +467,12 @@ class Dispatcher:
         return market, symbols, channels
 
     def _stream(self, market: str, symbol: str, channel: str) -> str:
-        return bstreams.stream_name(
+        return self._vocab.stream_name(
             market, symbol, channel, depth_speed_ms=self._depth_speed[market]
         )
 
     def _route(self, market: str, symbol: str, channel: str) -> RouteKey:
-        r = bstreams.route_of(market, channel)
+        r = self._vocab.route_of(market, channel)
         return (market, symbol, r.kind, r.qualifier)
 
     def _label(self, route: RouteKey) -> str:
@@ -546,10 +594,6 @@ class Dispatcher:
         self.counters["failed"] += 1
         log.warning("control %s %s: %s", req.op, req.request_id, error)
         return ControlReply.failure(req, error)
-
-
-def _klines(market: str) -> frozenset[str]:
-    return frozenset(c for c in bstreams.channels(market) if c.startswith("kline_"))
 
 
 def _describe(exc: BaseException) -> str:

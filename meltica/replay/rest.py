@@ -79,7 +79,10 @@ SPOT_DEPTH_MAX = 5000
 FUTURES_DEPTH_DEFAULT = 500
 FUTURES_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 _FUTURES_DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
-_SYMBOL_RE = re.compile(r"[A-Z0-9\-_.]{1,20}")
+# Binance's legal range for ``symbol``: no lower-case ASCII letter; letters of other
+# scripts are legal (Binance lists symbols such as 币安人生USDT).  The exchange's own check,
+# so looser than the adapter's rule (streams.is_symbol), never stricter.
+_SYMBOL_RE = re.compile(r"(?:[^\Wa-z]|[-.]){1,20}")
 
 # path -> (market, endpoint)
 _ROUTES: dict[str, tuple[str, str]] = {
