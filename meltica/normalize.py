@@ -25,7 +25,7 @@ from meltica.capture import (
     rest_depth_symbol,
 )
 from meltica.errors import CaptureError, ParseError
-from meltica.wire import encode
+from meltica.wire import encode_lines
 
 __all__ = ["NormalizeSummary", "iter_events", "normalize_capture"]
 
@@ -155,8 +155,16 @@ def normalize_capture(
 ) -> NormalizeSummary:
     """Write one wire-JSON event per line of ``path`` to ``sink``."""
     summary = NormalizeSummary()
-    write = sink.write
+    batch: list[Event] = []
     for ev in iter_events(path, fmt, venue=venue, market=market, summary=summary):
-        write(encode(ev))
-        write(b"\n")
+        batch.append(ev)
+        if len(batch) == _BATCH:
+            sink.write(encode_lines(batch))
+            batch.clear()
+    if batch:
+        sink.write(encode_lines(batch))
     return summary
+
+
+# Events per encoder call (one call per batch; bounds the batch buffer).
+_BATCH = 1024
