@@ -74,23 +74,101 @@ struct WireBuf {
         reserve(1);
         p[len++] = c;
     }
+    // The eight decimal digits of v < 10^8 as byte values 0..9, first digit in
+    // the lowest byte: both halves of v at once, then both quarters (SWAR, no
+    // chain of eight divisions).
+    static inline uint64_t eight_digits(uint32_t v) noexcept {
+        uint64_t x = uint64_t(v / 10000) | (uint64_t(v % 10000) << 32);
+        // each 32-bit lane (< 10000) divided by 100: x * 10486 >> 20 is exact there
+        uint64_t hi = ((x * 10486) >> 20) & UINT64_C(0x0000007F0000007F);
+        x = hi | ((x - hi * 100) << 16);
+        // each 16-bit lane (< 100) divided by 10: x * 103 >> 10 is exact there
+        hi = ((x * 103) >> 10) & UINT64_C(0x000F000F000F000F);
+        return hi | ((x - hi * 10) << 8);
+    }
+    // The decimal digits of u written to end[-n..0); returns n.
+    static inline size_t digits(uint64_t u, char *end) noexcept {
+        char *q = end;
+        uint64_t z;
+        while (u >= 100000000) {
+            z = eight_digits(uint32_t(u % 100000000)) + UINT64_C(0x3030303030303030);
+            u /= 100000000;
+            q -= 8;
+            std::memcpy(q, &z, 8);
+        }
+        z = eight_digits(uint32_t(u));
+        // leading zero digits are the low zero bytes; keep one digit for u == 0
+        size_t lead = z ? size_t(__builtin_ctzll(z)) / 8 : 7;
+        char tmp[8];
+        z += UINT64_C(0x3030303030303030);
+        std::memcpy(tmp, &z, 8);
+        q -= 8 - lead;
+        std::memcpy(q, tmp + lead, 8 - lead);
+        return size_t(end - q);
+    }
     inline void put_i64(int64_t v) {
         char tmp[24];
-        size_t n = 0;
         uint64_t u = v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v);
-        do { tmp[n++] = char('0' + u % 10); u /= 10; } while (u);
+        size_t n = digits(u, tmp + 24);
         reserve(n + 1);
         if (v < 0) p[len++] = '-';
-        while (n) p[len++] = tmp[--n];
+        std::memcpy(p + len, tmp + 24 - n, n);
+        len += n;
     }
-    // A decimal as a JSON string, or null when absent (e == MT_DEC_NA).
+    // A decimal as a JSON string, or null when absent (e == MT_DEC_NA): the
+    // text mt_format_fixed (fixed.h) gives, written without its digit loop.
     inline void put_fixed(int64_t m, int e) {
-        if (e == MT_DEC_NA) { put("null", 4); return; }
-        // sign, 19 digits, point, up to 128 fractional zeros: mt_format_fixed
-        // writes at most ~150 bytes for any int8 exponent, plus its NUL
-        reserve(256);
+        reserve(FIXED_MAX);
+        put_fixed_reserved(m, e);
+    }
+    // Depth levels as [["price","qty"],...]: one reserve per level.
+    void put_levels(const mt_level *lv, size_t n) {
+        put_char('[');
+        for (size_t i = 0; i < n; ++i) {
+            reserve(2 * FIXED_MAX + 4);
+            if (i) p[len++] = ',';
+            p[len++] = '[';
+            put_fixed_reserved(lv[i].price, lv[i].price_exp);
+            p[len++] = ',';
+            put_fixed_reserved(lv[i].qty, lv[i].qty_exp);
+            p[len++] = ']';
+        }
+        put_char(']');
+    }
+    // Most bytes put_fixed writes: quotes, sign, 20 digits, "0." and 128
+    // fraction digits (int8 exponent), or 127 zeros for a positive exponent.
+    static constexpr size_t FIXED_MAX = 2 + 1 + 20 + 2 + 128;
+    inline void put_fixed_reserved(int64_t m, int e) {
+        if (e == MT_DEC_NA) {
+            std::memcpy(p + len, "null", 4);
+            len += 4;
+            return;
+        }
+        char tmp[24];
+        uint64_t u = m < 0 ? uint64_t(0) - uint64_t(m) : uint64_t(m);
+        size_t nd = digits(u, tmp + 24);
+        const char *d = tmp + 24 - nd;
+        size_t frac = size_t(e < 0 ? -e : 0), zeros = size_t(e > 0 ? e : 0);
         p[len++] = '"';
-        len += mt_format_fixed(m, e, p + len);
+        if (m < 0) p[len++] = '-';
+        if (nd <= frac) {
+            p[len++] = '0';
+            p[len++] = '.';
+            std::memset(p + len, '0', frac - nd);
+            len += frac - nd;
+            std::memcpy(p + len, d, nd);
+            len += nd;
+        } else {
+            std::memcpy(p + len, d, nd - frac);
+            len += nd - frac;
+            if (frac) {
+                p[len++] = '.';
+                std::memcpy(p + len, d + nd - frac, frac);
+                len += frac;
+            }
+        }
+        std::memset(p + len, '0', zeros);  // positive exponents: exact, as fixed.h
+        len += zeros;
         p[len++] = '"';
     }
     // UTF-8 text s[0..n) JSON-escaped, without quotes (the inside of a string).

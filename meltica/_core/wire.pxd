@@ -1,7 +1,8 @@
 # The v1 wire JSON (docs/wire-format.md) in compiled code, both ways.
 #
 # Encoding writes each event straight from its C fields (events.pxd) into one
-# growable byte buffer: no dict, no str per field, decimals by mt_format_fixed.
+# growable byte buffer: no dict, no str per field, decimals as mt_format_fixed
+# (fixed.h) writes them.
 # The bytes equal, for every event, what
 #     json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 #         .encode(event.to_wire()).encode()
@@ -16,7 +17,7 @@
 
 from libc.stdint cimport int64_t
 
-from meltica._core.events cimport Event
+from meltica._core.events cimport Event, mt_level
 
 
 cdef extern from "wire.hpp" namespace "mt" nogil:
@@ -29,6 +30,7 @@ cdef extern from "wire.hpp" namespace "mt" nogil:
         void put_char(char c) except +
         void put_i64(int64_t v) except +
         void put_fixed(int64_t m, int e) except +      # "text" or null (MT_DEC_NA)
+        void put_levels(const mt_level *lv, size_t n) except +  # [["p","q"],...]
         void put_escaped(const char *s, size_t n) except +  # string body, no quotes
         void put_str(const char *s, size_t n) except +      # quoted and escaped
 

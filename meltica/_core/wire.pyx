@@ -218,21 +218,6 @@ cdef inline int _int_or_null(WireBuf *b, int64_t v) except -1:
     return 0
 
 
-cdef int _levels(WireBuf *b, const mt_level *lv, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
-    b.put_char(b"[")
-    for i in range(n):
-        if i:
-            b.put_char(b",")
-        b.put_char(b"[")
-        b.put_fixed(lv[i].price, lv[i].price_exp)
-        b.put_char(b",")
-        b.put_fixed(lv[i].qty, lv[i].qty_exp)
-        b.put_char(b"]")
-    b.put_char(b"]")
-    return 0
-
-
 cdef int _key(WireBuf *b, Event ev, int kind) except -1:
     """The idempotency key, byte for byte as Event.key builds it."""
     b.put(b',"key":"', 8)
@@ -299,9 +284,9 @@ cdef int _fields(WireBuf *b, Event ev, int kind) except -1:
         _lit(b, b',"prev_update_id":')
         _int_or_null(b, (<BookDepth>ev).prev_update_id_)
         _lit(b, b',"bids":')
-        _levels(b, (<BookDepth>ev).bids_, (<BookDepth>ev).n_bids)
+        b.put_levels((<BookDepth>ev).bids_, (<BookDepth>ev).n_bids)
         _lit(b, b',"asks":')
-        _levels(b, (<BookDepth>ev).asks_, (<BookDepth>ev).n_asks)
+        b.put_levels((<BookDepth>ev).asks_, (<BookDepth>ev).n_asks)
         if kind == BOOK_SNAPSHOT:
             _lit(b, b',"source":"')
             _lit(b, SOURCE_TEXT[(<BookDepth>ev).source_])
