@@ -29,6 +29,9 @@ from meltica.wire import encode_lines
 
 __all__ = ["NormalizeSummary", "iter_events", "normalize_capture"]
 
+# Events per encoder call (one call per batch; bounds the batch buffer).
+_BATCH = 1024
+
 
 @dataclass
 class NormalizeSummary:
@@ -164,7 +167,3 @@ def normalize_capture(
     if batch:
         sink.write(encode_lines(batch))
     return summary
-
-
-# Events per encoder call (one call per batch; bounds the batch buffer).
-_BATCH = 1024

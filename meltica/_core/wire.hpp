@@ -86,7 +86,9 @@ struct WireBuf {
         hi = ((x * 103) >> 10) & UINT64_C(0x000F000F000F000F);
         return hi | ((x - hi * 10) << 8);
     }
-    // The decimal digits of u written to end[-n..0); returns n.
+    // The decimal digits of u written to end[-n..0); returns n.  Writes whole
+    // 8-byte chunks (fixed-size copies, no libc call), so up to 24 bytes
+    // before `end` may be touched: callers pass a 24-byte scratch.
     static inline size_t digits(uint64_t u, char *end) noexcept {
         char *q = end;
         uint64_t z;
@@ -99,20 +101,17 @@ struct WireBuf {
         z = eight_digits(uint32_t(u));
         // leading zero digits are the low zero bytes; keep one digit for u == 0
         size_t lead = z ? size_t(__builtin_ctzll(z)) / 8 : 7;
-        char tmp[8];
         z += UINT64_C(0x3030303030303030);
-        std::memcpy(tmp, &z, 8);
-        q -= 8 - lead;
-        std::memcpy(q, tmp + lead, 8 - lead);
-        return size_t(end - q);
+        std::memcpy(q - 8, &z, 8);
+        return size_t(end - q) + 8 - lead;
     }
     inline void put_i64(int64_t v) {
-        char tmp[24];
+        char tmp[48];
         uint64_t u = v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v);
         size_t n = digits(u, tmp + 24);
-        reserve(n + 1);
+        reserve(25 + 24);
         if (v < 0) p[len++] = '-';
-        std::memcpy(p + len, tmp + 24 - n, n);
+        std::memcpy(p + len, tmp + 24 - n, 24);  // fixed size; only n bytes count
         len += n;
     }
     // A decimal as a JSON string, or null when absent (e == MT_DEC_NA): the
@@ -137,38 +136,42 @@ struct WireBuf {
     }
     // Most bytes put_fixed writes: quotes, sign, 20 digits, "0." and 128
     // fraction digits (int8 exponent), or 127 zeros for a positive exponent.
-    static constexpr size_t FIXED_MAX = 2 + 1 + 20 + 2 + 128;
+    // (plus slack for the fixed-size copies of put_fixed_reserved)
+    static constexpr size_t FIXED_MAX = 2 + 1 + 20 + 2 + 128 + 24;
     inline void put_fixed_reserved(int64_t m, int e) {
         if (e == MT_DEC_NA) {
             std::memcpy(p + len, "null", 4);
             len += 4;
             return;
         }
-        char tmp[24];
+        char tmp[48];
         uint64_t u = m < 0 ? uint64_t(0) - uint64_t(m) : uint64_t(m);
         size_t nd = digits(u, tmp + 24);
         const char *d = tmp + 24 - nd;
         size_t frac = size_t(e < 0 ? -e : 0), zeros = size_t(e > 0 ? e : 0);
+        // fixed-size copies (the reserve covers them); only the counted bytes stay
         p[len++] = '"';
         if (m < 0) p[len++] = '-';
         if (nd <= frac) {
             p[len++] = '0';
             p[len++] = '.';
-            std::memset(p + len, '0', frac - nd);
+            std::memset(p + len, '0', 128);
             len += frac - nd;
-            std::memcpy(p + len, d, nd);
+            std::memcpy(p + len, d, 24);
             len += nd;
         } else {
-            std::memcpy(p + len, d, nd - frac);
+            std::memcpy(p + len, d, 24);
             len += nd - frac;
             if (frac) {
                 p[len++] = '.';
-                std::memcpy(p + len, d + nd - frac, frac);
+                std::memcpy(p + len, d + nd - frac, 24);
                 len += frac;
             }
         }
-        std::memset(p + len, '0', zeros);  // positive exponents: exact, as fixed.h
-        len += zeros;
+        if (zeros) {  // positive exponents (not produced by parsing): exact, as fixed.h
+            std::memset(p + len, '0', zeros);
+            len += zeros;
+        }
         p[len++] = '"';
     }
     // UTF-8 text s[0..n) JSON-escaped, without quotes (the inside of a string).
