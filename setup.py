@@ -82,12 +82,16 @@ def ext(pyx: Path, *sources: str) -> Extension:
     )
 
 
-# Every .pyx under meltica/ is an extension; only the parser compiles simdjson.
+# Every .pyx under meltica/ is an extension; the parser and the wire decoder
+# compile simdjson (each module carries its own copy).
 # MELTICA_ONLY=path/a.pyx,path/b.pyx builds just those (a developer convenience).
 PYX = sorted(Path("meltica").rglob("*.pyx"))
 if os.environ.get("MELTICA_ONLY"):
     PYX = [Path(p) for p in os.environ["MELTICA_ONLY"].split(",")]
-EXTRA_SOURCES = {CORE / "parser.pyx": [str(SIMDJSON / "simdjson.cpp")]}
+EXTRA_SOURCES = {
+    CORE / "parser.pyx": [str(SIMDJSON / "simdjson.cpp")],
+    CORE / "wire.pyx": [str(SIMDJSON / "simdjson.cpp")],
+}
 
 setup(
     ext_modules=cythonize(

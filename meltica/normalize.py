@@ -25,9 +25,12 @@ from meltica.capture import (
     rest_depth_symbol,
 )
 from meltica.errors import CaptureError, ParseError
-from meltica.wire import encode
+from meltica.wire import encode_lines
 
 __all__ = ["NormalizeSummary", "iter_events", "normalize_capture"]
+
+# Events per encoder call (one call per batch; bounds the batch buffer).
+_BATCH = 1024
 
 
 @dataclass
@@ -155,8 +158,12 @@ def normalize_capture(
 ) -> NormalizeSummary:
     """Write one wire-JSON event per line of ``path`` to ``sink``."""
     summary = NormalizeSummary()
-    write = sink.write
+    batch: list[Event] = []
     for ev in iter_events(path, fmt, venue=venue, market=market, summary=summary):
-        write(encode(ev))
-        write(b"\n")
+        batch.append(ev)
+        if len(batch) == _BATCH:
+            sink.write(encode_lines(batch))
+            batch.clear()
+    if batch:
+        sink.write(encode_lines(batch))
     return summary

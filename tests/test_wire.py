@@ -243,6 +243,7 @@ DECODE_ERRORS = [
     ("version-string", trade_wire(v="1"), "wire version '1'"),
     ("unknown-kind", trade_wire(kind="avg_price"), "unknown event kind 'avg_price'"),
     ("missing-kind", trade_wire(kind=...), "unknown event kind None"),
+    ("list-kind", trade_wire(kind=["trade"]), r"unknown event kind \['trade'\]"),
     ("missing-price", trade_wire(price=...), "lacks 'price'"),
     ("missing-ts-recv", trade_wire(ts_recv=...), "lacks 'ts_recv'"),
     ("missing-trade-id", trade_wire(trade_id=...), "lacks 'trade_id'"),

@@ -929,7 +929,8 @@ def event_from_wire(dict d):
     """Rebuild an event from its wire-format dict; WireError if it is not one."""
     if d.get("v") != WIRE_VERSION:
         raise WireError(f"unsupported wire version {d.get('v')!r}")
-    kind_id = KIND_IDS.get(d.get("kind"))
+    kind = d.get("kind")
+    kind_id = KIND_IDS.get(kind) if isinstance(kind, str) else None  # a list is unhashable
     if kind_id is None:
         raise WireError(f"unknown event kind {d.get('kind')!r}")
     if GAP <= kind_id <= CONNECTION_STATE:
