@@ -343,6 +343,15 @@ class Engine:
         for market, manager in self.managers.items():
             for name, value in manager.stats().items():
                 yield _sample(f"ws_{name}", value, "WebSocket connection manager", market=market)
+            for reason, value in manager.parse_rejects().items():
+                yield _sample(
+                    "ws_parse_rejects",
+                    value,
+                    "WebSocket frames the parser rejected, by error reason",
+                    kind="counter",
+                    market=market,
+                    reason=reason,
+                )
         yield from self.rest.samples()
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:

@@ -511,6 +511,14 @@ class BinanceRest:
                 kind = "gauge" if key in gauges else "counter"
                 name = f"rest_{key}" + ("_total" if kind == "counter" else "")
                 yield Sample(name, kind, f"Binance REST {key.replace('_', ' ')}", value, labels)
+            for reason, n in self._markets[market].parser.rejects.items():
+                yield Sample(
+                    "rest_parse_rejects_total",
+                    "counter",
+                    "Binance REST depth snapshot bodies the parser rejected, by error reason",
+                    n,
+                    (*labels, ("reason", reason)),
+                )
         yield Sample("rest_bans_total", "counter", "Binance REST 418 bans", self._bans)
 
     # -- request path

@@ -26,7 +26,15 @@ from meltica._core.parser import FrameParser, Reply, classify_stream
 from meltica.adapters.binance.ws_conn import Connection
 from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
-from meltica.errors import MelticaError
+from meltica.errors import (
+    FieldTypeError,
+    FrameTooLarge,
+    MalformedFrame,
+    MelticaError,
+    MissingField,
+    NumberError,
+    ValueRangeError,
+)
 from meltica.localseq import LocalSeq
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
@@ -188,6 +196,7 @@ class ConnectionManager:
         )
         # listener/connection counters of connections already closed
         self._closed_totals: dict[str, int] = dict.fromkeys(_CONN_COUNTERS, 0)
+        self._closed_rejects: dict[str, int] = dict.fromkeys(PARSE_REASONS, 0)
 
     # ------------------------------------------------------------ public surface
 
@@ -319,6 +328,15 @@ class ConnectionManager:
         out["rotating"] = sum(1 for s in self._slots if s.incoming is not None)
         out["paused"] = int(self._paused)
         out["connects_last_window"] = self._connects.used(self._clock())
+        return out
+
+    def parse_rejects(self) -> dict[str, int]:
+        """Frames the parsers of all connections (closed ones too) rejected, by error
+        reason; every reason of ``PARSE_REASONS`` is present.  Sums to ``parse_errors``."""
+        out = dict(self._closed_rejects)
+        for conn in list(self._conn_of):
+            for reason, n in conn.listener.parser.rejects.items():
+                out[reason] = out.get(reason, 0) + n
         return out
 
     def silent_streams(self) -> frozenset[str]:
@@ -501,6 +519,8 @@ class ConnectionManager:
         slot = self._conn_of.pop(conn, None)
         for key, value in _conn_counters(conn).items():
             self._closed_totals[key] += value
+        for reason, n in conn.listener.parser.rejects.items():
+            self._closed_rejects[reason] = self._closed_rejects.get(reason, 0) + n
         for stream in list(self._unsub_waiters):
             if slot is None or stream not in slot.streams:
                 self._resolve_unsub(stream)
@@ -694,6 +714,19 @@ class ConnectionManager:
         except Exception:
             log.exception("on_control failed")
 
+
+# Why the parser rejects a frame (the ``reason`` of each error it raises).
+PARSE_REASONS = tuple(
+    cls.reason
+    for cls in (
+        MalformedFrame,
+        FrameTooLarge,
+        MissingField,
+        FieldTypeError,
+        NumberError,
+        ValueRangeError,
+    )
+)
 
 _CONN_COUNTERS = (
     "frames",
