@@ -5,20 +5,26 @@ bookTicker frames with impossible values (a price of zero or below, a negative
 quantity, a negative trade or update id) sit between good frames, several frames to
 a socket write.  The gateway must deliver every good event to a bus consumer, none
 of the bad ones, keep the connection up, and count the rejects by reason on
-/metrics.
+/metrics.  The ``replay`` command reports them too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aio import run
 
+from meltica.capture import CaptureWriter
 from meltica.commands.common import local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
@@ -163,3 +169,41 @@ def test_impossible_values_never_reach_consumers_and_are_counted() -> None:
             await fake.stop()
 
     run(scenario, timeout=120)
+
+
+def test_replay_reports_rejected_frames_by_reason(tmp_path: Path) -> None:
+    """``python -m meltica replay`` of a capture with two impossible trades among twenty
+    good ones: the good ones are written, the bad ones are not, the report counts them."""
+    capture = tmp_path / "bad.gz"
+    ts = E_MS * 1_000_000
+    with CaptureWriter(capture, venue="binance", market="spot") as w:
+        url = "wss://stream.binance.com:9443/stream?streams=btcusdt@trade"
+        w.write_conn(ts, "c0", {"event": "connect", "url": url})
+        for i in range(1, 21):
+            w.write_ws(ts + i, "c0", _envelope("btcusdt@trade", _trade("BTCUSDT", i)))
+            if i == 10:
+                for bad in (_trade("BTCUSDT", 1000, price="-1"), _trade("BTCUSDT", 1001, qty="-1")):
+                    w.write_ws(ts + i, "c0", _envelope("btcusdt@trade", bad))
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "meltica", "replay", str(capture)),
+            *("--speed", "max", "-o", str(out), "--no-progress"),
+        ],
+        cwd=tmp_path,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
+    assert report["parse_rejects"] == {"value_range": 2}
+    assert report["frames"]["sent"] == report["frames"]["in_capture"] == 22
+    events = [json.loads(line) for line in out.read_bytes().splitlines()]
+    trade_ids = sorted(e["trade_id"] for e in events if e["kind"] == "trade")
+    assert trade_ids == list(range(1, 21))
+
+
+def _envelope(stream: str, payload: bytes) -> bytes:
+    return b'{"stream":"' + stream.encode() + b'","data":' + payload + b"}"
