@@ -27,8 +27,10 @@ enum Status : int {
     ST_TYPE = 3,      // a field has the wrong JSON type
     ST_NUMBER = 4,    // not a plain decimal / int64, or overflow
     ST_SHAPE = 5,     // valid JSON, but not a shape Binance sends
-    ST_NEGATIVE = 6,  // a quantity or id is negative (a level: its quantity)
-    ST_NOT_POSITIVE = 7,  // a trade or level price is zero or negative
+    ST_NEGATIVE = 6,      // a quantity, price or id that cannot be negative is
+    ST_NOT_POSITIVE = 7,  // a trade price is zero or negative
+    ST_LEVEL_PRICE = 8,   // a depth level's price is zero or negative
+    ST_LEVEL_QTY = 9,     // a depth level's quantity is negative
 };
 
 // Key codes for the multi-letter keys we read; single-letter keys use their
@@ -273,8 +275,8 @@ inline int positive_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_
 // level).  `c` names the level list for the error message.
 inline int check_levels(const std::vector<Level> &levels, int c, int &err_key) noexcept {
     for (const Level &L : levels) {
-        if (L.price <= 0) { err_key = c; return ST_NOT_POSITIVE; }
-        if (L.qty < 0) { err_key = c; return ST_NEGATIVE; }
+        if (L.price <= 0) { err_key = c; return ST_LEVEL_PRICE; }
+        if (L.qty < 0) { err_key = c; return ST_LEVEL_QTY; }
     }
     return ST_OK;
 }

@@ -59,6 +59,8 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
         ST_SHAPE
         ST_NEGATIVE
         ST_NOT_POSITIVE
+        ST_LEVEL_PRICE
+        ST_LEVEL_QTY
     enum:
         KC_LAST_UPDATE_ID
         KC_BIDS
@@ -234,9 +236,8 @@ cdef str _sv_str(string_view sv):
         raise MalformedFrame(f"frame: bad escape in string {raw!r}") from None
 
 
-cdef object _error(int st, str what, str name, bint level):
-    """The typed error of a failed accessor's status; ``level``: the field is a
-    depth level list (a range status then concerns one of its levels)."""
+cdef object _error(int st, str what, str name):
+    """The typed error of a failed accessor's status (``name``: the field)."""
     if st == ST_JSON:
         return MalformedFrame(f"{what}: not valid JSON (truncated or corrupt)")
     if st == ST_MISSING:
@@ -246,13 +247,13 @@ cdef object _error(int st, str what, str name, bint level):
     if st == ST_NUMBER:
         return NumberError(f"{what}: field {name!r} is not an exact decimal or int64")
     if st == ST_NEGATIVE:
-        if level:
-            return ValueRangeError(f"{what}: a level of {name!r} has a negative quantity")
         return ValueRangeError(f"{what}: field {name!r} is negative")
     if st == ST_NOT_POSITIVE:
-        if level:
-            return ValueRangeError(f"{what}: a level of {name!r} has a price <= 0")
         return ValueRangeError(f"{what}: field {name!r} is a price <= 0")
+    if st == ST_LEVEL_PRICE:
+        return ValueRangeError(f"{what}: a level of {name!r} has a price <= 0")
+    if st == ST_LEVEL_QTY:
+        return ValueRangeError(f"{what}: a level of {name!r} has a negative quantity")
     return MalformedFrame(f"{what}: unexpected structure (field {name!r})")
 
 
@@ -484,8 +485,7 @@ cdef class FrameParser:
         ``count``: no caller's ``except ParseError`` counts it, so count it here."""
         cdef int key = self._fr.err_key
         name = _FIELD_NAMES.get(key) or (chr(key) if key >= 65 else "?")
-        level = key == KC_BIDS or key == KC_ASKS or key == ord("b") or key == ord("a")
-        exc = _error(st, what, name, level)
+        exc = _error(st, what, name)
         if count:
             self._reject(exc.reason)
         raise exc
