@@ -282,7 +282,8 @@ def test_depth_snapshot_with_impossible_values_is_rejected_and_counted(run: Runn
                     for s in client.samples()
                     if s.name == "rest_parse_rejects_total"
                 }
-                assert rejects == {(("market", "spot"), ("reason", "value_range")): 1}
+                assert rejects[(("market", "spot"), ("reason", "value_range"))] == 1
+                assert rejects[(("market", "spot"), ("reason", "number"))] == 0
         finally:
             await server.stop()
 

@@ -27,7 +27,7 @@ enum Status : int {
     ST_TYPE = 3,      // a field has the wrong JSON type
     ST_NUMBER = 4,    // not a plain decimal / int64, or overflow
     ST_SHAPE = 5,     // valid JSON, but not a shape Binance sends
-    ST_NEGATIVE = 6,      // a quantity, price or id that cannot be negative is
+    ST_NEGATIVE = 6,      // a value that must be >= 0 (quantity, id, ...) is not
     ST_NOT_POSITIVE = 7,  // a trade price is zero or negative
     ST_LEVEL_PRICE = 8,   // a depth level's price is zero or negative
     ST_LEVEL_QTY = 9,     // a depth level's quantity is negative

@@ -3,6 +3,8 @@ from typing import Any
 
 from meltica._core.events import BookDepth, Event
 
+PARSE_REASONS: tuple[str, ...]
+
 def classify_stream(name: str) -> tuple[int, str | None, str | None]: ...
 
 class Route:

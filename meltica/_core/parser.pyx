@@ -145,6 +145,10 @@ _SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9_.\-]*")
 # ticker window by event_type_kind()'s window index
 _WINDOWS = (None, "24h", "mini", "1h", "4h", "1d")
 
+# The ``reason`` of every error the parser raises (the keys of FrameParser.rejects).
+PARSE_REASONS = tuple(cls.reason for cls in (
+    MalformedFrame, FrameTooLarge, MissingField, FieldTypeError, NumberError, ValueRangeError))
+
 _FIELD_NAMES = {
     KC_LAST_UPDATE_ID: "lastUpdateId", KC_BIDS: "bids", KC_ASKS: "asks",
     KC_STREAM: "stream", KC_DATA: "data", KC_RESULT: "result", KC_ID: "id",

@@ -22,19 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meltica._core.events import KIND_IDS, Control
-from meltica._core.parser import FrameParser, Reply, classify_stream
+from meltica._core.parser import PARSE_REASONS, FrameParser, Reply, classify_stream
 from meltica.adapters.binance.ws_conn import Connection
 from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
-from meltica.errors import (
-    FieldTypeError,
-    FrameTooLarge,
-    MalformedFrame,
-    MelticaError,
-    MissingField,
-    NumberError,
-    ValueRangeError,
-)
+from meltica.errors import MelticaError
 from meltica.localseq import LocalSeq
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
@@ -714,19 +706,6 @@ class ConnectionManager:
         except Exception:
             log.exception("on_control failed")
 
-
-# Why the parser rejects a frame (the ``reason`` of each error it raises).
-PARSE_REASONS = tuple(
-    cls.reason
-    for cls in (
-        MalformedFrame,
-        FrameTooLarge,
-        MissingField,
-        FieldTypeError,
-        NumberError,
-        ValueRangeError,
-    )
-)
 
 _CONN_COUNTERS = (
     "frames",
