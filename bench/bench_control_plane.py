@@ -60,7 +60,7 @@ import uvloop  # noqa: E402
 
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
 from meltica.config import load_config  # noqa: E402
-from meltica.dispatcher.messages import ControlReply, ControlRequest  # noqa: E402
+from meltica.control import ControlReply, ControlRequest  # noqa: E402
 from meltica.engine import Engine  # noqa: E402
 
 MARKET: Final = "spot"

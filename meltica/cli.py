@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -205,18 +206,29 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_LOG_LEVEL_HELP = (
+    "TRACE, DEBUG, INFO, WARNING or ERROR (default: the config's log.level, "
+    "MELTICA_LOG__LEVEL, else INFO); accepted before or after the command"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meltica-engine",
         description="Meltica: Binance market data as canonical, idempotent events.",
     )
     parser.add_argument("--version", action="version", version=f"meltica-engine {__version__}")
-    parser.add_argument(
-        "--log-level", default="WARNING", help="TRACE, DEBUG, INFO, WARNING or ERROR"
-    )
+    parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
+    # every subcommand takes --log-level too; SUPPRESS keeps a value given
+    # before the command when it is not repeated after it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = command(
         "normalize",
         help="turn a capture into wire-format events (JSONL), offline",
         description="Read a capture and write one wire-JSON event per line; "
@@ -235,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when any frame was rejected")
     p.set_defaults(func=_cmd_normalize)
 
-    p = sub.add_parser(
+    p = command(
         "fake-exchange",
         help="serve a capture or a synthetic market as a local fake Binance",
         description="A local Binance (WebSocket + REST on loopback) replaying CAPTURE, "
@@ -262,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_fake_exchange)
 
-    p = sub.add_parser("record", help="record live frames and REST snapshots into a capture")
+    p = command("record", help="record live frames and REST snapshots into a capture")
     p.add_argument("symbols", nargs="+", help="symbols, e.g. BTCUSDT ETHUSDT")
     p.add_argument("--out", required=True, help="capture file to write (gzip JSON lines)")
     p.add_argument("--market", choices=("spot", "usdm"), default="spot")
@@ -275,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-limit", type=int, default=1000)
     p.set_defaults(func=_cmd_record)
 
-    p = sub.add_parser(
+    p = command(
         "run",
         help="run the gateway against live Binance",
         description="Connect to Binance with the configured markets, symbols and streams, "
@@ -285,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
+    p = command(
         "demo",
         help="the whole gateway offline against a local fake Binance, with a live view",
         description="Start a fake Binance with a synthetic market in its own process, run "
@@ -305,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
+    p = command(
         "replay",
         help="replay a capture through the whole gateway, writing bus events",
         description="Serve CAPTURE from a local fake Binance, subscribe the gateway to its "
@@ -320,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser(
+    p = command(
         "tail",
         help="print the bus events of a running gateway",
         description="Connect to a running gateway's HTTP endpoint and print its Data Bus "
@@ -335,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many events")
     p.set_defaults(func=_cmd_tail)
 
-    p = sub.add_parser("check-config", help="validate a config file and print the result")
+    p = command("check-config", help="validate a config file and print the result")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=_cmd_check_config)
     return parser
@@ -347,13 +359,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    # --log-level wins over the config's log.level, which the commands that
+    # load a config apply once they have it (meltica.commands.common.apply_log_level)
+    level = args.log_level or _env_log_level(os.environ) or "INFO"
     try:
-        log.configure(args.log_level)
+        log.configure(level)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        source = "--log-level" if args.log_level else "MELTICA_LOG__LEVEL"
+        print(f"error: {source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     code: int = args.func(args)
     return code
+
+
+def _env_log_level(env: Mapping[str, str]) -> str | None:
+    """``MELTICA_LOG__LEVEL`` (any case, as the config loader reads it) or None."""
+    for name, value in env.items():
+        if name.upper() == "MELTICA_LOG__LEVEL":
+            return value
+    return None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meltica import __version__
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
@@ -29,8 +30,8 @@ from meltica.bus.control import InProcessControlBus
 from meltica.bus.data import InMemoryDataBus
 from meltica.conductor import Conductor
 from meltica.config import Config, Market
+from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher.dispatcher import Dispatcher
-from meltica.dispatcher.messages import ControlReply, ControlRequest
 from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
@@ -174,6 +175,8 @@ class Engine:
             max_streams_per_connection=m.max_streams_per_connection,
             control_msgs_per_second=m.control_msgs_per_second,
             silence_timeout_s=m.silence_timeout_s,
+            ping_interval_s=m.ping_interval_s,
+            pong_timeout_s=m.pong_timeout_s,
             reconnect_initial_s=b.reconnect_initial_s,
             reconnect_max_s=b.reconnect_max_s,
             rotate_after_s=b.rotate_after_s,
@@ -224,7 +227,13 @@ class Engine:
                     raise StartupError(f"exchangeInfo for {market} failed: {exc}") from exc
             if self.metrics is not None:
                 await self.metrics.start()
-                log.info("metrics on %s/metrics", self.metrics.url)
+            log.info(
+                "meltica-engine %s starting: markets %s, %d symbols, metrics %s",
+                __version__,
+                ",".join(self.markets),
+                sum(len(self.config.binance.market(m).symbols) for m in self.markets),
+                f"{self.metrics.url}/metrics" if self.metrics is not None else "off",
+            )
             for manager in self.managers.values():
                 await manager.start()
             refresh: dict[str, float] = {
@@ -249,6 +258,11 @@ class Engine:
             await self.stop()
             raise
         self._state = "running"
+        log.info(
+            "running: %d streams subscribed, %d books tracked",
+            sum(m.stats().get("streams", 0) for m in self.managers.values()),
+            len(self.conductor.status()["instruments"]),
+        )
 
     async def stop(self) -> None:
         """Stop everything (idempotent): connections first, so their last frames flush."""
@@ -258,6 +272,7 @@ class Engine:
         if self._state == "stopping":
             return
         self._state = "stopping"
+        log.info("stopping")
         for manager in self.managers.values():
             with contextlib.suppress(Exception):
                 await manager.stop()
@@ -271,12 +286,14 @@ class Engine:
         if self.metrics is not None:
             await self.metrics.stop()
         self._state = "stopped"
+        log.info("stopped")
         if self._stopping is not None:
             self._stopping.set()
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "requested") -> None:
         """Ask `run` to stop (signal handlers call this)."""
-        if self._stopping is not None:
+        if self._stopping is not None and not self._stopping.is_set():
+            log.info("stop %s", reason)
             self._stopping.set()
 
     async def run(self, *, duration_s: float | None = None) -> None:
@@ -287,11 +304,13 @@ class Engine:
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, self.request_stop, f"on {sig.name}")
                 installed.append(sig)
         try:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._stopping.wait(), duration_s)
+            except TimeoutError:
+                log.info("stop after --duration %ss", duration_s)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -342,7 +361,19 @@ class Engine:
         """Every counter and gauge, read at scrape time."""
         for market, manager in self.managers.items():
             for name, value in manager.stats().items():
-                yield _sample(f"ws_{name}", value, "WebSocket connection manager", market=market)
+                if name != "disconnects":  # exported per reason below
+                    yield _sample(
+                        f"ws_{name}", value, "WebSocket connection manager", market=market
+                    )
+            for reason, count in manager.disconnects_by_reason().items():
+                yield _sample(
+                    "ws_disconnects",
+                    count,
+                    "WebSocket disconnects of open connections, by reason",
+                    kind="counter",
+                    market=market,
+                    reason=reason,
+                )
             for reason, value in manager.parse_rejects().items():
                 yield _sample(
                     "ws_parse_rejects",
@@ -356,9 +387,27 @@ class Engine:
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:
                 yield _sample(f"dispatch_{dname}", dvalue, "Dispatcher and dispatch table")
+        for reason, dropped in self.table.drops().items():
+            yield _sample(
+                "dispatch_dropped",
+                dropped,
+                "Events the dispatch table dropped, by reason (see docs/control-plane.md)",
+                kind="counter",
+                reason=reason,
+            )
         cstat = self.conductor.status()
         for name, value in cstat["counters"].items():
             yield _sample(f"conductor_{name}", value, "Conductor")
+        for hook, reasons in cstat["hook_errors"].items():
+            for reason, value in reasons.items():
+                yield _sample(
+                    "analytics_hook_errors",
+                    value,
+                    "Analytics hook calls whose output was dropped (raised, bad_output)",
+                    kind="counter",
+                    hook=hook,
+                    reason=reason,
+                )
         for key, inst in cstat["instruments"].items():
             market, symbol = key.split(":", 1)
             for name in ("gaps", "resyncs", "refetches", "buffer_overflows", "crossed"):

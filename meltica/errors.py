@@ -70,6 +70,13 @@ class WireError(ParseError):
     reason = "wire"
 
 
+class AnalyticsError(MelticaError, ValueError):
+    """An analytics hook made an invalid ``Derived`` event or returned
+    something other than an iterable of them."""
+
+    reason = "analytics"
+
+
 class CaptureError(MelticaError, OSError):
     """A capture file cannot be read (missing, unknown format, corrupt)."""
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from brokers import nats_server  # noqa: F401 - a fixture for every test module
 
 
 @pytest.fixture(scope="session")

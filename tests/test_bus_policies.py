@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bus import book_ticker, run, seqs, trade
 
-from meltica import Control, Event, FrameParser
+from meltica import Control, Derived, Event, FrameParser
 from meltica.bus import ConsumerOverflow, InMemoryDataBus
 from meltica.errors import MelticaError
 
@@ -301,6 +301,25 @@ def test_conflate_gives_latest_per_key_when_lagging() -> None:
     ]
     assert c.conflated == 63 - 5 and c.delivered == 5 and c.dropped == 0
     assert c.poll(100) == []
+
+
+def test_conflate_keeps_the_latest_derived_value_per_name() -> None:
+    """Two analytics hooks on one symbol are two streams of state, not one."""
+    bus = InMemoryDataBus(8)
+    c = bus.subscribe("view", policy="conflate", kinds=["derived"])
+    for u in range(1, 21):
+        bus.publish_batch(
+            [
+                Derived("binance", "spot", "BTCUSDT", name, u, None, u, {name: str(u)})
+                for name in ("mid", "spread")
+            ]
+        )
+    got = c.poll(100)
+    assert [e.key for e in got] == [
+        "binance:spot:BTCUSDT:derived:mid:20",
+        "binance:spot:BTCUSDT:derived:spread:20",
+    ]
+    assert c.conflated == 38 and c.dropped == 0
 
 
 def test_conflate_delivers_everything_when_keeping_up() -> None:

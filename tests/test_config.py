@@ -127,9 +127,8 @@ def test_env_values_are_coerced_by_field_type() -> None:
             "MELTICA_BINANCE__MARKETS": "usdm",
             "MELTICA_BINANCE__SPOT__MARKET_DATA_ONLY": "true",
             "MELTICA_TELEMETRY__METRICS_ENABLED": "0",
-            "MELTICA_TELEMETRY__TRACE_SAMPLE_RATIO": "0.25",
-            "MELTICA_TELEMETRY__OTLP_ENDPOINT": "http://127.0.0.1:4318",
-            "MELTICA_TELEMETRY__SERVICE_NAME": "123",
+            "MELTICA_BINANCE__SPOT__REST_WEIGHT_BUDGET_FRACTION": "0.25",
+            "MELTICA_TELEMETRY__METRICS_HOST": "123",
             "MELTICA_BINANCE__USDM__DEPTH_SPEED_MS": "250",
             # case-insensitive names
             "meltica_snapshot__ttl_s": "5",
@@ -139,9 +138,8 @@ def test_env_values_are_coerced_by_field_type() -> None:
     assert cfg.binance.markets == ("usdm",)
     assert cfg.binance.spot.market_data_only is True
     assert cfg.telemetry.metrics_enabled is False
-    assert cfg.telemetry.trace_sample_ratio == 0.25
-    assert cfg.telemetry.otlp_endpoint == "http://127.0.0.1:4318"
-    assert cfg.telemetry.service_name == "123"
+    assert cfg.binance.spot.rest_weight_budget_fraction == 0.25
+    assert cfg.telemetry.metrics_host == "123"
     assert cfg.binance.usdm.depth_speed_ms == 250
     assert cfg.snapshot.ttl_s == 5.0
     assert isinstance(cfg.snapshot.ttl_s, float)
@@ -171,7 +169,7 @@ def test_overrides_are_yaml_values() -> None:
             "binance.spot.symbols=[btcusdt, ethusdt, solusdt]",
             "binance.usdm.streams=depth,liquidation",
             "bus.policy=conflate",
-            "telemetry.service_name='gw 1'",
+            "telemetry.metrics_host='::1'",
             "conductor.analytics=[pkg.mod:Spread]",
             "bus={capacity: 1024, batch_size: 8}",
         ],
@@ -179,7 +177,7 @@ def test_overrides_are_yaml_values() -> None:
     assert cfg.binance.spot.symbols == ("btcusdt", "ethusdt", "solusdt")
     assert cfg.binance.usdm.streams == ("depth", "liquidation")
     assert cfg.bus == BusConfig(capacity=1024, policy="block", batch_size=8)
-    assert cfg.telemetry.service_name == "gw 1"
+    assert cfg.telemetry.metrics_host == "::1"
     assert cfg.conductor.analytics == ("pkg.mod:Spread",)
 
 
@@ -372,16 +370,15 @@ def test_accepted_edge_values() -> None:
             "binance.spot.time_unit=us",
             "binance.spot.streams=[kline_1s, kline_1M, depth20, ticker_4h]",
             "binance.spot.symbols=[]",
-            "snapshot.redis_url=unix:///run/redis.sock",
             "telemetry.metrics_port=0",
-            "telemetry.trace_sample_ratio=1",
+            "binance.spot.rest_weight_budget_fraction=1",
             "bus.capacity=2",
             "bus.batch_size=2",
         ],
     )
     assert cfg.binance.spot.ws_url == "ws://127.0.0.1:8765"
     assert cfg.binance.spot.symbols == ()
-    assert cfg.telemetry.trace_sample_ratio == 1.0
+    assert cfg.binance.spot.rest_weight_budget_fraction == 1.0
 
 
 def test_sections_built_in_code_are_checked_too() -> None:
@@ -414,7 +411,7 @@ def test_config_is_hashable_and_comparable() -> None:
 def test_config_to_dict_round_trips_through_yaml(tmp_path: Path) -> None:
     cfg = load_config(
         env={},
-        overrides=["bus.capacity=1024", "telemetry.otlp_endpoint=http://c:4318"],
+        overrides=["bus.capacity=1024", "bus.policy=conflate"],
     )
     plain = config_to_dict(cfg)
     assert plain["bus"]["capacity"] == 1024
@@ -455,3 +452,43 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert check_config(str(missing), env={}) == 2
     _, err = capsys.readouterr()
     assert err == f"error: config file not found: {missing}\n"
+
+
+# Keys that nothing reads yet refuse any value but their default
+
+
+@pytest.mark.parametrize(
+    ("override", "why"),
+    [
+        ("snapshot.backend=redis", "only the in-memory SnapshotStore"),
+        ("snapshot.redis_url=redis://10.0.0.1:6379/0", "only the in-memory SnapshotStore"),
+        ("snapshot.key_prefix=other", "only the in-memory SnapshotStore"),
+        ("telemetry.otlp_endpoint=http://127.0.0.1:4318", "exports no OpenTelemetry data"),
+        ("telemetry.service_name=gw1", "exports no OpenTelemetry data"),
+        ("telemetry.trace_sample_ratio=0.5", "exports no OpenTelemetry data"),
+    ],
+)
+def test_reserved_keys_refuse_non_default_values(override: str, why: str) -> None:
+    message = error_of(overrides=[override])
+    assert message.startswith(override.partition("=")[0] + ": "), message
+    assert why in message
+    assert "only the default" in message
+
+
+def test_reserved_keys_accept_their_defaults_spelled_out() -> None:
+    cfg = load_config(
+        env={"MELTICA_SNAPSHOT__BACKEND": "memory"},
+        overrides=["telemetry.trace_sample_ratio=0.01", "snapshot.key_prefix=meltica"],
+    )
+    assert cfg == default_config()
+
+
+def test_check_config_redacts_url_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "snapshot:\n  redis_url: redis://:s3cret@10.1.2.3:6379/0\n")
+    assert check_config(str(path), env={}) == 2
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err
+    assert "snapshot.redis_url: " in err
+    assert "redis://:***@10.1.2.3:6379/0" in err

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_dispatcher import Harness
 
 from meltica.bus.control import ControlBus, InProcessControlBus
-from meltica.dispatcher import ControlError, ControlReply, ControlRequest
+from meltica.control import ControlError, ControlReply, ControlRequest
 
 
 def req(op: str, market: str | None = "spot", symbols: Any = ("BTCUSDT",), channels: Any = ()):

@@ -1,9 +1,11 @@
 """DispatchTable (meltica/_core/dispatch.pyx): routing, dedup, atomic updates.
 
-A small dict-based reference model states the dedup rule per kind; hypothesis
-compares the compiled table against it.  On the real captures, with every stream
-subscribed, only true duplicates may be dropped, and a replayed make-before-break
-overlap must collapse to exactly one copy of every event.
+A small dict-based reference model states the dedup rule per kind and the
+implausible-jump guard; hypothesis compares the compiled table against it.  On
+the real captures, with every stream subscribed, only true duplicates may be
+dropped, a replayed make-before-break overlap must collapse to exactly one copy
+of every event, and one injected frame with a corrupt id must not cost a single
+real event.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meltica._core.dispatch import DispatchTable, route_key_of
-from meltica._core.events import Control, Event, event_from_wire
+from meltica._core.dispatch import JUMP_BOUNDS, DispatchTable, route_key_of
+from meltica._core.events import Control, Derived, Event, event_from_wire
 from meltica._core.parser import FrameParser, classify_stream
 from meltica.replay.source import CaptureSource, StreamFrame, combined_frame
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# the guard's bounds, as documented in dispatch.pxd: ids 2**20, times (ns) one hour
+ID_BOUND, TIME_BOUND = 2**20, 3_600 * 10**9
+BOUNDS = dict.fromkeys(
+    ("trade", "agg_trade", "book_ticker", "book_delta", "book_snapshot"), ID_BOUND
+)
+BOUNDS |= dict.fromkeys(("kline", "ticker", "mark_price", "liquidation"), TIME_BOUND)
 PARTIAL_DEPTH_ROUTE = 100
 KIND_NAMES = {1: "trade", 2: "agg_trade", 3: "book_ticker", 4: "book_delta", 6: "kline"}
 KIND_NAMES |= {7: "ticker", 8: "mark_price", 9: "liquidation"}
@@ -99,7 +107,7 @@ def kline(
     d = _common("kline", market, symbol, open_time, e) | {
         "interval": interval,
         "open_time": open_time,
-        "close_time": open_time + 59,
+        "close_time": min(open_time + 59, INT64_MAX),
         "first_trade_id": 1,
         "last_trade_id": last_trade,
         "trades": 3,
@@ -166,12 +174,45 @@ def order_of(ev: Any) -> tuple[int, tuple[int, int]]:
     return 0, (ev.seq, 0)
 
 
+class Guard:
+    """One (route, bucket): the last key delivered and the implausible-jump guard."""
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        # a route's first key is pending, jumped from nothing (anchor None)
+        self.last, self.pending, self.anchor = key, True, None
+        self.void: tuple[int, int] | None = None
+
+    def offer(self, key: tuple[int, int], bound: int) -> str:
+        """'keep', 'duplicate' or 'rewind' (kept, the pending jump disproved)."""
+        last = self.last
+        if not self.pending or key > last:
+            if key <= last:
+                return "duplicate"
+            if key[0] - last[0] > bound:
+                if key == self.void:
+                    return "duplicate"
+                self.pending, self.anchor = True, last
+            else:
+                self.pending = False
+            self.last = key
+            return "keep"
+        if self.anchor is not None and key <= self.anchor:
+            return "duplicate"
+        if last[0] - key[0] > bound:
+            self.void, self.last = last, key
+            if self.anchor is not None and key[0] - self.anchor[0] <= bound:
+                self.pending = False
+            return "rewind"
+        return "duplicate"
+
+
 class Reference:
-    """The table's contract as a dict: route -> {bucket: last ordering key}."""
+    """The table's contract as a dict: route -> {bucket: Guard}."""
 
     def __init__(self) -> None:
-        self.routes: dict[tuple, dict[int, tuple[int, int]]] = {}
+        self.routes: dict[tuple, dict[int, Guard]] = {}
         self.counts = dict.fromkeys(("accepted", "unrouted", "duplicates", "passed"), 0)
+        self.counts["implausible"] = 0
         self.per_route: dict[tuple, list[int]] = {}
 
     def update(self, add: list[tuple], remove: list[tuple]) -> None:
@@ -182,7 +223,7 @@ class Reference:
             key = spec[:4]
             if key not in self.routes:
                 self.routes[key] = {}
-                self.per_route[key] = [0, 0]
+                self.per_route[key] = [0, 0, 0]
 
     def accept(self, batch: list[Any]) -> list[Any]:
         out = []
@@ -202,11 +243,19 @@ class Reference:
                 self.counts["unrouted"] += 1
                 continue
             bucket, order = order_of(ev)
-            if bucket in state and order <= state[bucket]:
+            guard = state.get(bucket)
+            if guard is None:
+                state[bucket] = Guard(order)
+                verdict = "keep"
+            else:
+                verdict = guard.offer(order, BOUNDS[ev.kind])
+            if verdict == "duplicate":
                 self.counts["duplicates"] += 1
                 self.per_route[key][1] += 1
                 continue
-            state[bucket] = order
+            if verdict == "rewind":
+                self.counts["implausible"] += 1
+                self.per_route[key][2] += 1
             self.counts["accepted"] += 1
             self.per_route[key][0] += 1
             out.append(ev)
@@ -231,6 +280,7 @@ def test_accept_filters_in_place_and_counts() -> None:
         "duplicates": 1,
         "passed": 0,
         "invalid": 0,
+        "implausible": 0,
     }
     entry = t.get("spot", "btcusdt", "trade")
     assert entry is not None
@@ -247,12 +297,13 @@ def test_empty_and_all_dropped_batches() -> None:
     assert t.unrouted == 2
 
 
-def test_control_events_and_meltica_snapshots_always_pass() -> None:
+def test_control_events_derived_events_and_meltica_snapshots_always_pass() -> None:
     t = DispatchTable()
     evs = [control(k) for k in ("gap", "resync_started", "resync_done", "stale")]
     evs.append(control("connection_state", market="", symbol=""))
     evs.append(book("book_snapshot", 5, source="rest"))
     evs.append(book("book_snapshot", 5, source="book"))
+    evs.append(Derived("binance", "spot", "BTCUSDT", "mid", 5, None, 1, {"mid": "1"}))
     batch = list(evs)
     assert t.accept(batch) == len(evs) and batch == evs
     assert t.passed == len(evs) and t.unrouted == 0
@@ -319,6 +370,103 @@ def test_partial_depth_buckets_share_one_route() -> None:
     assert t.accept(batch) == 2
     entry = t.get("spot", "BTCUSDT", "book_snapshot")
     assert entry is not None and entry["last_seqs"] == [12, 10, 11] and entry["last_seq"] == 12
+
+
+def keys(batch: list[Any]) -> list[int]:
+    return [e.seq for e in batch]
+
+
+def test_jump_bounds_are_the_documented_ones() -> None:
+    assert JUMP_BOUNDS == BOUNDS
+
+
+def test_one_corrupt_trade_id_cannot_silence_a_route() -> None:
+    t = DispatchTable()
+    t.update(add=[route("spot", "BTCUSDT", "trade")])
+    batch = [trade(i) for i in (100, 101, INT64_MAX, 102, 103)]
+    # the corrupt one is delivered (it cannot be told from a real jump yet); the
+    # real trades after it disprove it and are all delivered
+    assert t.accept(batch) == 5 and keys(batch) == [100, 101, INT64_MAX, 102, 103]
+    assert t.drops() == {"duplicate": 0, "unrouted": 0, "invalid": 0, "implausible": 1}
+    # the same frame replayed is a duplicate; so is what came before the jump
+    batch = [trade(101), trade(INT64_MAX), trade(102), trade(104)]
+    assert t.accept(batch) == 1 and keys(batch) == [104]
+    assert t.drops()["duplicate"] == 3 and t.implausible == 1
+    entry = t.get("spot", "BTCUSDT", "trade")
+    assert entry is not None and entry["last_seq"] == 104
+    assert (entry["delivered"], entry["duplicates"], entry["implausible"]) == (6, 3, 1)
+
+
+def test_a_corrupt_first_event_cannot_silence_a_route() -> None:
+    t = DispatchTable()
+    t.update(add=[route("spot", "BTCUSDT", "agg_trade"), route("spot", "ETHUSDT", "agg_trade")])
+    batch = [
+        trade(INT64_MAX, kind="agg_trade"),
+        trade(5, kind="agg_trade"),
+        trade(6, kind="agg_trade"),
+    ]
+    assert t.accept(batch) == 3 and t.implausible == 1
+    # a real first event followed by one just below it: a duplicate, as always
+    batch = [trade(n, symbol="ETHUSDT", kind="agg_trade") for n in (100, 99, 101)]
+    assert t.accept(batch) == 2 and keys(batch) == [100, 101] and t.implausible == 1
+
+
+@pytest.mark.parametrize("kind", sorted(BOUNDS))
+def test_every_kind_recovers_from_one_corrupt_key(kind: str) -> None:
+    bound = BOUNDS[kind]
+    base = 10**15
+
+    def make(seq: int) -> Event:
+        if kind in ("trade", "agg_trade"):
+            return trade(seq, kind=kind)
+        if kind in ("book_ticker", "book_delta", "book_snapshot"):
+            return book(kind, seq)
+        if kind == "kline":
+            return kline(seq, 1)
+        if kind == "ticker":
+            return ticker(seq)
+        if kind == "mark_price":
+            return mark(seq, market="spot")
+        return liquidation(seq, 1, market="spot")
+
+    q = "1m" if kind == "kline" else "24h" if kind == "ticker" else None
+    t = DispatchTable()
+    t.update(add=[route("spot", "BTCUSDT", kind, q)])
+    step = 1 if kind in ("trade", "agg_trade") else bound // 4
+    real = [base + i * step for i in range(6)]
+    batch = [make(real[0]), make(real[1]), make(INT64_MAX), *(make(k) for k in real[2:])]
+    assert t.accept(batch) == 7 and t.implausible == 1 and t.duplicates == 0
+    # a key just past the bound is a jump too; one just inside it is taken at face value
+    batch = [make(real[-1] + bound), make(real[-1] + bound + step)]
+    assert t.accept(batch) == 2 and t.implausible == 1
+
+
+def test_real_jumps_are_confirmed_and_overlaps_stay_duplicates() -> None:
+    t = DispatchTable()
+    t.update(add=[route("spot", "BTCUSDT", "trade")])
+    after = 101 + 10**7  # an outage: ten million trades missed, then the stream goes on
+    batch = [trade(n) for n in (100, 101, after, after + 1)]
+    assert t.accept(batch) == 4 and t.implausible == 0
+    # reconnect overlap replays, before and around the jump: all duplicates
+    batch = [trade(n) for n in (100, 101, after - 3, after, after + 1, after + 2)]
+    assert t.accept(batch) == 1 and keys(batch) == [after + 2]
+    assert t.duplicates == 5 and t.implausible == 0
+    # replays right after a jump, before the next real event settles it
+    jump = after + 2 + 10**8
+    batch = [trade(jump), trade(after + 2), trade(jump - 10), trade(jump), trade(jump + 1)]
+    assert t.accept(batch) == 2 and keys(batch) == [jump, jump + 1]
+    assert t.duplicates == 8 and t.implausible == 0
+
+
+def test_partial_depth_guards_each_bucket() -> None:
+    t = DispatchTable()
+    t.update(add=[route("spot", "BTCUSDT", "book_snapshot")])
+    batch = [book("book_snapshot", 10, levels=5), book("book_snapshot", 10, levels=20)]
+    batch += [book("book_snapshot", INT64_MAX, levels=20), book("book_snapshot", 11, levels=5)]
+    batch += [book("book_snapshot", 11, levels=20), book("book_snapshot", 12, levels=20)]
+    assert t.accept(batch) == 6 and t.implausible == 1
+    entry = t.get("spot", "BTCUSDT", "book_snapshot")
+    assert entry is not None and entry["last_seqs"] == [11, None, 12]
 
 
 def test_update_validates_everything_before_applying() -> None:
@@ -400,7 +548,9 @@ ROUTE_KEYS = [
     )
 ]
 
-seqs = st.integers(0, 6)
+# small keys, and keys far apart (further than every bound) or close to a far one
+FAR = (2**44 - 1, 2**44, 2**44 + 1, 2**44 + 2**43, 2**62, INT64_MAX)
+seqs = st.one_of(st.integers(0, 6), st.integers(0, 6), st.sampled_from(FAR))
 
 
 @st.composite
@@ -475,9 +625,10 @@ def test_table_matches_reference(program: list[tuple[Any, ...]]) -> None:
             assert [id(e) for e in batch] == [id(e) for e in expected]
     stats = t.stats()
     assert {k: stats[k] for k in ref.counts} == ref.counts
-    for key, (delivered, dups) in ref.per_route.items():
+    for key, counts in ref.per_route.items():
         entry = t.get(*key)
-        assert entry is not None and (entry["delivered"], entry["duplicates"]) == (delivered, dups)
+        assert entry is not None
+        assert [entry["delivered"], entry["duplicates"], entry["implausible"]] == counts
 
 
 # ------------------------------------------------------------------ real captures
@@ -542,7 +693,7 @@ def test_captures_drop_only_true_duplicates(captures_dir: Path) -> None:
                     earlier = delivered.get(ev.key)
                     assert earlier is not None, f"{path.name}: dropped {ev.key}, never delivered"
                     assert content(earlier) == content(ev), f"{path.name}: dropped new {ev.key}"
-        assert t.unrouted == 0 and t.invalid == 0, path.name
+        assert t.unrouted == 0 and t.invalid == 0 and t.implausible == 0, path.name
         assert t.accepted == len(delivered)
         total += t.accepted
     assert total > 300_000
@@ -596,3 +747,60 @@ def test_replayed_overlap_is_deduplicated_exactly(captures_dir: Path, name: str)
         assert got == expected
         assert t.duplicates == sent - len(expected)
         assert t.unrouted == 0
+
+
+def corrupt(ev: Any) -> Event:
+    """A copy of ``ev`` whose ordering key is INT64_MAX (a corrupt or hostile frame)."""
+    w = ev.to_wire()
+    del w["key"]
+    w["seq"] = INT64_MAX
+    for field in ("trade_id", "update_id", "open_time"):
+        if field in w:
+            w[field] = INT64_MAX
+    if "close_time" in w:
+        w["close_time"] = INT64_MAX
+    return event_from_wire(w)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cryptofeed/sample_data/BINANCE_FUTURES.ws.1.0",
+        "cryptofeed/sample_data/BINANCE.ws.1.0",
+        "hftbacktest/examples/usdm/btcusdt_20240718.gz",
+    ],
+)
+def test_an_injected_corrupt_frame_costs_no_real_event(captures_dir: Path, name: str) -> None:
+    """On real streams, one corrupt copy of an event per route, anywhere: every real
+    event is still delivered exactly once, and every injected one is disproved."""
+    source = CaptureSource(captures_dir / name)
+    frames = [combined_frame(f) for f in islice(source.frames(), 6000)]
+    parser = FrameParser(venue=source.venue, market=source.market)
+    events = [e for f in frames for e in parser.parse(f)]
+    rng = random.Random(len(events))
+    by_route: dict[Any, list[int]] = {}
+    for i, ev in enumerate(events):
+        by_route.setdefault(route_key_of(ev), []).append(i)
+    # right after an event of a route with at least two more to come, its corrupt copy
+    inject: dict[int, Event] = {}
+    for rkey, ix in by_route.items():
+        if rkey is not None and len(ix) >= 3:
+            i = rng.choice(ix[:-2])
+            inject[i] = corrupt(events[i])
+    assert len(inject) >= 3
+    stream: list[Any] = []
+    for i, ev in enumerate(events):
+        stream.append(ev)
+        if i in inject:
+            stream.append(inject[i])
+    clean, t = routed_table(source), routed_table(source)
+    expected = list(events)
+    clean.accept(expected)
+    got: list[Any] = []
+    for k in range(0, len(stream), 64):
+        batch = stream[k : k + 64]
+        t.accept(batch)
+        got += batch
+    bogus = {id(e) for e in inject.values()}
+    assert [e.key for e in got if id(e) not in bogus] == [e.key for e in expected]
+    assert t.implausible == len(inject) and t.duplicates == clean.duplicates

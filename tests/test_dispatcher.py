@@ -19,7 +19,8 @@ import uvloop
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Event
 from meltica._core.parser import FrameParser
-from meltica.dispatcher import ControlReply, ControlRequest, Dispatcher
+from meltica.control import ControlReply, ControlRequest
+from meltica.dispatcher import Dispatcher
 
 
 class FakeSubscriber:

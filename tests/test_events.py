@@ -236,6 +236,7 @@ def test_kinds_and_event_repr() -> None:
         "resync_done",
         "stale",
         "connection_state",
+        "derived",
     )
     assert repr(trade()) == "<Trade binance:spot:BTCUSDT:trade:3735683259>"
 

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from meltica import Control, Event, FrameParser
+from meltica import Control, Derived, Event, FrameParser
 from meltica.errors import ParseError, WireError
 from meltica.wire import WIRE_VERSION, decode, encode, schema
 
@@ -122,10 +122,16 @@ def control(kind: str) -> Event:
 CONTROL_KINDS = ("gap", "resync_started", "resync_done", "stale", "connection_state")
 
 
+def derived() -> Derived:
+    values = {"mid": "61800.25", "imbalance": "-0.3333333333333333333333333333"}
+    return Derived("binance", "usdm", "BTCUSDT", "mid", 5123107837557, 1723161256299, 11, values)
+
+
 def all_events() -> list[Event]:
     events = [parsed(name) for name in FRAMES]
     events.append(rest_snapshot())
     events.extend(control(kind) for kind in CONTROL_KINDS)
+    events.append(derived())
     return events
 
 
@@ -187,6 +193,19 @@ def test_control_round_trip(kind: str) -> None:
     assert type(back) is Control
     assert back.to_wire() == ev.to_wire()
     assert back.key == f"binance_us:spot:BTCUSD:{kind}:9"
+
+
+def test_derived_round_trip() -> None:
+    ev = derived()
+    back = decode(encode(ev))
+    assert type(back) is Derived
+    assert back.to_wire() == ev.to_wire()
+    assert back.key == "binance:usdm:BTCUSDT:derived:mid:5123107837557"
+    assert dict(back.values) == dict(ev.values)
+    assert back.to_wire()["values"]["imbalance"] == "-0.3333333333333333333333333333"
+    # a derived event is not a control event, and "derived" is no control kind
+    with pytest.raises(ValueError, match="not a control kind"):
+        Control("derived", venue="binance", market="spot", symbol="X", seq=1, ts_recv=1)
 
 
 def test_wire_version() -> None:
@@ -267,6 +286,11 @@ def wire_of(name: str, **changes: Any) -> bytes:
         (wire_of("kline_open", interval=None), "'interval' must be a string"),
         (wire_of("mark_price", funding_rate=-0.0003), "'funding_rate' must be a decimal"),
         (wire_of("gap", seq=None), "lacks 'seq'"),
+        (json.dumps({**derived().to_wire(), "seq": None}).encode(), "lacks 'seq'"),
+        (json.dumps({**derived().to_wire(), "values": {"mid": 1.5}}).encode(), "non-string"),
+        (json.dumps({**derived().to_wire(), "values": {"mid": "1e5"}}).encode(), "plain"),
+        (json.dumps({**derived().to_wire(), "values": ["1"]}).encode(), "must be an object"),
+        (json.dumps({**derived().to_wire(), "name": ""}).encode(), "'name' must be a non"),
     ],
     ids=[
         "level-short",
@@ -277,6 +301,11 @@ def wire_of(name: str, **changes: Any) -> bytes:
         "interval",
         "rate",
         "seq",
+        "derived-seq",
+        "derived-float",
+        "derived-exponent",
+        "derived-values-list",
+        "derived-name",
     ],
 )
 def test_decode_errors_per_kind(data: bytes, match: str) -> None:

@@ -62,6 +62,8 @@ def _scenario(
             await col.until(lambda: bool(col.events) and col.events[-1].key == last, 60)
             await ex.finished.wait()
             stats = mgr.stats()
+            for reason, count in mgr.disconnects_by_reason().items():
+                stats[f"disconnects[{reason}]"] = count
             await mgr.stop()
             return col, stats, ex.ws[market].counters
 
@@ -131,20 +133,27 @@ def _groups_of(col: Collector, want: list[str]) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    "fault",
+    ("fault", "reason"),
     [
-        "close:connection=0,at_frame=2000,code=1001",
-        "close:connection=0,at_frame=2000,code=1011",
-        "close:connection=0,at_frame=2000,code=4000",
-        "abort:connection=0,at_frame=2000",
-        "stall:connection=0,at_frame=2000,delay_s=30",
+        ("close:connection=0,at_frame=2000,code=1001", "server_close_1001"),
+        ("close:connection=0,at_frame=2000,code=1011", "server_close_1011"),
+        ("close:connection=0,at_frame=2000,code=4000", "server_close_other"),
+        ("abort:connection=0,at_frame=2000", "error"),
+        # a dead link: no data, no pings, no pongs, the socket left open
+        ("stall:connection=0,at_frame=2000,delay_s=30", "ping_timeout"),
     ],
 )
 def test_a_dropped_connection_comes_back_with_one_hole_and_no_duplicates(
-    captures_dir: Path, fault: str
+    captures_dir: Path, fault: str, reason: str
 ) -> None:
     want, col, stats, counters = _scenario(
-        captures_dir, SPOT_CAPTURE, "spot", SPOT_SPEED, [fault], silence_timeout_s=0.5
+        captures_dir,
+        SPOT_CAPTURE,
+        "spot",
+        SPOT_SPEED,
+        [fault],
+        ping_interval_s=0.25,
+        pong_timeout_s=0.25,
     )
     got = col.keys()
     assert _holes(want, got) == 1
@@ -153,8 +162,9 @@ def test_a_dropped_connection_comes_back_with_one_hole_and_no_duplicates(
     assert counters.connections_opened == 2
     states = [s for s, _, _ in col.states]
     assert states[:4] == ["connected", "disconnected", "reconnecting", "connected"]
-    if fault.startswith("stall"):
-        assert stats["silence_timeouts"] == 1
+    # the disconnect metric names the cause, and only that one
+    assert stats[f"disconnects[{reason}]"] == stats["disconnects"] == 1
+    assert stats["ping_timeouts"] == (1 if reason == "ping_timeout" else 0)
 
 
 @pytest.mark.parametrize(

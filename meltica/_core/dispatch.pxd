@@ -9,7 +9,27 @@
 #
 # Invariants:
 # - an event is delivered at most once per route: its ordering key must be
-#   newer than the last one delivered on the route (see dt_entry);
+#   newer than the last one delivered on the route (see dt_entry), with one
+#   exception, the implausible jump below;
+# - one event cannot silence a route.  A forward jump of the ordering key by
+#   more than the kind's bound (JUMP_BOUNDS), and a route's first event, stay
+#   "pending" until the next event on the route settles them:
+#     next key > the jump's key          -> the jump is confirmed (a real jump,
+#                                           e.g. after an outage);
+#     next key <= the key before the jump -> duplicate, as always;
+#     next key more than the bound below the jump's key, above the key before
+#       it                               -> the jump was implausible: the route
+#                                           rewinds to the next key, which is
+#                                           delivered (counted `implausible`);
+#     anything else (close below the jump: overlap replays) -> duplicate.
+#   No event is held back: the jump's event is delivered when it arrives (the
+#   table cannot yet tell a corrupt id from a real jump, and holding it would
+#   delay the first event after every outage until the next one).  Nothing
+#   delivered before the jump is delivered again.  The last disproved key is
+#   remembered: the same frame replayed (a reconnect overlap) is a duplicate;
+#   Bounds: 2**20 for ids (trade, agg trade and update ids: far more than
+#   two connections of one stream are ever apart, far less than a corrupt
+#   high bit), one hour for kinds ordered by time (ns);
 # - control kinds (gap .. connection_state) and book snapshots Meltica made
 #   (source rest/book/bbo) always pass: the table filters exchange streams only;
 # - update() validates every change before applying any: a batch of route
@@ -45,10 +65,23 @@ ctypedef struct dt_entry:
     int64_t last_seq[DT_N_BUCKETS]   # bucket 0 for every kind but partial depth
     int64_t last_sub                 # tie-break within last_seq[0]
     int32_t seen                     # bit b: last_seq[b] is set
+    # Jump guard (see the invariants): bit b of `pending`: last_seq[b] is a
+    # jump not yet settled; bit b of `anchored`: it jumped from
+    # (from_seq[b], from_sub), else it is the route's first key (from nothing).
+    int32_t pending
+    int32_t anchored
+    int64_t from_seq[DT_N_BUCKETS]
+    int64_t from_sub
+    # bit b of `voided`: (void_seq[b], void_sub) is the last disproved jump's
+    # key, delivered once; a later jump to exactly that key is a duplicate
+    int32_t voided
+    int64_t void_seq[DT_N_BUCKETS]
+    int64_t void_sub
     int32_t live                     # the slot holds a route
     int64_t instrument_id
     uint64_t delivered
     uint64_t duplicates
+    uint64_t implausible             # jumps the next event disproved (rewinds)
 
 
 cdef class _Node:
@@ -68,9 +101,14 @@ cdef class DispatchTable:
     cdef readonly uint64_t duplicates  # dropped: not newer than their route's last
     cdef readonly uint64_t passed    # control events and Meltica-made snapshots
     cdef readonly uint64_t invalid   # dropped: not an Event at all
+    # forward jumps disproved by the next event: the route rewound (the jump's
+    # event had been delivered; the table ignores its key from then on)
+    cdef readonly uint64_t implausible
 
     cpdef Py_ssize_t accept(self, list batch) except -1
     cdef bint _keep(self, object item)
+    cdef bint _settle(self, dt_entry *e, int b, int64_t seq, int64_t sub, int64_t bound)
+    cdef bint _jump(self, dt_entry *e, int b, int64_t seq, int64_t sub)
     cdef int _add(self, tuple key, int64_t instrument_id, str channel) except -1
     cdef int _remove(self, tuple key) except -1
     cdef dict _entry_dict(self, int32_t idx)

@@ -4,15 +4,16 @@
 
 ``DispatchTable.accept(batch)`` filters a batch in place, in one pass: events
 of streams without a route and events not newer than the last one delivered
-on their route are removed and counted.  ``update(add, remove)`` changes the
-routes, all at once.  Pure computation: no clocks, no I/O.
+on their route are removed and counted; a forward jump that the next event
+disproves is rolled back (the implausible-jump guard, see dispatch.pxd).
+``update(add, remove)`` changes the routes, all at once.  Pure computation: no clocks, no I/O.
 """
 
 cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SetItem
 from cpython.ref cimport Py_INCREF, PyObject
-from libc.stdint cimport INT64_MAX, int32_t, int64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
 
 from meltica._core.events cimport (
     AGG_TRADE, BOOK_DELTA, BOOK_SNAPSHOT, BOOK_TICKER, GAP, KLINE, LIQUIDATION,
@@ -31,6 +32,17 @@ ROUTE_KINDS = (
     "trade", "agg_trade", "book_ticker", "book_delta", "book_snapshot", "kline",
     "ticker", "mark_price", "liquidation",
 )
+
+# Largest forward jump of a route's ordering key taken at face value (see the
+# jump guard in dispatch.pxd).  Ids: trade, agg trade and update ids.  Times
+# (ns): kline open time, ticker / mark price / liquidation event time.
+cdef int64_t _JUMP_ID = 1 << 20
+cdef int64_t _JUMP_TIME = 3_600_000_000_000
+JUMP_BOUNDS = {
+    "trade": _JUMP_ID, "agg_trade": _JUMP_ID, "book_ticker": _JUMP_ID,
+    "book_delta": _JUMP_ID, "book_snapshot": _JUMP_ID, "kline": _JUMP_TIME,
+    "ticker": _JUMP_TIME, "mark_price": _JUMP_TIME, "liquidation": _JUMP_TIME,
+}
 
 cdef dict _MARKET_IDX = {m: i for i, m in enumerate(MARKETS)}
 cdef dict _INTERVAL_IDX = {v: i for i, v in enumerate(KLINE_INTERVALS)}
@@ -132,6 +144,7 @@ cdef class DispatchTable:
         self._nodes = {}
         self._meta = []
         self.accepted = self.unrouted = self.duplicates = self.passed = self.invalid = 0
+        self.implausible = 0
 
     # ------------------------------------------------------------ hot path
 
@@ -157,16 +170,18 @@ cdef class DispatchTable:
     cdef bint _keep(self, object item):
         cdef Event ev
         cdef int kind, m, s, b = 0
-        cdef int64_t seq, sub = 0
+        cdef int64_t seq, sub = 0, bound = _JUMP_ID
         cdef PyObject *p
         cdef int32_t idx
         cdef dt_entry *e
+        cdef int32_t bit
         if not isinstance(item, Event):
             self.invalid += 1
             return False
         ev = <Event>item
         kind = ev.kind_id
         if kind >= GAP:
+            # control and derived events: made by Meltica, nothing to look up
             self.passed += 1
             return True
         seq = ev.seq_
@@ -186,6 +201,7 @@ cdef class DispatchTable:
             b = _depth_bucket(<BookDepth>ev)
         elif kind == KLINE:
             s = _qualified(_INTERVAL_IDX, (<Kline>ev).interval, DT_S_KLINE)
+            bound = _JUMP_TIME
             seq = (<Kline>ev).open_time_
             # updates of one candle share the open time: then event time orders
             # them (or the last trade id, without E), and the closing one is last
@@ -197,12 +213,15 @@ cdef class DispatchTable:
                 sub = (<Kline>ev).last_trade_id_
         elif kind == TICKER:
             s = _qualified(_WINDOW_IDX, (<Ticker>ev).window, DT_S_TICKER)
+            bound = _JUMP_TIME
             sub = (<Ticker>ev).iv[3]        # last trade id (MT_NA on mini tickers)
         elif kind == MARK_PRICE:
             s = DT_S_MARK_PRICE
+            bound = _JUMP_TIME
         elif kind == LIQUIDATION:
             s = DT_S_LIQUIDATION
             sub = ev.ts_transaction_
+            bound = _JUMP_TIME
         else:
             s = -1
         m = _market_index(ev.market)
@@ -218,16 +237,79 @@ cdef class DispatchTable:
             self.unrouted += 1
             return False
         e = &self._entries[idx]
-        if e.seen & (1 << b):
+        bit = 1 << b
+        if e.pending & bit:
+            return self._settle(e, b, seq, sub, bound)
+        if e.seen & bit:
             if seq < e.last_seq[b] or (seq == e.last_seq[b] and sub <= e.last_sub):
                 e.duplicates += 1
                 self.duplicates += 1
                 return False
-        e.seen |= 1 << b
+            # seq >= last_seq[b]: the difference fits in uint64 whatever the signs
+            if <uint64_t>seq - <uint64_t>e.last_seq[b] > <uint64_t>bound:
+                if not self._jump(e, b, seq, sub):
+                    return False
+        else:
+            # a route's first key jumped from nothing: the next event settles it
+            e.seen |= bit
+            e.pending |= bit
+            e.anchored &= ~bit
         e.last_seq[b] = seq
         e.last_sub = sub
         e.delivered += 1
         self.accepted += 1
+        return True
+
+    cdef bint _settle(self, dt_entry *e, int b, int64_t seq, int64_t sub, int64_t bound):
+        """Keep or drop an event on a route whose last key is a pending jump (slow path)."""
+        cdef int32_t bit = 1 << b
+        cdef int64_t top = e.last_seq[b]
+        cdef bint anchored = (e.anchored & bit) != 0
+        if seq > top or (seq == top and sub > e.last_sub):
+            # past the jump: confirmed; this event may itself jump from there
+            if <uint64_t>seq - <uint64_t>top > <uint64_t>bound:
+                if not self._jump(e, b, seq, sub):
+                    return False
+            else:
+                e.pending &= ~bit
+        elif anchored and (seq < e.from_seq[b]
+                           or (seq == e.from_seq[b] and sub <= e.from_sub)):
+            e.duplicates += 1
+            self.duplicates += 1
+            return False
+        elif <uint64_t>top - <uint64_t>seq > <uint64_t>bound:
+            # far below the jump, above what came before it: the jump was
+            # implausible; rewind.  Still pending if this key too is far from
+            # the one before the jump (or there was none).
+            e.implausible += 1
+            self.implausible += 1
+            e.voided |= bit
+            e.void_seq[b] = top
+            e.void_sub = e.last_sub
+            if anchored and <uint64_t>seq - <uint64_t>e.from_seq[b] <= <uint64_t>bound:
+                e.pending &= ~bit
+        else:
+            e.duplicates += 1
+            self.duplicates += 1
+            return False
+        e.last_seq[b] = seq
+        e.last_sub = sub
+        e.delivered += 1
+        self.accepted += 1
+        return True
+
+    cdef bint _jump(self, dt_entry *e, int b, int64_t seq, int64_t sub):
+        """A forward jump past the bound: pending from the last key; False if it
+        repeats the last disproved key (a duplicate, counted)."""
+        cdef int32_t bit = 1 << b
+        if e.voided & bit and seq == e.void_seq[b] and sub == e.void_sub:
+            e.duplicates += 1
+            self.duplicates += 1
+            return False
+        e.pending |= bit
+        e.anchored |= bit
+        e.from_seq[b] = e.last_seq[b]
+        e.from_sub = e.last_sub
         return True
 
     # ------------------------------------------------------------ control plane
@@ -281,11 +363,14 @@ cdef class DispatchTable:
         entry.seen = 0
         entry.live = 1
         entry.last_sub = 0
+        entry.pending = entry.anchored = entry.voided = 0
+        entry.from_sub = entry.void_sub = 0
         for b in range(DT_N_BUCKETS):
-            entry.last_seq[b] = MT_NA
+            entry.last_seq[b] = entry.from_seq[b] = entry.void_seq[b] = MT_NA
         entry.instrument_id = instrument_id
         entry.delivered = 0
         entry.duplicates = 0
+        entry.implausible = 0
         if self._free.size():
             idx = self._free.back()
             self._free.pop_back()
@@ -342,6 +427,7 @@ cdef class DispatchTable:
                 [q for q in seqs if q is not None], default=None),
             "last_seqs": seqs if key[2] == "book_snapshot" else None,
             "delivered": e.delivered, "duplicates": e.duplicates,
+            "implausible": e.implausible,
         }
 
     def routes(self):
@@ -368,6 +454,19 @@ cdef class DispatchTable:
         return {
             "routes": len(self), "accepted": self.accepted, "unrouted": self.unrouted,
             "duplicates": self.duplicates, "passed": self.passed, "invalid": self.invalid,
+            "implausible": self.implausible,
+        }
+
+    def drops(self):
+        """Events the table dropped, by reason (the ``dispatch_dropped`` metric).
+
+        ``implausible`` counts forward jumps the next event disproved: the
+        route rewound, and the jump's key is dropped from its sequence (the
+        event itself had been delivered, see dispatch.pxd).
+        """
+        return {
+            "duplicate": self.duplicates, "unrouted": self.unrouted,
+            "invalid": self.invalid, "implausible": self.implausible,
         }
 
 

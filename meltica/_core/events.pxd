@@ -40,6 +40,10 @@ cpdef enum Kind:
     RESYNC_DONE = 12
     STALE = 13
     CONNECTION_STATE = 14
+    DERIVED = 15            # an analytics hook's output (meltica.conductor.analytics)
+
+# Kinds GAP..CONNECTION_STATE are Control events; GAP and above (control and
+# derived) are made by Meltica, so the dispatch table passes them unlooked-up.
 
 
 cpdef enum Source:
@@ -161,3 +165,10 @@ cdef class Control(Event):
     cdef readonly str connection     # or None
     cdef int64_t from_seq_, to_seq_
     cdef int stale_                  # -1 absent, 0, 1
+
+
+cdef class Derived(Event):
+    # kind DERIVED: values an analytics hook computed from one source event;
+    # seq_ = the source's sequence (book update id or trade id)
+    cdef readonly str name           # what the values are ("mid", "vwap", ...)
+    cdef dict values_                # str name -> plain decimal string (a private copy)

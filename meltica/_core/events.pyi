@@ -1,4 +1,5 @@
 # Type stubs for the compiled events module (see events.pxd for the layout).
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Final
 
@@ -153,5 +154,23 @@ class Control(Event):
     def to_seq(self) -> int | None: ...
     @property
     def stale(self) -> bool | None: ...
+
+class Derived(Event):
+    name: str
+    def __init__(
+        self,
+        venue: str,
+        market: str,
+        symbol: str,
+        name: str,
+        seq: int,
+        ts_event: int | None,
+        ts_recv: int,
+        values: Mapping[str, str | Decimal | int] | None = None,
+    ) -> None: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def values(self) -> Mapping[str, str]: ...
 
 def event_from_wire(d: dict[str, Any]) -> Event: ...

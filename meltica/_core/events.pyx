@@ -13,15 +13,16 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from decimal import Decimal
+from types import MappingProxyType
 
-from meltica.errors import NumberError, WireError
+from meltica.errors import AnalyticsError, NumberError, WireError
 
 WIRE_VERSION = 1
 
 KIND_NAMES = (
     None, "trade", "agg_trade", "book_ticker", "book_delta", "book_snapshot",
     "kline", "ticker", "mark_price", "liquidation", "gap", "resync_started",
-    "resync_done", "stale", "connection_state",
+    "resync_done", "stale", "connection_state", "derived",
 )
 KIND_IDS = {name: i for i, name in enumerate(KIND_NAMES) if name}
 SOURCE_NAMES = ("stream", "rest", "book", "bbo")
@@ -739,7 +740,7 @@ cdef class Control(Event):
     def __init__(self, str kind, *, str venue, str market, str symbol, int64_t seq,
                  int64_t ts_recv, str reason="", from_seq=None, to_seq=None,
                  stale=None, state=None, connection=None):
-        if kind not in KIND_IDS or KIND_IDS[kind] < GAP:
+        if kind not in KIND_IDS or not GAP <= KIND_IDS[kind] <= CONNECTION_STATE:
             raise ValueError(f"not a control kind: {kind!r}")
         self.kind_id = KIND_IDS[kind]
         self.venue, self.market, self.symbol = venue, market, symbol
@@ -790,12 +791,137 @@ cdef class Control(Event):
         return ev
 
 
+cdef bint _is_plain_decimal(str s):
+    """``-?digits(.digits)?``: the wire format's decimal text (any length)."""
+    cdef Py_ssize_t i = 0, start, n = len(s)
+    if n and s[0] == "-":
+        i = 1
+    start = i
+    while i < n and "0" <= s[i] <= "9":
+        i += 1
+    if i == start:
+        return False
+    if i == n:
+        return True
+    if s[i] != ".":
+        return False
+    i += 1
+    start = i
+    while i < n and "0" <= s[i] <= "9":
+        i += 1
+    return i == n and i > start
+
+
+cdef dict _derived_values(object values):
+    """A private copy of `values` as str -> plain decimal string.
+
+    Decimal and int values are written in plain notation; floats are refused
+    (they are not exact); anything else raises AnalyticsError.
+    """
+    cdef dict out = {}
+    if values is None:
+        return out
+    if not hasattr(values, "items"):
+        raise AnalyticsError(f"derived values must be a mapping, got {type(values).__name__}")
+    for k, v in values.items():
+        if not isinstance(k, str) or not k:
+            raise AnalyticsError(f"derived value names must be non-empty strings, got {k!r}")
+        if isinstance(v, Decimal):
+            if not v.is_finite():
+                raise AnalyticsError(f"derived value {k!r} is not finite: {v}")
+            v = format(v, "f")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        elif not isinstance(v, str):
+            raise AnalyticsError(
+                f"derived value {k!r} must be a decimal string, Decimal or int, "
+                f"got {type(v).__name__}")
+        if not _is_plain_decimal(v):
+            raise AnalyticsError(f"derived value {k!r} is not a plain decimal: {v!r}")
+        out[k] = v
+    return out
+
+
+cdef int64_t _derived_int(str field, object v, bint optional=False) except? -1:
+    if v is None and optional:
+        return MT_NA
+    if type(v) is not int or v > INT64_MAX or v <= INT64_MIN:
+        raise AnalyticsError(f"derived {field} must be an int64, got {v!r}")
+    return v
+
+
+@cython.final
+@cython.no_gc
+cdef class Derived(Event):
+    """Values an analytics hook derived from one source event (kind ``derived``).
+
+    ``name`` says what they are (the hook's name: ``"mid"``, ``"vwap"``...);
+    ``seq`` is the source event's sequence (book update id or trade id), so the
+    key ``venue:market:symbol:derived:<name>:<seq>`` is the same on every
+    replay and never collides with an exchange, fused or control event's key.
+    ``values`` maps value names to decimal strings (never floats); Decimal and
+    int values are written in plain notation.  Invalid fields raise
+    AnalyticsError.  See docs/conductor.md, "Analytics hooks".
+    """
+
+    def __init__(self, str venue, str market, str symbol, str name, seq, ts_event, ts_recv,
+                 values=None):
+        if venue not in VENUES:
+            raise AnalyticsError(f"derived venue must be one of {VENUES}, got {venue!r}")
+        if market not in MARKETS:
+            raise AnalyticsError(f"derived market must be one of {MARKETS}, got {market!r}")
+        if not symbol:
+            raise AnalyticsError("derived symbol must be a non-empty string")
+        if not name:
+            raise AnalyticsError("derived name must be a non-empty string")
+        self.kind_id = DERIVED
+        self.venue, self.market, self.symbol, self.name = venue, market, symbol, name
+        self.seq_ = _derived_int("seq", seq)
+        self.ts_event_ = _derived_int("ts_event", ts_event, True)
+        self.ts_recv = _derived_int("ts_recv", ts_recv)
+        self.values_ = _derived_values(values)
+
+    @property
+    def values(self):
+        """Value name -> decimal string (read-only)."""
+        return MappingProxyType(self.values_)
+
+    cdef str _key_tail(self):
+        return f"{self.name}:{self.seq_}"
+
+    cdef void _wire_fields(self, dict d):
+        d["name"] = self.name
+        d["values"] = dict(self.values_)
+
+    @staticmethod
+    def _from_wire(dict d, int kind_id):
+        cdef Derived ev = Derived.__new__(Derived)
+        ev._load_common(d, kind_id)
+        if ev.seq_ == MT_NA:
+            raise WireError("wire event lacks 'seq'")
+        ev.name = _wire_str(d, "name")
+        if not ev.name:
+            raise WireError("wire field 'name' must be a non-empty string")
+        values = d.get("values")
+        if not isinstance(values, dict):
+            raise WireError(f"wire field 'values' must be an object, got {values!r}")
+        for v in values.values():
+            if not isinstance(v, str):
+                raise WireError(f"wire field 'values' holds a non-string {v!r}")
+        try:
+            ev.values_ = _derived_values(values)
+        except AnalyticsError as exc:
+            raise WireError(f"wire field 'values': {exc}") from None
+        return ev
+
+
 _FROM_WIRE = {
     TRADE: Trade._from_wire, AGG_TRADE: Trade._from_wire,
     BOOK_TICKER: BookTicker._from_wire,
     BOOK_DELTA: BookDepth._from_wire, BOOK_SNAPSHOT: BookDepth._from_wire,
     KLINE: Kline._from_wire, TICKER: Ticker._from_wire,
     MARK_PRICE: MarkPrice._from_wire, LIQUIDATION: Liquidation._from_wire,
+    DERIVED: Derived._from_wire,
 }
 
 
@@ -806,6 +932,6 @@ def event_from_wire(dict d):
     kind_id = KIND_IDS.get(d.get("kind"))
     if kind_id is None:
         raise WireError(f"unknown event kind {d.get('kind')!r}")
-    if kind_id >= GAP:
+    if GAP <= kind_id <= CONNECTION_STATE:
         return Control._from_wire(d, kind_id)
     return _FROM_WIRE[kind_id](d, kind_id)

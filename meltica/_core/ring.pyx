@@ -16,7 +16,9 @@ from cpython.set cimport PySet_Contains
 from libc.stdint cimport INT64_MAX, int64_t, uint64_t
 from libc.stdlib cimport calloc, free
 
-from meltica._core.events cimport BOOK_SNAPSHOT, KLINE, TICKER, BookDepth, Event, Kline, Ticker
+from meltica._core.events cimport (
+    BOOK_SNAPSHOT, DERIVED, KLINE, TICKER, BookDepth, Derived, Event, Kline, Ticker,
+)
 
 POLICIES = ("block", "drop_oldest", "conflate")
 # Room for kind ids 0..63 in a Cursor's kind_mask.
@@ -24,8 +26,9 @@ ALL_KINDS = 0xFFFFFFFFFFFFFFFF
 
 
 cdef inline object conflate_key(Event ev):
-    # One key per stream of state: kline interval, ticker window and snapshot
-    # source are separate streams of the same (market, symbol, kind).
+    # One key per stream of state: kline interval, ticker window, snapshot
+    # source and derived name are separate streams of the same (market,
+    # symbol, kind).
     cdef object q = None
     if ev.kind_id == KLINE:
         q = (<Kline>ev).interval
@@ -33,6 +36,8 @@ cdef inline object conflate_key(Event ev):
         q = (<Ticker>ev).window
     elif ev.kind_id == BOOK_SNAPSHOT:
         q = (<BookDepth>ev).source_
+    elif ev.kind_id == DERIVED:
+        q = (<Derived>ev).name
     return (ev.market, ev.symbol, ev.kind_id, q)
 
 

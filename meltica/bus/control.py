@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from meltica.dispatcher.messages import ControlError, ControlReply, ControlRequest
+from meltica.control import ControlError, ControlReply, ControlRequest
 
 __all__ = ["ControlBus", "ControlHandler", "InProcessControlBus"]
 

@@ -1,8 +1,9 @@
-"""Pieces the gateway commands share: pointing a config at a local fake exchange,
-and running a fake exchange in its own process."""
+"""Pieces the gateway commands share: the log level from the config, pointing a
+config at a local fake exchange, and running a fake exchange in its own process."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from meltica import log
+from meltica.config import Config
 from meltica.errors import MelticaError
 
 
@@ -17,6 +20,13 @@ class FakeExchangeError(MelticaError, RuntimeError):
     """The local fake exchange did not start."""
 
     reason = "fake_exchange"
+
+
+def apply_log_level(args: argparse.Namespace, config: Config) -> None:
+    """Log at the config's ``log.level`` unless ``--log-level`` was given
+    (the CLI configured logging from the flag or the environment already)."""
+    if getattr(args, "log_level", None) is None:
+        log.configure(config.log.level)
 
 
 def _yaml_list(items: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from meltica.commands.common import FakeProcess, local_overrides
+from meltica.commands.common import FakeProcess, apply_log_level, local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import MelticaError
@@ -70,6 +70,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             *args.set,
         ]
         config = load_config(args.config, overrides=overrides)
+        apply_log_level(args, config)
         engine = Engine(config)
         monitor = BusMonitor()
         consumer = engine.bus.subscribe("demo-view", policy="drop_oldest")

@@ -6,8 +6,10 @@ REST.  The gateway subscribes to the capture's streams before the first frame
 goes out (the fake's "manual" start), so every recorded frame reaches it; at
 ``--speed max`` the fake sends as fast as the gateway reads.  Every Data Bus
 event is written in the wire format (a ``block`` consumer: nothing is lost),
-and a report goes to stderr: frames, events by kind, gaps, resyncs, drops,
-throughput, receive->consumer latency, and the book check — at every exchange
+and a report goes to stderr: frames, events by kind (``derived`` ones from
+analytics hooks included), analytics hook errors, gaps, resyncs, drops (the
+bus consumer's, and the dispatch table's by reason), throughput,
+receive->consumer latency, and the book check — at every exchange
 ``bookTicker`` whose update id equals a published book's update id, the
 book's best bid/ask must equal the exchange's.
 
@@ -31,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
-from meltica.commands.common import local_overrides
+from meltica.commands.common import apply_log_level, local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import CaptureError, ConfigError, MelticaError
@@ -120,6 +122,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         overrides += ["telemetry.metrics_enabled=false", *args.set]
         try:
             config = load_config(args.config, overrides=overrides)
+            apply_log_level(args, config)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -245,8 +248,8 @@ def _report(
     received: int,
     elapsed: float,
 ) -> dict[str, Any]:
-    instruments = engine.conductor.status()["instruments"]
-    table = engine.table.stats()
+    cstat = engine.conductor.status()
+    instruments = cstat["instruments"]
     return {
         "capture": [str(p) for p in source.paths],
         "market": source.market,
@@ -261,8 +264,12 @@ def _report(
         "gaps": sum(i.get("gaps", 0) for i in instruments.values()),
         "resyncs": sum(i.get("resyncs", 0) for i in instruments.values()),
         "drops": consumer.dropped,
-        "unrouted": int(table.get("unrouted", 0)),
-        "duplicates_dropped": int(table.get("duplicates", 0)),
+        # the dispatch table's drops by reason (meltica_dispatch_dropped_total)
+        "dispatch_dropped": engine.table.drops(),
+        "analytics": {
+            "derived": int(cstat["counters"].get("derived", 0)),
+            "hook_errors": cstat["hook_errors"],
+        },
         "books": {k: v.get("state") for k, v in instruments.items()},
         "throughput_frames_per_s": round(received / max(elapsed, 1e-9), 1),
         "elapsed_s": round(elapsed, 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meltica.commands.common import apply_log_level
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import ConfigError, MelticaError
@@ -13,6 +14,7 @@ from meltica.errors import ConfigError, MelticaError
 async def run_gateway(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=args.set)
+        apply_log_level(args, config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,11 +2,14 @@
 
 A hook sees the events it asks for (``kinds``: ``"book"`` = fused top-N
 ``book_snapshot``, ``"bbo"`` = fused best bid/offer, ``"trade"``,
-``"agg_trade"``) and may return ``Derived`` events, which the Conductor adds
-to the batch it publishes.  Hooks are registered as objects or by import path
+``"agg_trade"``) and may return ``Derived`` events (canonical bus events of
+kind ``derived``, best made with ``derive``), which the Conductor adds to the
+batch it publishes.  Hooks are registered as objects or by import path
 ``"package.module:Name"`` (a class is instantiated with no arguments; a plain
-function becomes a hook on ``book`` and ``bbo``).  A hook that raises is
-counted and skipped; the pipeline keeps running.  See docs/conductor.md.
+function becomes a hook on ``book`` and ``bbo``).  A hook that raises or
+returns anything but an iterable of ``Derived`` is counted per hook and
+reason, its output of that call is dropped, and every other event is
+published as usual.  See docs/conductor.md.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from __future__ import annotations
 import importlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from meltica._core.events import WIRE_VERSION, BookDepth, Event, Fixed, Trade
+from meltica._core.events import BookDepth, Derived, Event, Fixed, Trade
+from meltica.errors import AnalyticsError
 
 __all__ = [
     "BUILTINS",
@@ -30,6 +33,7 @@ __all__ = [
     "Mid",
     "Spread",
     "TradeVwap",
+    "derive",
     "load_hook",
 ]
 
@@ -38,50 +42,13 @@ HOOK_KINDS = frozenset({"book", "bbo", "trade", "agg_trade"})
 PRECISION = 28
 
 
-@dataclass(frozen=True, slots=True)
-class Derived:
-    """An analytics value derived from one source event.
-
-    ``name`` says what it is (``"mid"``, ``"vwap"``...); ``seq`` is the source
-    event's sequence (book update id or trade id), so the key
-    ``venue:market:symbol:derived:<name>:<seq>`` is stable across replays and
-    can never collide with an exchange or fused event's key (no exchange kind
-    is called ``derived``).  ``values`` are decimal strings, never floats.
-    """
-
-    venue: str
-    market: str
-    symbol: str
-    name: str
-    seq: int
-    ts_event: int | None
-    ts_recv: int
-    values: Mapping[str, str] = field(default_factory=dict)
-    kind: ClassVar[str] = "derived"
-
-    @property
-    def key(self) -> str:
-        return f"{self.venue}:{self.market}:{self.symbol}:derived:{self.name}:{self.seq}"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "v": WIRE_VERSION,
-            "venue": self.venue,
-            "market": self.market,
-            "symbol": self.symbol,
-            "kind": self.kind,
-            "key": self.key,
-            "name": self.name,
-            "seq": self.seq,
-            "ts_event": self.ts_event,
-            "ts_recv": self.ts_recv,
-            "values": dict(self.values),
-        }
-
-
 @runtime_checkable
 class Hook(Protocol):
-    """What the Conductor calls: ``on_event`` for each event of ``kinds``."""
+    """What the Conductor calls: ``on_event`` for each event of ``kinds``.
+
+    ``on_event`` returns None or an iterable of ``Derived``; anything else, or
+    an exception, drops that call's output and is counted against ``name``.
+    """
 
     name: str
     kinds: frozenset[str]
@@ -128,8 +95,24 @@ def load_hook(spec: str | object) -> Hook:
     return hook
 
 
-def _derived(ev: Event, name: str, seq: int, values: dict[str, str]) -> Derived:
-    return Derived(ev.venue, ev.market, ev.symbol, name, seq, ev.ts_event, ev.ts_recv, values)
+def derive(
+    source: Event,
+    name: str,
+    values: Mapping[str, str | Decimal | int],
+    seq: int | None = None,
+) -> Derived:
+    """A ``Derived`` event computed from `source`: same venue, market,
+    symbol, exchange and receive times and trace context; `seq` defaults to
+    the source's sequence (book update id, trade id).  AnalyticsError if a
+    field is invalid."""
+    if seq is None:
+        seq = source.seq
+        if seq is None:
+            raise AnalyticsError(f"derive(): {source!r} has no sequence; pass seq")
+    src = source
+    d = Derived(src.venue, src.market, src.symbol, name, seq, src.ts_event, src.ts_recv, values)
+    d.trace = source.trace  # a sampled source's trace continues in what it produced
+    return d
 
 
 def _top(ev: BookDepth) -> tuple[Fixed, Fixed, Fixed, Fixed] | None:
@@ -156,7 +139,7 @@ class Mid:
         if top is None:
             return None
         mid = (top[0].decimal + top[2].decimal) / 2
-        return [_derived(event, self.name, event.update_id, {"mid": _dec(mid)})]
+        return [derive(event, self.name, seq=event.update_id, values={"mid": _dec(mid)})]
 
 
 class Spread:
@@ -171,7 +154,7 @@ class Spread:
         if top is None:
             return None
         spread = top[2].decimal - top[0].decimal
-        return [_derived(event, self.name, event.update_id, {"spread": _dec(spread)})]
+        return [derive(event, self.name, seq=event.update_id, values={"spread": _dec(spread)})]
 
 
 class Microprice:
@@ -189,7 +172,7 @@ class Microprice:
         with localcontext() as ctx:
             ctx.prec = PRECISION
             micro = (bp * aq + ap * bq) / (bq + aq)
-        return [_derived(event, self.name, event.update_id, {"microprice": _dec(micro)})]
+        return [derive(event, self.name, seq=event.update_id, values={"microprice": _dec(micro)})]
 
 
 class Imbalance:
@@ -213,7 +196,7 @@ class Imbalance:
             ctx.prec = PRECISION
             ratio = (b - a) / (b + a)
         values = {"imbalance": _dec(ratio), "bid_qty": _dec(b), "ask_qty": _dec(a)}
-        return [_derived(event, self.name, event.update_id, values)]
+        return [derive(event, self.name, seq=event.update_id, values=values)]
 
 
 class TradeVwap:
@@ -251,7 +234,7 @@ class TradeVwap:
             ctx.prec = PRECISION
             vwap = sums[0] / sums[1]
         values = {"vwap": _dec(vwap), "volume": _dec(sums[1]), "trades": str(len(win))}
-        return [_derived(event, self.name, event.trade_id, values)]
+        return [derive(event, self.name, values, seq=event.trade_id)]
 
 
 # import paths of the built-ins, for config files

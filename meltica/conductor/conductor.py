@@ -14,6 +14,7 @@ unchanged and in order; fused and control events are appended; the batch goes
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -21,10 +22,11 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from meltica._core.book import BookSet, OrderBook
-from meltica._core.events import BookDepth, Control, Event, Trade
+from meltica._core.events import BookDepth, Control, Derived, Event, Trade
 from meltica._core.snapshot import MISMATCH
 from meltica.conductor._flow import Flow
 from meltica.conductor.analytics import Hook, load_hook
+from meltica.errors import AnalyticsError
 from meltica.localseq import LocalSeq
 from meltica.log import root as _root_log
 from meltica.snapshot.store import MemorySnapshotStore
@@ -37,6 +39,9 @@ log = _root_log.getChild("conductor")
 APPLIED, SYNCED, STALE, GAP, UNBRIDGED, CROSSED = 0, 1, 2, 3, 4, 5
 OVERFLOW, PRECISION, BAD_LEVEL, NOT_MANAGED = 6, 7, 8, 9
 _ERROR_REASON = {OVERFLOW: "overflow", PRECISION: "precision", BAD_LEVEL: "bad_level"}
+# why a hook's output of one call was dropped: it raised, or it returned
+# something other than None or an iterable of Derived
+HOOK_ERROR_REASONS = ("raised", "bad_output")
 
 
 class State(StrEnum):
@@ -174,7 +179,10 @@ class Conductor:
             ),
             0,
         )
-        self.hook_errors: dict[str, int] = {h.name: 0 for h in self.hooks}
+        # per hook name, per reason (HOOK_ERROR_REASONS)
+        self.hook_errors: dict[str, dict[str, int]] = {
+            h.name: dict.fromkeys(HOOK_ERROR_REASONS, 0) for h in self.hooks
+        }
         self._flow = Flow(
             self,
             self.books,
@@ -331,6 +339,7 @@ class Conductor:
         if inst.state is State.LIVE:
             inst.state = State.RESYNCING
             inst.resyncs += 1
+            log.warning("%s %s: book resyncing (%s at u=%s)", inst.market, inst.symbol, reason, seq)
             self._control(out, "resync_started", inst, seq, ts, reason)
             self._control(out, "stale", inst, seq, ts, reason, stale=True)
         inst.book.clear()
@@ -349,6 +358,14 @@ class Conductor:
         book.live = True
         ts = self._clock()
         reason = "resynced" if was is State.RESYNCING else "synced"
+        log.log(
+            logging.INFO if was is State.RESYNCING else logging.DEBUG,
+            "%s %s: book %s at u=%s",
+            inst.market,
+            inst.symbol,
+            reason,
+            book.update_id,
+        )
         self._control(out, "resync_done", inst, book.update_id, ts, reason)
         if was is State.RESYNCING:
             self._control(out, "stale", inst, book.update_id, ts, reason, stale=False)
@@ -552,17 +569,47 @@ class Conductor:
         out.extend(derived)
 
     def _call(self, hook: Hook, ev: Event, derived: list[Any]) -> None:
+        """Run one hook on one event; only a whole, valid output joins `derived`.
+
+        A hook is user code: whatever it does (raise, return junk, yield junk
+        halfway) costs only its own output of this call, never an exchange,
+        fused or control event of the batch (the bus accepts only events).
+        """
         try:
             res = hook.on_event(ev)
-            if res is not None:
-                before = len(derived)
-                derived.extend(res)
-                self.counters["derived"] += len(derived) - before
-        except Exception:
-            n = self.hook_errors[hook.name] = self.hook_errors.get(hook.name, 0) + 1
-            self.counters["hook_errors"] += 1
-            if n == 1 or n % 1000 == 0:
-                log.exception("analytics hook %s failed (%d so far)", hook.name, n)
+            if res is None:
+                return
+            try:
+                it = iter(res)
+            except TypeError:
+                self._hook_error(hook, "bad_output", _junk(res))
+                return
+            items = list(it)
+        except Exception as exc:
+            self._hook_error(hook, "raised", exc)
+            return
+        for item in items:
+            if type(item) is not Derived:
+                self._hook_error(hook, "bad_output", _junk(item, "an item"))
+                return
+        derived.extend(items)
+        self.counters["derived"] += len(items)
+
+    def _hook_error(self, hook: Hook, reason: str, exc: Exception) -> None:
+        """Count a hook's failure; log the first one of each (hook, reason)."""
+        per_hook = self.hook_errors.setdefault(hook.name, dict.fromkeys(HOOK_ERROR_REASONS, 0))
+        n = per_hook[reason] = per_hook.get(reason, 0) + 1
+        self.counters["hook_errors"] += 1
+        if n == 1:
+            log.error(
+                "analytics hook %s: %s (%s); its output is dropped, events flow on; "
+                "further %s errors of this hook are only counted",
+                hook.name,
+                reason,
+                exc,
+                reason,
+                exc_info=exc if reason == "raised" else None,
+            )
 
     def _store_failed(self, failed: list[tuple[OrderBook, int]]) -> None:
         """The books whose C store write (``Flow``) was refused."""
@@ -607,3 +654,9 @@ class Conductor:
         self.counters["store_errors"] += 1
         if self.counters["store_errors"] == 1:
             log.error("snapshot store write failed: %s", exc, exc_info=exc)
+
+
+def _junk(obj: object, what: str = "the result") -> AnalyticsError:
+    return AnalyticsError(
+        f"{what} is {type(obj).__name__}, not None or an iterable of Derived: {obj!r:.200}"
+    )

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from meltica._core.dispatch import DispatchTable
 from meltica.adapters.binance import streams as bstreams
+from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher._gate import Gate
-from meltica.dispatcher.messages import ControlReply, ControlRequest
 from meltica.errors import MelticaError
 
 __all__ = [

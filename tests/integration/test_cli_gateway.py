@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -79,6 +81,8 @@ def test_replay_writes_every_bus_event_and_checks_books(
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
     assert report["gaps"] == 0 and report["drops"] == 0
+    dispatch = report["dispatch_dropped"]
+    assert dispatch["unrouted"] == dispatch["invalid"] == dispatch["implausible"] == 0
     assert report["frames"]["sent"] == report["frames"]["in_capture"]
     assert report["book_check"]["mismatches"] == 0
     assert all(state == "live" for state in report["books"].values())
@@ -113,3 +117,85 @@ def test_replay_of_a_missing_capture_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(["replay", str(tmp_path / "nope.gz")], tmp_path)
     assert proc.returncode == 2
     assert "nope.gz" in proc.stderr
+
+
+# Hooks a user could write wrongly: one raises, one returns junk (a dict, not Derived).
+BAD_HOOKS = """
+class Boom:
+    name = "boom"
+    kinds = frozenset({"bbo"})
+
+    def on_event(self, event):
+        raise RuntimeError("hook bug")
+
+
+class Junk:
+    name = "junk"
+    kinds = frozenset({"book"})
+
+    def on_event(self, event):
+        return {"mid": 1.5}
+"""
+HOOKS = '["meltica.conductor.analytics:Mid","badhooks:Boom","badhooks:Junk"]'
+
+
+def _replay(paths: list[str], out: Path, cwd: Path, *extra: str) -> dict[str, Any]:
+    proc = run_cli(
+        ["replay", *paths, "--speed", "max", "-o", str(out), "--no-progress", *extra], cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report: dict[str, Any] = json.loads(
+        proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1]
+    )
+    return report
+
+
+@pytest.mark.parametrize("files", list(SESSIONS.values()), ids=list(SESSIONS))
+def test_replay_with_analytics_hooks_publishes_the_same_events_plus_derived(
+    captures_dir: Path, tmp_path: Path, files: list[str]
+) -> None:
+    """Hooks add `derived` events and nothing else changes: every exchange event, fused
+    book and control event of the run without hooks is there, even with a hook that
+    raises and one that returns junk beside the good one."""
+    (tmp_path / "badhooks.py").write_text(BAD_HOOKS)
+    paths = [str(captures_dir / f) for f in files]
+    plain = _replay(paths, tmp_path / "plain.jsonl", tmp_path)
+    hooked = _replay(
+        paths, tmp_path / "hooked.jsonl", tmp_path, "--set", f"conductor.analytics={HOOKS}"
+    )
+
+    def events(name: str) -> tuple[Counter[str], dict[str, int], list[dict[str, Any]]]:
+        keys: Counter[str] = Counter()
+        control: Counter[str] = Counter()
+        derived = []
+        for line in (tmp_path / name).read_bytes().splitlines():
+            d = json.loads(line)
+            if d["kind"] == "derived":
+                derived.append(d)
+            elif "reason" in d:  # control: keys hold a local (clock-seeded) sequence
+                control[f"{d['kind']}:{d['reason']}:{d['to_seq']}"] += 1
+            else:
+                keys[d["key"]] += 1
+        return keys, dict(control), derived
+
+    keys0, control0, derived0 = events("plain.jsonl")
+    keys1, control1, derived1 = events("hooked.jsonl")
+    assert derived0 == []
+    assert keys1 == keys0
+    assert control1 == control0
+    by_kind = {k: v for k, v in hooked["by_kind"].items() if k != "derived"}
+    assert by_kind == plain["by_kind"]
+    assert {"book_delta", "book_snapshot", "resync_done"} <= plain["by_kind"].keys()
+    # one mid per fused BBO, each valid against the schema and keyed by its update id
+    bbo = [k for k in keys0 if ":book_snapshot:bbo:" in k]
+    assert len(derived1) == hooked["by_kind"]["derived"] == hooked["analytics"]["derived"]
+    assert len(derived1) == len(bbo) > 0
+    for d in derived1[:: max(1, len(derived1) // 200)]:
+        VALIDATOR.validate(d)
+        assert d["name"] == "mid" and set(d["values"]) == {"mid"}
+        assert d["key"].replace(":derived:mid:", ":book_snapshot:bbo:") in keys0
+    errors = hooked["analytics"]["hook_errors"]
+    assert errors["mid"] == {"raised": 0, "bad_output": 0}
+    assert errors["boom"] == {"raised": len(bbo), "bad_output": 0}
+    fused = sum(1 for k in keys0 if ":book_snapshot:book:" in k)
+    assert errors["junk"] == {"raised": 0, "bad_output": fused}

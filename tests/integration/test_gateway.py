@@ -22,7 +22,7 @@ from aio import run
 
 from meltica.commands.common import local_overrides
 from meltica.config import load_config
-from meltica.dispatcher.messages import ControlRequest
+from meltica.control import ControlRequest
 from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.faults import FaultPlan

@@ -141,6 +141,7 @@ def test_impossible_values_never_reach_consumers_and_are_counted() -> None:
             assert manager.stats()["parse_errors"] == len(source.bad)
             assert manager.stats()["connections"] == 1
             assert manager.parse_rejects()["value_range"] == len(source.bad)
+            assert sum(manager.parse_rejects().values()) == len(source.bad)
 
             assert engine.metrics is not None
             async with (

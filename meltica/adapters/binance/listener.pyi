@@ -23,6 +23,8 @@ class FrameListener(WSListener):
     pings: int
     pongs: int
     batches: int
+    fragmented: int
+    fragmented_refused: int
     last_recv_ns: int
     def __init__(
         self,

@@ -13,6 +13,13 @@ turn of the event loop.  Rare frames go to the owning
 connection object (Python): ``Reply`` objects (acks, error frames,
 ``serverShutdown``), parse errors, pings, pongs, CLOSE and the disconnect.
 
+A message the server fragments (a TEXT/BINARY frame with ``fin=0``, then
+CONTINUATION frames up to one with ``fin=1``) is reassembled into one buffer
+and parsed once, whole; a fragment is never parsed on its own.  A message
+that grows past the parser's ``max_frame_bytes`` is refused whole (counted in
+``fragmented_refused``, reported as ``FrameTooLarge``), and its remaining
+fragments are skipped, so the buffer never holds more than that.
+
 The owner must provide ``on_reply(reply)``, ``on_parse_error(exc)``,
 ``on_ping(payload)``, ``on_close_frame(code, reason)`` and
 ``on_disconnected()``; see ``meltica/adapters/binance/ws_conn.py``.
@@ -29,11 +36,20 @@ from meltica.wallclock cimport wall_ns
 from collections import deque
 
 from meltica._core.parser import Reply
-from meltica.errors import ParseError
+from meltica.errors import FrameTooLarge, MalformedFrame, ParseError
 
 # Python globals rebound once: the type checks below are pointer compares.
 cdef object _Reply = Reply
 cdef object _ParseError = ParseError
+
+
+def _retrieve(fut):
+    # picows sets its own protocol errors (e.g. a frame over max_frame_size) on the
+    # transport's disconnect future; nobody awaits it, so asyncio would log "Future
+    # exception was never retrieved".  The owner learns the cause from the close
+    # handshake instead (see ws_conn.py).
+    if not fut.cancelled():
+        fut.exception()
 
 
 @cython.final
@@ -72,6 +88,10 @@ cdef class FrameListener(WSListener):
     # connection again between chunks.
     cdef bint _paused
     cdef object _held                      # deque of full chunks (lists)
+    # fragmented message being reassembled (None: none); _frag_skip: the rest of
+    # a refused message's fragments are skipped until its fin frame
+    cdef bytearray _frag
+    cdef bint _frag_skip
     # counters (plain C, read by the Python layer at scrape time)
     cdef readonly uint64_t frames          # every frame received (any opcode)
     cdef readonly uint64_t bytes           # payload bytes of those frames
@@ -82,6 +102,8 @@ cdef class FrameListener(WSListener):
     cdef readonly uint64_t pings           # PING frames received
     cdef readonly uint64_t pongs           # PONG frames received
     cdef readonly uint64_t batches         # flushes that called the sink
+    cdef readonly uint64_t fragmented      # fragmented messages reassembled and parsed
+    cdef readonly uint64_t fragmented_refused  # ... refused whole (too large, or broken)
     cdef readonly int64_t last_recv_ns     # CLOCK_REALTIME of the last frame, ns
     # the next frame opens a socket read (the last one ended at a frame
     # marked last_in_buffer): read the clock then
@@ -101,9 +123,12 @@ cdef class FrameListener(WSListener):
         self._paused = False
         self._read_start = True
         self.max_batch = 4096
+        self._frag = None
+        self._frag_skip = False
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
+        transport.disconnected_future.add_done_callback(_retrieve)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef int64_t ts
@@ -114,8 +139,12 @@ cdef class FrameListener(WSListener):
         ts = self.last_recv_ns
         self.frames += 1
         self.bytes += <uint64_t>frame.payload_size
-        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
-            self._on_data(frame, ts)
+        if (msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY) and frame.fin \
+                and self._frag is None and not self._frag_skip:
+            self._on_data(<const char *>frame.payload_ptr, <size_t>frame.payload_size, ts)
+        elif msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY \
+                or msg_type == WSMsgType.CONTINUATION:
+            self._on_fragment(frame, msg_type, ts)
         elif msg_type == WSMsgType.PING:
             self.pings += 1
             self.owner.on_ping(frame.get_payload_as_bytes())
@@ -123,14 +152,48 @@ cdef class FrameListener(WSListener):
             self.pongs += 1
         elif msg_type == WSMsgType.CLOSE:
             self.owner.on_close_frame(int(frame.get_close_code()), frame.get_close_reason())
-        # CONTINUATION: Binance does not fragment; counted above and ignored.
         if frame.last_in_buffer:
             # the end of this socket read: hand on what it brought
             self._read_start = True
             if not self._paused and (self._batch or self._held):
                 self._flush_inline()
 
-    cdef inline void _on_data(self, WSFrame frame, int64_t ts) noexcept:
+    cdef void _on_fragment(self, WSFrame frame, WSMsgType msg_type, int64_t ts) noexcept:
+        """A piece of a fragmented message (or a whole one while another is open)."""
+        cdef size_t limit = self.parser.max_frame_bytes
+        cdef bytearray buf
+        if msg_type != WSMsgType.CONTINUATION:
+            if self._frag is not None:
+                # a new message before the open one's fin frame (RFC 6455 forbids it)
+                self._refuse(MalformedFrame("fragmented message left unfinished"))
+            self._frag_skip = False
+            self._frag = bytearray()
+        elif self._frag_skip:
+            self._frag_skip = not frame.fin
+            return
+        elif self._frag is None:
+            self._refuse(MalformedFrame("continuation frame without a message to continue"))
+            self._frag_skip = False
+            return
+        buf = self._frag
+        if <size_t>len(buf) + <size_t>frame.payload_size > limit:
+            self._frag = None
+            self._frag_skip = not frame.fin
+            self._refuse(FrameTooLarge(
+                f"fragmented message over max_frame_bytes={limit}, refused whole"))
+            return
+        buf += frame.get_payload_as_memoryview()
+        if frame.fin:
+            self._frag = None
+            self.fragmented += 1
+            self._on_data(<const char *>buf, <size_t>len(buf), ts)
+
+    cdef void _refuse(self, object exc) noexcept:
+        self.fragmented_refused += 1
+        self._frag = None
+        self._on_error(exc)
+
+    cdef inline void _on_data(self, const char *ptr, size_t size, int64_t ts) noexcept:
         cdef list batch = self._batch
         cdef Py_ssize_t n0 = len(batch)
         cdef Py_ssize_t n
@@ -138,7 +201,7 @@ cdef class FrameListener(WSListener):
         cdef list appended
         self.data_frames += 1
         try:
-            parse_frame(self.parser, frame.payload_ptr, <size_t>frame.payload_size, ts, batch)
+            parse_frame(self.parser, ptr, size, ts, batch)
         except BaseException as exc:  # noqa: B036 -- a noexcept callback must not leak
             self._on_error(exc)
             return

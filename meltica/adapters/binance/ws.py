@@ -4,7 +4,8 @@ It packs streams into connections ("slots", at most ``max_streams_per_connection
 each; USD-M streams go to the ``/public`` or ``/market`` path by kind), sends
 ``SUBSCRIBE``/``UNSUBSCRIBE`` batched per event-loop tick under a per-connection
 message limit (pongs and pings count), tracks acks by id and retries them,
-answers server pings, watches silence per connection and per stream, reconnects
+answers server pings, pings an idle connection and replaces it when no frame
+answers within a deadline, reports per-stream silence, reconnects
 with capped jittered backoff under Binance's connect limit, and rotates each
 connection make-before-break (ws_overlap.py) before ``rotate_after_s`` or on
 ``serverShutdown``.  Events go to ``sink(batch)``; ``connection_state`` control
@@ -26,7 +27,7 @@ from meltica._core.parser import PARSE_REASONS, FrameParser, Reply, classify_str
 from meltica.adapters.binance.ws_conn import Connection
 from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
-from meltica.errors import MelticaError
+from meltica.errors import MelticaError, ParseError
 from meltica.localseq import LocalSeq
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
@@ -37,6 +38,10 @@ Sink = Callable[[list[Any]], object]
 
 _PARTIAL_DEPTH_ROUTE = 100  # parser's route kind for <s>@depth<N> (events are book_snapshot)
 _N_KINDS = max(KIND_IDS.values()) + 1
+# Disconnect reasons exported even while zero (others appear when they happen).
+_DISCONNECT_REASONS = ("ping_timeout", "ack_timeout", "error", "frame_too_large", "rotation")
+# Closes we choose for a healthy connection: not worth a warning.
+_PLANNED = frozenset({"rotation", "stopping", "unsubscribed"})
 
 
 class SubscribeError(MelticaError, ValueError):
@@ -111,6 +116,8 @@ class ConnectionManager:
         max_streams_per_connection: int = 1024,
         control_msgs_per_second: int = 5,
         silence_timeout_s: float = 60.0,
+        ping_interval_s: float = 4.0,
+        pong_timeout_s: float = 4.0,
         reconnect_initial_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         rotate_after_s: float = 82800.0,
@@ -133,6 +140,8 @@ class ConnectionManager:
             raise ValueError(f"time_unit must be 'ms' or 'us', not {time_unit!r}")
         if max_streams_per_connection < 1 or control_msgs_per_second < 1:
             raise ValueError("max_streams_per_connection and control_msgs_per_second >= 1")
+        if ping_interval_s <= 0 or pong_timeout_s <= 0:
+            raise ValueError("ping_interval_s and pong_timeout_s must be > 0")
         self.venue = venue
         self.market = market
         self.time_unit = time_unit
@@ -141,6 +150,8 @@ class ConnectionManager:
         self.max_streams = max_streams_per_connection
         self.msgs_per_second = control_msgs_per_second
         self.silence_timeout_s = silence_timeout_s
+        self.ping_interval_s = ping_interval_s
+        self.pong_timeout_s = pong_timeout_s
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.rotate_after_s = rotate_after_s
@@ -170,7 +181,17 @@ class ConnectionManager:
         self._req_id = 0
         self._ctl_seq = LocalSeq()
         self._last_parse_log = -1e9
-        self._tick_s = max(0.02, min(1.0, silence_timeout_s / 4, ack_timeout_s / 2))
+        # idle time and the pong deadline are judged on ticks (dead_link_bound_s)
+        self._tick_s = max(
+            0.02,
+            min(
+                1.0,
+                silence_timeout_s / 4,
+                ack_timeout_s / 2,
+                ping_interval_s / 8,
+                pong_timeout_s / 8,
+            ),
+        )
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "connects",
@@ -180,15 +201,18 @@ class ConnectionManager:
                 "rotations",
                 "rotations_failed",
                 "server_shutdowns",
-                "silence_timeouts",
+                "ping_timeouts",
                 "subscribe_errors",
                 "duplicates_dropped",
             ),
             0,
         )
+        self._disconnects: dict[str, int] = dict.fromkeys(_DISCONNECT_REASONS, 0)
         # listener/connection counters of connections already closed
         self._closed_totals: dict[str, int] = dict.fromkeys(_CONN_COUNTERS, 0)
-        self._closed_rejects: dict[str, int] = dict.fromkeys(PARSE_REASONS, 0)
+        # frames rejected, by error reason (the parser's, and the listener's own
+        # refusals of fragmented messages)
+        self._parse_rejects: dict[str, int] = dict.fromkeys(PARSE_REASONS, 0)
 
     # ------------------------------------------------------------ public surface
 
@@ -211,7 +235,7 @@ class ConnectionManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         conns = [c for c in self._conn_of if c.state != "closed"]
         for conn in conns:
-            conn.close("stopping")
+            conn.close("stopping", "stopping")
         await asyncio.gather(*(c.wait_closed(2.0) for c in conns))
         for waiters in (*self._sub_waiters.values(), *self._unsub_waiters.values()):
             for fut in waiters:
@@ -322,14 +346,22 @@ class ConnectionManager:
         out["connects_last_window"] = self._connects.used(self._clock())
         return out
 
+    @property
+    def dead_link_bound_s(self) -> float:
+        """Longest a connection that stops delivering frames stays in use: its last
+        frame is noticed within a watchdog tick, a ping is asked for on the first tick
+        ``ping_interval_s`` later, and the connection is dropped and replaced on the
+        first tick ``pong_timeout_s`` after that if no frame came meanwhile."""
+        return self.ping_interval_s + self.pong_timeout_s + 3 * self._tick_s
+
+    def disconnects_by_reason(self) -> dict[str, int]:
+        """Disconnects of open connections so far, per reason label (see ws_conn.py)."""
+        return dict(self._disconnects)
+
     def parse_rejects(self) -> dict[str, int]:
-        """Frames the parsers of all connections (closed ones too) rejected, by error
-        reason; every reason of ``PARSE_REASONS`` is present.  Sums to ``parse_errors``."""
-        out = dict(self._closed_rejects)
-        for conn in list(self._conn_of):
-            for reason, n in conn.listener.parser.rejects.items():
-                out[reason] = out.get(reason, 0) + n
-        return out
+        """Frames rejected on every connection (closed ones too), by error reason;
+        every reason of ``PARSE_REASONS`` is present.  Sums to ``parse_errors``."""
+        return dict(self._parse_rejects)
 
     def silent_streams(self) -> frozenset[str]:
         """Streams quiet for silence_timeout_s while their connection had data."""
@@ -361,7 +393,7 @@ class ConnectionManager:
             slot.reconnect = None
         for conn in (slot.incoming, slot.active):
             if conn is not None:
-                conn.close("no streams left")
+                conn.close("no streams left", "unsubscribed")
         slot.incoming = slot.active = None
         slot.overlap = None
 
@@ -440,19 +472,19 @@ class ConnectionManager:
         try:
             await conn.connect(self.ack_timeout_s)
         except asyncio.CancelledError:
-            conn.abort("cancelled")
+            conn.abort("cancelled", "stopping")
             raise
         except Exception as exc:  # OSError, TimeoutError, picows handshake errors
             self._counters["connect_failures"] += 1
             log.info("%s: connect to %s failed: %s", conn.name, conn.url, exc)
-            conn.abort(f"connect failed: {type(exc).__name__}")
+            conn.abort(f"connect failed: {type(exc).__name__}", "connect_failed")
 
     # ------------------------------------------------------------ Connection callbacks
 
     def _on_open(self, conn: Connection) -> None:
         slot = self._conn_of.get(conn)
         if slot is None:
-            conn.close("orphan")
+            conn.close("orphan", "orphan")
             return
         conn.last_activity = self._clock()
         if self._paused:
@@ -502,6 +534,8 @@ class ConnectionManager:
             self._rotate(slot, "server_shutdown")
 
     def _on_parse_error(self, conn: Connection, exc: BaseException) -> None:
+        if isinstance(exc, ParseError):  # what the listener counts in parse_errors
+            self._parse_rejects[exc.reason] = self._parse_rejects.get(exc.reason, 0) + 1
         now = self._clock()
         if now - self._last_parse_log >= 1.0:
             self._last_parse_log = now
@@ -511,8 +545,6 @@ class ConnectionManager:
         slot = self._conn_of.pop(conn, None)
         for key, value in _conn_counters(conn).items():
             self._closed_totals[key] += value
-        for reason, n in conn.listener.parser.rejects.items():
-            self._closed_rejects[reason] = self._closed_rejects.get(reason, 0) + n
         for stream in list(self._unsub_waiters):
             if slot is None or stream not in slot.streams:
                 self._resolve_unsub(stream)
@@ -520,8 +552,11 @@ class ConnectionManager:
             return
         lived = self._clock() - conn.opened_at if conn.opened_at else 0.0
         if conn.opened_at:
+            label = conn.reason_label or "error"
             self._counters["disconnects"] += 1
-            self._control("disconnected", conn.name, reason)
+            self._disconnects[label] = self._disconnects.get(label, 0) + 1
+            level = logging.INFO if label in _PLANNED else logging.WARNING
+            self._control("disconnected", conn.name, reason, level, label)
         if not self._running or slot not in self._slots:
             return
         overlap = slot.overlap
@@ -596,7 +631,7 @@ class ConnectionManager:
         deadline = self._clock() + 4 * self.ack_timeout_s
         while new.state in ("connecting", "open") and not set(slot.streams) <= new.acked:
             if self._clock() > deadline:
-                new.abort("rotation: subscribe timed out")
+                new.abort("rotation: subscribe timed out", "ack_timeout")
                 return
             await asyncio.sleep(self._tick_s / 4)
         if new.state != "open" or slot.incoming is not new:
@@ -606,7 +641,7 @@ class ConnectionManager:
         while slot.incoming is new and overlap.groups_pending() and self._clock() < deadline:
             await asyncio.sleep(self._tick_s / 4)
         if slot.incoming is new:
-            old.close("rotated")
+            old.close("rotated", "rotation")
             await old.wait_closed(2.0)
 
     # ------------------------------------------------------------ watchdog
@@ -639,19 +674,26 @@ class ConnectionManager:
                 self._check_streams(active, now)
 
     def _check_silence(self, conn: Connection, now: float) -> None:
+        """Dead-link detection: any frame (data, reply, ping, pong) proves the link;
+        after ping_interval_s without one we ping, and pong_timeout_s after asking
+        for that ping without a frame the connection is dropped.  Binance answers
+        client pings; the ping counts against the message limit like any message."""
         frames = conn.listener.frames
         if frames != conn.last_frames or self._paused:
             conn.last_frames = frames
             conn.last_activity = now
-            conn.pinged = False
+            conn.pinged_at = 0.0
             return
-        silent = now - conn.last_activity
-        if silent >= self.silence_timeout_s:
-            self._counters["silence_timeouts"] += 1
-            log.warning("%s: nothing received for %.1fs, reconnecting", conn.name, silent)
-            conn.abort("silence")
-        elif silent >= self.silence_timeout_s / 2 and not conn.pinged:
-            conn.pinged = True
+        if conn.pinged_at:
+            if now - conn.pinged_at >= self.pong_timeout_s:
+                self._counters["ping_timeouts"] += 1
+                conn.abort(
+                    f"no frame for {now - conn.last_activity:.1f}s and no pong within "
+                    f"{self.pong_timeout_s:g}s",
+                    "ping_timeout",
+                )
+        elif now - conn.last_activity >= self.ping_interval_s:
+            conn.pinged_at = now
             conn.send_ping()
 
     def _check_streams(self, conn: Connection, now: float) -> None:
@@ -688,7 +730,14 @@ class ConnectionManager:
 
     # ------------------------------------------------------------ control events
 
-    def _control(self, state: str, connection: str, reason: str) -> None:
+    def _control(
+        self,
+        state: str,
+        connection: str,
+        reason: str,
+        level: int = logging.INFO,
+        label: str = "",
+    ) -> None:
         event = Control(
             "connection_state",
             venue=self.venue,
@@ -700,7 +749,10 @@ class ConnectionManager:
             state=state,
             connection=connection,
         )
-        log.info("%s: %s (%s)", connection, state, reason)
+        if label:
+            log.log(level, "%s: %s [%s] (%s)", connection, state, label, reason)
+        else:
+            log.log(level, "%s: %s (%s)", connection, state, reason)
         try:
             self._on_control(event)
         except Exception:
@@ -714,7 +766,10 @@ _CONN_COUNTERS = (
     "batches",
     "replies",
     "parse_errors",
+    "fragmented",
+    "fragmented_refused",
     "pings",
+    "pongs",
     "pongs_sent",
     "msgs_sent",
     "ack_timeouts",
@@ -730,7 +785,10 @@ def _conn_counters(conn: Connection) -> dict[str, int]:
         "batches": lst.batches,
         "replies": lst.replies,
         "parse_errors": lst.parse_errors,
+        "fragmented": lst.fragmented,
+        "fragmented_refused": lst.fragmented_refused,
         "pings": lst.pings,
+        "pongs": lst.pongs,
         "pongs_sent": conn.pongs_sent,
         "msgs_sent": conn.msgs_sent,
         "ack_timeouts": conn.ack_timeouts,

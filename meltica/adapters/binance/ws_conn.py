@@ -5,6 +5,12 @@ per-connection message limiter (every message we send counts: SUBSCRIBE,
 UNSUBSCRIBE, pongs, pings, CLOSE) and the requests waiting for an ack.  It
 knows nothing of rotation or reconnects: it reports to its manager
 (``ConnectionManager`` in ws.py) through ``ConnectionOwner``.
+
+Every close carries two reasons: ``close_reason``, text for logs and
+``connection_state`` events, and ``reason_label``, one of a small fixed set
+(``ping_timeout``, ``ack_timeout``, ``server_close_<code>``,
+``frame_too_large``, ``protocol_error``, ``error``, ``rotation``, ...) that
+labels the disconnect metric.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ RATE_WINDOW_S = 1.25
 # SUBSCRIBE params per message (Binance states no limit; 1024 names make a ~25 kB frame).
 MAX_PARAMS = 200
 CLOSE_GRACE_S = 1.0
+# Close codes that keep their own metric label; any other is server_close_other, so a
+# server cannot grow the label set.
+_KNOWN_CLOSE_CODES = frozenset(c.value for c in WSCloseCode)
 
 
 class ConnectionOwner(Protocol):
@@ -83,6 +92,7 @@ class Connection:
         self.transport: WSTransport | None = None
         self.state = "new"  # new -> connecting -> open -> closing -> closed
         self.close_reason = ""
+        self.reason_label = ""
         self.opened_at = 0.0
         self.acked: set[str] = set()
         self.limiter = SlidingWindow(msgs_per_second, RATE_WINDOW_S)
@@ -98,7 +108,9 @@ class Connection:
         # the manager's watch state
         self.last_activity = 0.0  # clock time the frame counter last moved
         self.last_frames = 0
-        self.pinged = False  # a ping went out for the current silence
+        # clock time a ping was asked for during the current silence (0.0: none); the
+        # pong deadline runs from here, so a ping the limiter holds back uses it up
+        self.pinged_at = 0.0
         self.rotate_wanted = False  # serverShutdown seen
         # counters
         self.msgs_sent = 0
@@ -127,11 +139,17 @@ class Connection:
         self._sender = self.loop.create_task(self._send_loop(), name=f"ws-send-{self.name}")
         self.owner._on_open(self)
 
-    def close(self, reason: str) -> None:
+    def _set_reason(self, reason: str, label: str) -> None:
+        # the first cause wins: what follows (the socket closing) is its consequence
+        if not self.close_reason:
+            self.close_reason = reason
+            self.reason_label = label
+
+    def close(self, reason: str, label: str) -> None:
         """Start a graceful close (CLOSE frame, abort after a grace period)."""
         if self.state in ("closing", "closed"):
             return
-        self.close_reason = self.close_reason or reason
+        self._set_reason(reason, label)
         transport = self.transport
         if transport is None or self.state != "open":
             self.state = "closing"
@@ -143,11 +161,11 @@ class Connection:
             self.limiter.record(self.clock())
         self.loop.call_later(CLOSE_GRACE_S, transport.disconnect, False)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, label: str) -> None:
         """Drop the TCP connection at once (dead peer, protocol trouble)."""
         if self.state == "closed":
             return
-        self.close_reason = self.close_reason or reason
+        self._set_reason(reason, label)
         self.state = "closing"
         if self.transport is not None:
             self.transport.disconnect(False)
@@ -161,14 +179,30 @@ class Connection:
         if self._sender is not None:
             self._sender.cancel()
         self._pending.clear()
+        self._set_reason(*self._lost_reason(reason))
         self.closed.set()
-        self.owner._on_closed(self, self.close_reason or reason)
+        self.owner._on_closed(self, self.close_reason)
+
+    def _lost_reason(self, reason: str) -> tuple[str, str]:
+        """Why a connection we did not close went away: picows closes with a code of its
+        own (1009 for a frame over max_frame_size) on a protocol error; else the TCP
+        connection simply dropped."""
+        transport = self.transport
+        hs = transport.close_handshake if transport is not None else None
+        sent = hs.sent if hs is not None else None
+        if sent is not None and hs is not None and hs.recv is None:
+            if sent.code == WSCloseCode.MESSAGE_TOO_BIG:
+                limit = max(4 * self.max_frame_bytes, 1 << 20)
+                return f"frame over {limit} bytes: {sent.reason}", "frame_too_large"
+            if sent.code != WSCloseCode.OK:
+                return f"protocol error {sent.code:d} ({sent.reason})", "protocol_error"
+        return f"connection lost ({reason})", "error"
 
     async def wait_closed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.closed.wait(), timeout)
         if not self.closed.is_set():
-            self.abort("close timed out")
+            self.abort("close timed out", "close_timeout")
             await self.closed.wait()
 
     # -- requests
@@ -204,7 +238,7 @@ class Connection:
             self.ack_timeouts += 1
             if req.attempts >= max_attempts:
                 log.warning("%s: %s not acked after %d tries", self.name, req.method, req.attempts)
-                self.abort("ack timeout")
+                self.abort("ack timeout", "ack_timeout")
                 return
             log.info("%s: %s ack timeout, retrying", self.name, req.method)
             target = self._to_sub if req.method == "SUBSCRIBE" else self._to_unsub
@@ -279,7 +313,8 @@ class Connection:
         self._wake.set()
 
     def on_close_frame(self, code: int, reason: str) -> None:
-        self.close_reason = self.close_reason or f"closed by server ({code} {reason})".strip()
+        label = f"server_close_{code if code in _KNOWN_CLOSE_CODES else 'other'}"
+        self._set_reason(f"closed by server ({code} {reason})".strip(), label)
         transport = self.transport
         self.state = "closing" if self.state != "closed" else self.state
         if transport is not None:

@@ -1,7 +1,10 @@
 """Control-plane messages: ``ControlRequest`` in, ``ControlReply`` out.
 
 Plain frozen dataclasses with a JSON form (``to_dict`` / ``from_dict``), so the
-in-process Control Bus and a NATS request/reply transport carry the same thing.
+Dispatcher, the in-process Control Bus and the remote transports (NATS
+request/reply, the gateway's ``POST /control``) carry the same thing.  A neutral
+module: it imports nothing of the pipeline, and everything that speaks the
+control plane imports it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""Real brokers for the tests: a ``nats-server -js`` of our own on a free loopback
+port, with its JetStream store in a temporary directory, that a test can
+``kill -9`` and restart on the same port and store.
+
+``.ci/run`` installs Debian's ``nats-server`` when it is missing.  Without it
+the tests that need it skip on a workstation and fail with ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        reason = f"{binary} not found on PATH (Debian package {binary})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    return path
+
+
+class NatsServer:
+    """One ``nats-server -js`` process on 127.0.0.1.
+
+    ``user``/``password`` or ``token`` turn on authentication.  ``kill()`` sends
+    SIGKILL (no clean shutdown); ``start()`` again reuses the port and the store
+    directory, as a restarted server would.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.binary = _need("nats-server")
+        self.store = store
+        self.port = free_port()
+        self.user, self.password, self.token = user, password, token
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = store / "nats-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        args += ["-sd", str(self.store / "js"), "-l", str(self.log)]
+        if self.token:
+            args += ["--auth", self.token]
+        elif self.user:
+            args += ["--user", self.user, "--pass", self.password or ""]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited ({self.proc.returncode}): {self._tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(4096).startswith(b"INFO ") and self._jetstream_ready():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"nats-server did not come up on {self.url}: {self._tail()}")
+
+    def _jetstream_ready(self) -> bool:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return False
+        return "Server is ready" in text.rsplit("Starting nats-server", 1)[-1]
+
+    def _tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the process to be gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh JetStream-enabled nats-server for one test."""
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
