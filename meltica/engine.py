@@ -375,6 +375,15 @@ class Engine:
                     market=market,
                     reason=reason,
                 )
+            for reason, value in manager.parse_rejects().items():
+                yield _sample(
+                    "ws_parse_rejects",
+                    value,
+                    "WebSocket frames the parser rejected, by error reason",
+                    kind="counter",
+                    market=market,
+                    reason=reason,
+                )
         yield from self.rest.samples()
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:

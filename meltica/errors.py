@@ -57,6 +57,13 @@ class NumberError(ParseError):
     reason = "number"
 
 
+class ValueRangeError(ParseError):
+    """A value is well formed but impossible: a trade price <= 0, a negative
+    quantity, a negative trade or update id (docs/wire-format.md, "Rules")."""
+
+    reason = "value_range"
+
+
 class WireError(ParseError):
     """A wire-format event could not be decoded."""
 

@@ -7,13 +7,15 @@ Binance field it comes from, so a reviewer can check it against the contract lin
 
 It decodes VALID frames.  Anything it does not understand raises ``ValueError`` (a frame the
 product accepts and this module rejects is itself a finding); unknown event types and
-subscription acks / error frames decode to ``[]``.
+subscription acks / error frames decode to ``[]``.  Impossible values (a trade price <= 0, a
+negative quantity, id or depth level price...) are rejected too (``ImplausibleValue``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 WIRE_VERSION = 1
@@ -75,6 +77,38 @@ def _fits_int64(text: str) -> bool:
     return INT64_MIN < int(text.replace(".", "")) <= INT64_MAX
 
 
+class ImplausibleValue(ValueError):
+    """A well-formed value that cannot be true (docs/wire-format.md, "Rules")."""
+
+
+def ref_price(value: Any) -> str:
+    """A trade's price: a decimal > 0."""
+    text = ref_decimal(value)
+    if Decimal(text) <= 0:
+        raise ImplausibleValue(f"price is not positive: {value!r}")
+    return text
+
+
+def ref_nonneg_decimal(value: Any) -> str:
+    """A quantity (or a price that may be 0, e.g. an empty side of the book): >= 0."""
+    text = ref_decimal(value)
+    if Decimal(text) < 0:
+        raise ImplausibleValue(f"negative: {value!r}")
+    return text
+
+
+def ref_opt_nonneg_decimal(value: Any) -> str | None:
+    return None if value is None else ref_nonneg_decimal(value)
+
+
+def ref_id(value: Any) -> int:
+    """A trade id or a book update id: an int64 >= 0 (not ``pu``, which may be -1)."""
+    number = ref_int(value)
+    if number < 0:
+        raise ImplausibleValue(f"negative id: {value!r}")
+    return number
+
+
 def ref_int(value: Any) -> int:
     """An id or count: a JSON integer within int64 (a bool is not an integer)."""
     if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
@@ -119,7 +153,7 @@ def ref_bool(value: Any) -> bool:
 
 
 def ref_levels(value: Any) -> list[list[str]]:
-    """``[[price, qty], ...]`` in the exchange's order."""
+    """``[[price, qty], ...]`` in the exchange's order: price > 0, qty >= 0 (0 removes)."""
     if not isinstance(value, list):
         raise ValueError(f"levels are not a list: {value!r}")
     levels = []
@@ -127,6 +161,11 @@ def ref_levels(value: Any) -> list[list[str]]:
         if not isinstance(level, list) or len(level) != 2:
             raise ValueError(f"a level is not a [price, qty] pair: {level!r}")
         levels.append([ref_decimal(level[0]), ref_decimal(level[1])])
+    # every level is well formed before any is judged: a malformed level anywhere in
+    # the list is a NumberError in the parser, whatever the levels before it hold
+    for price, qty in levels:
+        ref_price(price)
+        ref_nonneg_decimal(qty)
     return levels
 
 
@@ -229,7 +268,7 @@ class _Context:
 
 
 def _trade(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
-    trade_id = ref_int(d["t"])
+    trade_id = ref_id(d["t"])
     return c.event(
         kind="trade",
         symbol=d["s"],
@@ -238,14 +277,14 @@ def _trade(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
         ts_event=c.time(d["E"]),
         ts_transaction=c.time(d["T"]),
         trade_id=trade_id,
-        price=ref_decimal(d["p"]),
-        qty=ref_decimal(d["q"]),
+        price=ref_price(d["p"]),
+        qty=ref_nonneg_decimal(d["q"]),
         side=aggressor_side(d["m"]),
     )
 
 
 def _agg_trade(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
-    agg_id = ref_int(d["a"])
+    agg_id = ref_id(d["a"])
     return c.event(
         kind="agg_trade",
         symbol=d["s"],
@@ -256,15 +295,15 @@ def _agg_trade(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
         trade_id=agg_id,
         first_trade_id=ref_opt_int(d.get("f")),
         last_trade_id=ref_opt_int(d.get("l")),
-        price=ref_decimal(d["p"]),
-        qty=ref_decimal(d["q"]),
+        price=ref_price(d["p"]),
+        qty=ref_nonneg_decimal(d["q"]),
         side=aggressor_side(d["m"]),
     )
 
 
 def _book_ticker(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
     # spot bookTicker carries no E/T; futures carries both
-    update_id = ref_int(d["u"])
+    update_id = ref_id(d["u"])
     return c.event(
         kind="book_ticker",
         symbol=d["s"],
@@ -273,16 +312,17 @@ def _book_ticker(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
         ts_event=c.opt_time(d.get("E")),
         ts_transaction=c.opt_time(d.get("T")),
         update_id=update_id,
-        bid_price=ref_decimal(d["b"]),
-        bid_qty=ref_decimal(d["B"]),
-        ask_price=ref_decimal(d["a"]),
-        ask_qty=ref_decimal(d["A"]),
+        # "0" prices: an empty side of the book
+        bid_price=ref_nonneg_decimal(d["b"]),
+        bid_qty=ref_nonneg_decimal(d["B"]),
+        ask_price=ref_nonneg_decimal(d["a"]),
+        ask_qty=ref_nonneg_decimal(d["A"]),
     )
 
 
 def _book_delta(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
     # spot depthUpdate has no T / pu; futures has both
-    update_id = ref_int(d["u"])
+    update_id = ref_id(d["u"])
     return c.event(
         kind="book_delta",
         symbol=d["s"],
@@ -291,7 +331,7 @@ def _book_delta(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
         ts_event=c.time(d["E"]),
         ts_transaction=c.opt_time(d.get("T")),
         update_id=update_id,
-        first_update_id=ref_int(d["U"]),
+        first_update_id=ref_id(d["U"]),
         prev_update_id=ref_opt_int(d.get("pu")),
         bids=ref_levels(d["b"]),
         asks=ref_levels(d["a"]),
@@ -303,7 +343,7 @@ def _stream_snapshot(c: _Context, d: dict[str, Any], stream: str | None) -> dict
         # spot partial depth: {lastUpdateId, bids, asks}; the symbol is in the stream name
         if stream is None:
             raise ValueError("spot partial depth without a stream name has no symbol")
-        update_id = ref_int(d["lastUpdateId"])
+        update_id = ref_id(d["lastUpdateId"])
         return c.event(
             kind="book_snapshot",
             symbol=symbol_of_stream(stream),
@@ -319,7 +359,7 @@ def _stream_snapshot(c: _Context, d: dict[str, Any], stream: str | None) -> dict
             source="stream",
         )
     # futures partial depth: the depthUpdate shape
-    update_id = ref_int(d["u"])
+    update_id = ref_id(d["u"])
     return c.event(
         kind="book_snapshot",
         symbol=d["s"],
@@ -328,7 +368,7 @@ def _stream_snapshot(c: _Context, d: dict[str, Any], stream: str | None) -> dict
         ts_event=c.time(d["E"]),
         ts_transaction=c.opt_time(d.get("T")),
         update_id=update_id,
-        first_update_id=ref_int(d["U"]),
+        first_update_id=ref_id(d["U"]),
         prev_update_id=ref_opt_int(d.get("pu")),
         bids=ref_levels(d["b"]),
         asks=ref_levels(d["a"]),
@@ -433,12 +473,12 @@ def _liquidation(c: _Context, d: dict[str, Any]) -> dict[str, Any]:
         side=ref_str(o["S"]).lower(),
         order_type=ref_opt_str(o.get("o")),
         time_in_force=ref_opt_str(o.get("f")),
-        qty=ref_opt_decimal(o.get("q")),
-        price=ref_opt_decimal(o.get("p")),
-        avg_price=ref_opt_decimal(o.get("ap")),
+        qty=ref_opt_nonneg_decimal(o.get("q")),
+        price=ref_opt_nonneg_decimal(o.get("p")),
+        avg_price=ref_opt_nonneg_decimal(o.get("ap")),
         status=ref_opt_str(o.get("X")),
-        last_filled_qty=ref_opt_decimal(o.get("l")),
-        filled_qty=ref_opt_decimal(o.get("z")),
+        last_filled_qty=ref_opt_nonneg_decimal(o.get("l")),
+        filled_qty=ref_opt_nonneg_decimal(o.get("z")),
     )
 
 
@@ -552,7 +592,7 @@ def reference_rest_depth(
     if not isinstance(d, dict):
         raise ValueError("a REST depth body is a JSON object")
     c = _Context(venue, market, ts_recv, time_unit)
-    update_id = ref_int(d["lastUpdateId"])
+    update_id = ref_id(d["lastUpdateId"])
     return c.event(
         kind="book_snapshot",
         symbol=symbol,

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_parser_props import BAD_VALUES, SETTINGS, Case, _json_mutation, valid_cases
+from test_parser_props import (
+    BAD_VALUES,
+    SETTINGS,
+    Case,
+    _json_mutation,
+    signed_mutation,
+    valid_cases,
+)
 
 from meltica import FrameParser, Reply
 from meltica.capture import capture_info, read_capture
@@ -62,6 +69,16 @@ def assert_same(case: Case, frame: bytes | None = None) -> tuple[Outcome, FrameP
 def test_valid_frames_agree(case: Case) -> None:
     result, _ = assert_same(case)
     assert result[0] == "ok"
+
+
+@SETTINGS
+@given(valid_cases(), st.data())
+def test_signed_values_agree(case: Case, data: st.DataObject) -> None:
+    """A number made negative or zero: both paths accept it, or both reject it with the
+    same ValueRangeError (test_parser_unit.py checks the fast path takes such frames)."""
+    mutated = signed_mutation(case, data)
+    if mutated is not None:
+        assert_same(mutated)
 
 
 @SETTINGS

@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import reference_events, reference_rest_depth
+from reference import ImplausibleValue, reference_events, reference_rest_depth
 
 import meltica.wire
 from meltica import FrameParser, Reply
-from meltica.errors import FrameTooLarge, NumberError, ParseError
+from meltica.errors import FrameTooLarge, NumberError, ParseError, ValueRangeError
 
 INT64_MAX = 2**63 - 1
 # largest exchange time (per unit) whose ns value fits int64
@@ -80,8 +80,15 @@ def decimals(draw: st.DrawFn, negative: bool = False) -> str:
     return text
 
 
+def prices() -> st.SearchStrategy[str]:
+    """A trade or depth level price: a decimal > 0 (zero is implausible there)."""
+    return decimals().filter(lambda text: any(ch in "123456789" for ch in text))
+
+
 ids = st.integers(0, INT64_MAX)
 small_ids = st.integers(0, 10**13)
+# a ticker's or kline's first / last trade id: -1 when the window had no trade
+trade_ids = st.one_of(ids, st.just(-1))
 
 
 def times(unit: str) -> st.SearchStrategy[int]:
@@ -98,7 +105,7 @@ def symbols(draw: st.DrawFn, market: str) -> str:
 
 @st.composite
 def levels(draw: st.DrawFn) -> list[list[str]]:
-    return draw(st.lists(st.tuples(decimals(), decimals()).map(list), max_size=12))
+    return draw(st.lists(st.tuples(prices(), decimals()).map(list), max_size=12))
 
 
 class Shape(NamedTuple):
@@ -116,13 +123,13 @@ def _trade(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:
     t = times(unit)
     if market == "spot":
         d: dict[str, Any] = {"e": "trade", "E": draw(t), "s": sym, "t": draw(ids)}
-        d |= {"p": draw(decimals()), "q": draw(decimals())}
+        d |= {"p": draw(prices()), "q": draw(decimals())}
         if draw(st.booleans()):  # 2023 frames still carried buyer/seller order ids
             d |= {"b": draw(ids), "a": draw(ids)}
         d |= {"T": draw(t), "m": draw(st.booleans()), "M": True}
     else:
         d = {"e": "trade", "E": draw(t), "T": draw(t), "s": sym, "t": draw(ids)}
-        d |= {"p": draw(decimals()), "q": draw(decimals()), "X": "MARKET"}
+        d |= {"p": draw(prices()), "q": draw(decimals()), "X": "MARKET"}
         d |= {"m": draw(st.booleans())}
     return Shape(f"{sym.lower()}@trade", d)
 
@@ -130,7 +137,7 @@ def _trade(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:
 def _agg_trade(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:
     t = times(unit)
     d: dict[str, Any] = {"e": "aggTrade", "E": draw(t), "s": sym, "a": draw(ids)}
-    d |= {"p": draw(decimals()), "q": draw(decimals())}
+    d |= {"p": draw(prices()), "q": draw(decimals())}
     if market != "spot" and draw(st.booleans()):
         d["nq"] = draw(decimals())  # 2026 futures extras
     d |= {"f": draw(ids), "l": draw(ids), "T": draw(t), "m": draw(st.booleans())}
@@ -161,7 +168,7 @@ def _depth_update(draw: st.DrawFn, market: str, sym: str, unit: str) -> dict[str
         d["T"] = draw(t)
     d |= {"s": sym, "U": draw(ids), "u": draw(ids)}
     if market != "spot":
-        d["pu"] = draw(ids)
+        d["pu"] = draw(st.one_of(ids, st.just(-1)))  # -1: futures' "no previous event"
     d |= {"b": draw(levels()), "a": draw(levels())}
     if market != "spot" and draw(st.booleans()):
         d |= {"ps": sym, "st": draw(st.integers(0, 10))}
@@ -187,7 +194,8 @@ def _partial_depth(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:
 def _kline(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:
     t = times(unit)
     interval = draw(st.sampled_from(["1s", "1m", "3m", "15m", "1h", "4h", "1d", "1w", "1M"]))
-    k = {"t": draw(t), "T": draw(t), "s": sym, "i": interval, "f": draw(ids), "L": draw(ids)}
+    k = {"t": draw(t), "T": draw(t), "s": sym, "i": interval}
+    k |= {"f": draw(trade_ids), "L": draw(trade_ids)}
     k |= {"o": draw(decimals()), "c": draw(decimals()), "h": draw(decimals())}
     k |= {"l": draw(decimals()), "v": draw(decimals()), "n": draw(small_ids)}
     k |= {"x": draw(st.booleans()), "q": draw(decimals()), "V": draw(decimals())}
@@ -219,11 +227,13 @@ def _one_ticker(draw: st.DrawFn, market: str, sym: str, unit: str, window: str) 
         d |= {"p": draw(signed), "P": draw(signed), "o": draw(decimals())}
         d |= {"h": draw(decimals()), "l": draw(decimals()), "c": draw(decimals())}
         d |= {"w": draw(decimals()), "v": draw(decimals()), "q": draw(decimals())}
-        d |= {"O": draw(t), "C": draw(t), "F": draw(ids), "L": draw(ids), "n": draw(small_ids)}
+        d |= {"O": draw(t), "C": draw(t), "F": draw(trade_ids), "L": draw(trade_ids)}
+        d["n"] = draw(small_ids)
         return d
     d |= {"o": draw(decimals()), "h": draw(decimals()), "l": draw(decimals())}
     d |= {"v": draw(decimals()), "q": draw(decimals())}
-    d |= {"O": draw(t), "C": draw(t), "F": draw(ids), "L": draw(ids), "n": draw(small_ids)}
+    d |= {"O": draw(t), "C": draw(t), "F": draw(trade_ids), "L": draw(trade_ids)}
+    d["n"] = draw(small_ids)
     return d
 
 
@@ -382,6 +392,12 @@ def _book_ticker_frame(bid_price: str) -> bytes:
     return json.dumps({"stream": "btcusdt@bookTicker", "data": payload}).encode()
 
 
+def _mark_price_frame(funding_rate: str) -> bytes:
+    """A frame whose funding rate (a decimal that may be negative) is ``funding_rate``."""
+    payload = {"e": "markPriceUpdate", "E": 1, "s": "BTCUSDT", "p": "1", "r": funding_rate}
+    return json.dumps({"stream": "btcusdt@markPrice", "data": payload}).encode()
+
+
 # (as sent, on the wire): exactly as sent, except that a mantissa overflowing int64 loses
 # trailing fractional zeros just until it fits and a negative zero its sign
 # (docs/wire-format.md, "Rules")
@@ -402,11 +418,11 @@ DECIMAL_WIRE_FORMS = [
 
 @pytest.mark.parametrize(("sent", "wire"), DECIMAL_WIRE_FORMS)
 def test_decimal_wire_form(sent: str, wire: str) -> None:
-    frame = _book_ticker_frame(sent)
-    (expected,) = reference_events(frame, venue="binance", market="spot", ts_recv=1)
-    assert expected["bid_price"] == wire
-    (ev,) = FrameParser().parse(frame, 1)
-    assert ev.to_wire()["bid_price"] == wire
+    frame = _mark_price_frame(sent)
+    (expected,) = reference_events(frame, venue="binance", market="usdm", ts_recv=1)
+    assert expected["funding_rate"] == wire
+    (ev,) = FrameParser(market="usdm").parse(frame, 1)
+    assert ev.to_wire()["funding_rate"] == wire
     assert_same_as_reference([ev], [expected])
 
 
@@ -608,6 +624,89 @@ def test_structural_mutations_never_crash(case: Case, data: st.DataObject) -> No
     if out is not None and expected is not None and not routing_broken:
         events = [x for x in out if not isinstance(x, Reply)]
         assert [ev.to_wire() for ev in events] == expected
+
+
+# ------------------------------------------------------------------------------------------
+# (c) signed values: a number of a valid frame made negative or zero is accepted or
+# rejected exactly as the reference says; a rejection is a ValueRangeError
+
+
+def _is_time(path: tuple[Any, ...]) -> bool:
+    """Exchange times (the parser rejects negative ones as NumberError, not in scope here)."""
+    key = path[-1]
+    return key in ("E", "T", "O", "C") or (key == "t" and "k" in path)
+
+
+def _numbers(doc: Any) -> list[tuple[Any, ...]]:
+    """Paths to the decimal strings and integers of a payload (not the envelope, not times)."""
+    out = []
+    for path in _paths(doc):
+        value = _at(doc, path)
+        if path[:1] == ("stream",) or _is_time(path) or isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (isinstance(value, str) and DECIMAL.fullmatch(value)):
+            out.append(path)
+    return out
+
+
+DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def signed_mutation(case: Case, data: st.DataObject) -> Case | None:
+    """The case with one of its numbers replaced by a negative or zero form (None: the
+    frame has no number to change)."""
+    doc = json.loads(case.frame)
+    paths = _numbers(doc)
+    if not paths:
+        return None
+    path = data.draw(st.sampled_from(paths))
+    parent = _at(doc, path[:-1])
+    value = parent[path[-1]]
+    if isinstance(value, int):
+        forms: list[Any] = [-1, 0, -abs(value) if value else -1]
+    else:
+        forms = ["0", "-0", "0.00000000", value if value.startswith("-") else "-" + value]
+    parent[path[-1]] = data.draw(st.sampled_from(forms))
+    return case._replace(frame=json.dumps(doc, separators=(",", ":")).encode())
+
+
+@SETTINGS
+@given(valid_cases(), st.data())
+def test_signed_values_match_reference(case: Case, data: st.DataObject) -> None:
+    mutated = signed_mutation(case, data)
+    if mutated is None:
+        return
+    try:
+        expected = mutated.reference()
+    except ImplausibleValue:
+        with pytest.raises(ValueRangeError):
+            mutated.parser().parse(mutated.frame, mutated.ts_recv)
+        return
+    events = _data_events(mutated.parser().parse(mutated.frame, mutated.ts_recv))
+    assert [ev.to_wire() for ev in events] == expected
+
+
+@SETTINGS
+@given(rest_bodies(), st.data())
+def test_rest_depth_signed_values_match_reference(
+    rest: tuple[str, str, bytes, str], data: st.DataObject
+) -> None:
+    venue, market, body, symbol = rest
+    case = Case(body, venue, market, None, "ms", 1)
+    mutated = signed_mutation(case, data)
+    if mutated is None:
+        return
+    parser = FrameParser(venue=venue, market=market)
+    try:
+        expected = reference_rest_depth(
+            mutated.frame, venue=venue, market=market, symbol=symbol, ts_recv=1
+        )
+    except ImplausibleValue:
+        with pytest.raises(ValueRangeError):
+            parser.parse_rest_depth(mutated.frame, symbol, 1)
+        assert parser.rejects == {"value_range": 1}
+        return
+    assert parser.parse_rest_depth(mutated.frame, symbol, 1).to_wire() == expected
 
 
 NUMBER_FORMS = [b"1.5", b"1e3", b"1E+3", b"-0", b"-1", b"1.0", b"0.1e1", b"9223372036854775808"]

@@ -7,6 +7,7 @@ distinct (E != T) so that a swapped field cannot pass.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +32,7 @@ from meltica.errors import (
     MissingField,
     NumberError,
     ParseError,
+    ValueRangeError,
 )
 
 MS = 1_000_000  # ns per ms
@@ -1101,10 +1103,12 @@ def test_escaped_symbol_is_decoded_or_rejected() -> None:
     ],
 )
 def test_decimal_edge_cases(text: str, mantissa: int, exponent: int, wire_text: str) -> None:
-    ev = one(FrameParser(), trade_with(b"61837.63000000", text.encode()))
-    assert (ev.price.mantissa, ev.price.exponent) == (mantissa, exponent)
-    assert ev.to_wire()["price"] == wire_text
-    assert ev.price.decimal == Decimal(text)
+    # the funding rate: a decimal that may be zero or negative
+    frame = MARK.replace(b'"-0.00038167"', b'"' + text.encode() + b'"') % b"BTCUSDT"
+    ev = one(FrameParser(market="usdm"), frame)
+    assert (ev.funding_rate.mantissa, ev.funding_rate.exponent) == (mantissa, exponent)
+    assert ev.to_wire()["funding_rate"] == wire_text
+    assert ev.funding_rate.decimal == Decimal(text)
 
 
 @pytest.mark.parametrize(
@@ -1182,3 +1186,344 @@ def test_depth_levels_that_are_not_lists_are_type_errors(levels: str, fast_path:
     with pytest.raises(MissingField, match="'a'"):
         parser.parse(delta.replace("LEVELS", "null").encode(), 1)
     assert parser.errors == 4
+
+
+# Implausible values: well-formed numbers that cannot be true (docs/wire-format.md,
+# "Rules").  Every frame is compact, so the fast path takes it; both paths must reject
+# (or accept) it the same way.
+
+_TRADE = b'{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"61837.63","q":"0.02","T":1,"m":true}'
+_AGG = (
+    b'{"e":"aggTrade","E":1,"s":"BTCUSDT","a":7,"p":"61837.63","q":"0.02","f":1,"l":2,"T":1,'
+    b'"m":true}'
+)
+_BOOK_TICKER = b'{"u":7,"s":"BTCUSDT","b":"61837.63","B":"3.7","a":"61837.64","A":"1.5"}'
+_DELTA = (
+    b'{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":5,"u":9,"pu":4,'
+    b'"b":[["61837.63","1.5"]],"a":[["61837.64","0.00000000"]]}'
+)
+_PARTIAL = b'{"lastUpdateId":9,"bids":[["61837.63","1.5"]],"asks":[["61837.64","2"]]}'
+_LIQ = (
+    b'{"e":"forceOrder","E":1,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC",'
+    b'"q":"0.014","p":"9910","ap":"9910.5","X":"FILLED","l":"0.010","z":"0.014","T":1}}'
+)
+
+
+def _swap(frame: bytes, old: bytes, new: bytes) -> bytes:
+    assert frame.count(old) == 1, old
+    return frame.replace(old, new)
+
+
+# (id, market, stream, frame, what the error says)
+IMPLAUSIBLE = [
+    (
+        "trade-price-zero",
+        "spot",
+        "btcusdt@trade",
+        _swap(_TRADE, b'"61837.63"', b'"0.00000000"'),
+        "field 'p' is a price <= 0",
+    ),
+    (
+        "trade-price-negative",
+        "spot",
+        "btcusdt@trade",
+        _swap(_TRADE, b'"61837.63"', b'"-61837.63"'),
+        "field 'p' is a price <= 0",
+    ),
+    (
+        "trade-price-minus-zero",
+        "spot",
+        "btcusdt@trade",
+        _swap(_TRADE, b'"61837.63"', b'"-0"'),
+        "field 'p' is a price <= 0",
+    ),
+    (
+        "trade-qty-negative",
+        "spot",
+        "btcusdt@trade",
+        _swap(_TRADE, b'"0.02"', b'"-0.02"'),
+        "field 'q' is negative",
+    ),
+    (
+        "trade-id-negative",
+        "spot",
+        "btcusdt@trade",
+        _swap(_TRADE, b'"t":7', b'"t":-7'),
+        "field 't' is negative",
+    ),
+    (
+        "agg-price-zero",
+        "usdm",
+        "btcusdt@aggTrade",
+        _swap(_AGG, b'"61837.63"', b'"0"'),
+        "field 'p' is a price <= 0",
+    ),
+    (
+        "agg-qty-negative",
+        "usdm",
+        "btcusdt@aggTrade",
+        _swap(_AGG, b'"0.02"', b'"-1"'),
+        "field 'q' is negative",
+    ),
+    (
+        "agg-id-negative",
+        "usdm",
+        "btcusdt@aggTrade",
+        _swap(_AGG, b'"a":7', b'"a":-1'),
+        "field 'a' is negative",
+    ),
+    (
+        "ticker-bid-negative",
+        "spot",
+        "btcusdt@bookTicker",
+        _swap(_BOOK_TICKER, b'"61837.63"', b'"-1"'),
+        "field 'b' is negative",
+    ),
+    (
+        "ticker-bid-qty-negative",
+        "spot",
+        "btcusdt@bookTicker",
+        _swap(_BOOK_TICKER, b'"3.7"', b'"-3.7"'),
+        "field 'B' is negative",
+    ),
+    (
+        "ticker-ask-negative",
+        "spot",
+        "btcusdt@bookTicker",
+        _swap(_BOOK_TICKER, b'"61837.64"', b'"-2"'),
+        "field 'a' is negative",
+    ),
+    (
+        "ticker-ask-qty-negative",
+        "spot",
+        "btcusdt@bookTicker",
+        _swap(_BOOK_TICKER, b'"1.5"', b'"-0.1"'),
+        "field 'A' is negative",
+    ),
+    (
+        "ticker-update-id-negative",
+        "spot",
+        "btcusdt@bookTicker",
+        _swap(_BOOK_TICKER, b'"u":7', b'"u":-7'),
+        "field 'u' is negative",
+    ),
+    (
+        "delta-bid-price-negative",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"61837.63"', b'"-61837.63"'),
+        "a level of 'b' has a price <= 0",
+    ),
+    (
+        "delta-bid-price-zero",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"61837.63"', b'"0.00"'),
+        "a level of 'b' has a price <= 0",
+    ),
+    (
+        "delta-ask-price-zero-qty-zero",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"61837.64"', b'"0"'),
+        "a level of 'a' has a price <= 0",
+    ),
+    (
+        "delta-bid-qty-negative",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"1.5"', b'"-1.5"'),
+        "a level of 'b' has a negative quantity",
+    ),
+    (
+        "delta-u-negative",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"u":9', b'"u":-9'),
+        "field 'u' is negative",
+    ),
+    (
+        "delta-U-negative",
+        "usdm",
+        "btcusdt@depth",
+        _swap(_DELTA, b'"U":5', b'"U":-5'),
+        "field 'U' is negative",
+    ),
+    (
+        "partial-last-id-negative",
+        "spot",
+        "btcusdt@depth5",
+        _swap(_PARTIAL, b":9,", b":-9,"),
+        "field 'lastUpdateId' is negative",
+    ),
+    (
+        "partial-ask-qty-negative",
+        "spot",
+        "btcusdt@depth5",
+        _swap(_PARTIAL, b'"2"', b'"-2"'),
+        "a level of 'asks' has a negative quantity",
+    ),
+    (
+        "partial-bid-price-zero",
+        "spot",
+        "btcusdt@depth5",
+        _swap(_PARTIAL, b'"61837.63"', b'"0"'),
+        "a level of 'bids' has a price <= 0",
+    ),
+    (
+        "liquidation-price-negative",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(_LIQ, b'"9910"', b'"-9910"'),
+        "field 'p' is negative",
+    ),
+    (
+        "liquidation-qty-negative",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(_LIQ, b'"q":"0.014"', b'"q":"-0.014"'),
+        "field 'q' is negative",
+    ),
+    (
+        "liquidation-avg-negative",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(_LIQ, b'"9910.5"', b'"-9910.5"'),
+        "field 'ap' is negative",
+    ),
+    (
+        "liquidation-last-negative",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(_LIQ, b'"0.010"', b'"-0.010"'),
+        "field 'l' is negative",
+    ),
+    (
+        "liquidation-filled-negative",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(_LIQ, b'"z":"0.014"', b'"z":"-1"'),
+        "field 'z' is negative",
+    ),
+]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "simdjson"])
+@pytest.mark.parametrize(
+    ("market", "stream", "frame", "field"),
+    [c[1:] for c in IMPLAUSIBLE],
+    ids=[c[0] for c in IMPLAUSIBLE],
+)
+def test_implausible_value_is_rejected_and_counted(
+    market: str, stream: str, frame: bytes, field: str, fast_path: bool
+) -> None:
+    assert issubclass(ValueRangeError, ParseError) and issubclass(ValueRangeError, ValueError)
+    p = FrameParser(market=market, fast_path=fast_path)
+    out: list[Any] = ["sentinel"]
+    with pytest.raises(ValueRangeError, match=re.escape(field)):
+        p.parse_into(envelope(stream, frame), 1, out)
+    assert out == ["sentinel"]
+    assert (p.frames, p.events, p.errors) == (1, 0, 1)
+    assert p.rejects == {"value_range": 1}
+    # the fast path really judged the frame (it is compact); simdjson never does here
+    assert p.fast_frames == (1 if fast_path else 0)
+    # the same parser goes on with the next good frame
+    assert one(p, envelope("btcusdt@trade", _TRADE)).trade_id == 7
+    assert (p.frames, p.events, p.errors) == (2, 1, 1)
+
+
+# (id, market, stream, frame): values that look odd but are what Binance really sends
+PLAUSIBLE = [
+    ("trade-qty-zero", "spot", "btcusdt@trade", _swap(_TRADE, b'"0.02"', b'"0.00000000"')),
+    ("delta-qty-zero-removes", "usdm", "btcusdt@depth", _DELTA),
+    ("delta-pu-minus-one", "usdm", "btcusdt@depth", _swap(_DELTA, b'"pu":4', b'"pu":-1')),
+    (
+        "book-ticker-empty-book",
+        "spot",
+        "btcusdt@bookTicker",
+        b'{"u":0,"s":"BTCUSDT","b":"0.00000000","B":"0.00000000","a":"0.00000000","A":"0"}',
+    ),
+    (
+        "liquidation-unfilled",
+        "usdm",
+        "btcusdt@forceOrder",
+        _swap(
+            _swap(_swap(_LIQ, b'"9910.5"', b'"0"'), b'"0.010"', b'"0"'), b'"z":"0.014"', b'"z":"0"'
+        ),
+    ),
+    (
+        "ticker-no-trades-and-falling",
+        "spot",
+        "btcusdt@ticker_1h",
+        b'{"e":"1hTicker","E":1,"s":"BTCUSDT","p":"-12.5","P":"-0.02","o":"1","h":"1","l":"1",'
+        b'"c":"1","w":"0","v":"0","q":"0","O":1,"C":1,"F":-1,"L":-1,"n":0}',
+    ),
+    (
+        "kline-no-trades",
+        "spot",
+        "btcusdt@kline_1m",
+        b'{"e":"kline","E":1,"s":"BTCUSDT","k":{"t":1,"T":2,"s":"BTCUSDT","i":"1m","f":-1,'
+        b'"L":-1,"o":"1","c":"1","h":"1","l":"1","v":"0","n":0,"x":false,"q":"0","V":"0",'
+        b'"Q":"0","B":"0"}}',
+    ),
+    ("mark-price-negative-funding", "usdm", "btcusdt@markPrice", MARK % b"BTCUSDT"),
+]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "simdjson"])
+@pytest.mark.parametrize(
+    ("market", "stream", "frame"), [c[1:] for c in PLAUSIBLE], ids=[c[0] for c in PLAUSIBLE]
+)
+def test_plausible_values_are_kept(market: str, stream: str, frame: bytes, fast_path: bool) -> None:
+    p = FrameParser(market=market, fast_path=fast_path)
+    one(p, envelope(stream, frame))
+    assert (p.errors, p.rejects) == (0, {})
+
+
+def test_depth_zero_quantity_reaches_the_event() -> None:
+    ev = one(
+        FrameParser(market="usdm"), envelope("btcusdt@depth", _swap(_DELTA, b'"pu":4', b'"pu":-1'))
+    )
+    assert ev.prev_update_id == -1
+    assert ev.to_wire()["asks"] == [["61837.64", "0.00000000"]]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "simdjson"])
+def test_rest_depth_implausible_levels_and_id_are_rejected(fast_path: bool) -> None:
+    p = FrameParser(market="usdm", fast_path=fast_path)
+    good = b'{"lastUpdateId":9,"E":1,"T":1,"bids":[["100.5","2"]],"asks":[["101","0.5"]]}'
+    assert p.parse_rest_depth(good, "BTCUSDT").update_id == 9
+    with pytest.raises(ValueRangeError, match="a level of 'bids' has a negative quantity"):
+        p.parse_rest_depth(_swap(good, b'"2"', b'"-2"'), "BTCUSDT")
+    with pytest.raises(ValueRangeError, match="a level of 'asks' has a price <= 0"):
+        p.parse_rest_depth(_swap(good, b'"101"', b'"0"'), "BTCUSDT")
+    with pytest.raises(ValueRangeError, match="'lastUpdateId' is negative"):
+        p.parse_rest_depth(_swap(good, b":9,", b":-9,"), "BTCUSDT")
+    with pytest.raises(NumberError):
+        p.parse_rest_depth(_swap(good, b'"2"', b'"x"'), "BTCUSDT")
+    assert p.errors == 4
+    assert p.rejects == {"value_range": 3, "number": 1}
+
+
+def test_rejects_count_every_reason() -> None:
+    p = FrameParser(max_frame_bytes=256)
+    for frame in (
+        b"not json",
+        trade_with(b'"p":"61837.63000000",', b""),
+        trade_with(b'"m":true', b'"m":"true"'),
+        trade_with(b'"61837.63000000"', b'"1e5"'),
+        trade_with(b'"61837.63000000"', b'"-1"'),
+        trade_with(b'"61837.63000000"', b'"0"'),
+        SPOT_TRADE + b" " * 256,
+    ):
+        with pytest.raises(ParseError):
+            p.parse(frame)
+    assert p.rejects == {
+        "malformed": 1,
+        "missing_field": 1,
+        "field_type": 1,
+        "number": 1,
+        "value_range": 2,
+        "oversized": 1,
+    }
+    assert p.errors == sum(p.rejects.values()) == 7

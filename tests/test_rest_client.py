@@ -32,7 +32,7 @@ from meltica.adapters.binance.rest import (
     depth_weight,
 )
 from meltica.config import default_config
-from meltica.errors import ConfigError, MelticaError
+from meltica.errors import ConfigError, MelticaError, ValueRangeError
 from meltica.replay.faults import Fault, FaultPlan
 from meltica.replay.rest import STALE_ID_OFFSET, RestServer
 from meltica.replay.synthetic import SyntheticMarket
@@ -253,6 +253,41 @@ def test_depth_snapshots_round_limits_and_parse(run: Runner) -> None:
             assert server.counters.weight["spot"] == 5 + 20
 
     serving(run, body)
+
+
+class ImpossibleDepth(SyntheticMarket):
+    """The synthetic market, but ETHUSDT's depth snapshot holds a negative quantity."""
+
+    def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:
+        if symbol == "ETHUSDT":
+            return b'{"lastUpdateId":5,"bids":[["100.5","-1"]],"asks":[["101","2"]]}'
+        return super().depth_snapshot(market, symbol, limit)
+
+
+def test_depth_snapshot_with_impossible_values_is_rejected_and_counted(run: Runner) -> None:
+    clock = FakeTime(auto=True)
+
+    async def main() -> None:
+        source = ImpossibleDepth(symbols={"spot": ["BTCUSDT", "ETHUSDT"]}, depth_levels=20)
+        server = RestServer(source, clock=clock, faults=FaultPlan(()))
+        await server.start()
+        try:
+            async with client_for(server, clock, limits={"spot": (6000, 0.5)}) as client:
+                with pytest.raises(ValueRangeError, match="negative quantity"):
+                    await client.depth_snapshot("spot", "ETHUSDT", 5)
+                assert (await client.depth_snapshot("spot", "BTCUSDT", 5)).n_bids == 20
+                assert client.stats("spot")["parse_errors"] == 1
+                rejects = {
+                    s.labels: s.value
+                    for s in client.samples()
+                    if s.name == "rest_parse_rejects_total"
+                }
+                assert rejects[(("market", "spot"), ("reason", "value_range"))] == 1
+                assert rejects[(("market", "spot"), ("reason", "number"))] == 0
+        finally:
+            await server.stop()
+
+    run(main)
 
 
 def test_bad_symbol_is_a_status_error_not_retried(run: Runner) -> None:

@@ -172,7 +172,7 @@ def test_fragmented_messages_are_reassembled_or_refused_whole() -> None:
             await mgr.start()
             await mgr.subscribe(["btcusdt@trade"])
             await col.until(lambda: len(col.events) >= 4, 10)
-            return col, mgr.stats()
+            return col, {**mgr.stats(), "oversized": mgr.parse_rejects()["oversized"]}
         finally:
             await mgr.stop()
             server.close()
@@ -182,6 +182,7 @@ def test_fragmented_messages_are_reassembled_or_refused_whole() -> None:
     assert col.keys() == want  # each once, in order; the refused one not at all
     assert stats["fragmented"] == 2 and stats["fragmented_refused"] == 1
     assert stats["parse_errors"] == 1  # the refused message, nothing else
+    assert stats["oversized"] == 1  # counted by reason like a frame the parser refuses
     assert stats["disconnects"] == 0
 
 

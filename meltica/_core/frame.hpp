@@ -27,6 +27,10 @@ enum Status : int {
     ST_TYPE = 3,      // a field has the wrong JSON type
     ST_NUMBER = 4,    // not a plain decimal / int64, or overflow
     ST_SHAPE = 5,     // valid JSON, but not a shape Binance sends
+    ST_NEGATIVE = 6,      // a value that must be >= 0 (quantity, id, ...) is not
+    ST_NOT_POSITIVE = 7,  // a trade price is zero or negative
+    ST_LEVEL_PRICE = 8,   // a depth level's price is zero or negative
+    ST_LEVEL_QTY = 9,     // a depth level's quantity is negative
 };
 
 // Key codes for the multi-letter keys we read; single-letter keys use their
@@ -235,6 +239,46 @@ inline int get_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) 
 inline int opt_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) noexcept {
     if (!f.present(c)) { m = 0; e = MT_DEC_NA; return ST_OK; }
     return get_dec(f, c, m, e, err_key);
+}
+
+// Value checks.  Both parsers (frame_scan.hpp and frame_walk.hpp) fill the
+// same Fields and levels, and every value reaches parser.pyx through these
+// accessors, so both reject exactly the same frames.  Mantissas are compared:
+// "-0.0" is zero, not negative.
+
+inline int nonneg_int(const Fields &f, int c, int64_t &out, int &err_key) noexcept {
+    int st = get_int(f, c, out, err_key);
+    if (st == ST_OK && out < 0) { err_key = c; return ST_NEGATIVE; }
+    return st;
+}
+
+inline int nonneg_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) noexcept {
+    int st = get_dec(f, c, m, e, err_key);
+    if (st == ST_OK && m < 0) { err_key = c; return ST_NEGATIVE; }
+    return st;
+}
+
+inline int opt_nonneg_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) noexcept {
+    int st = opt_dec(f, c, m, e, err_key);
+    if (st == ST_OK && e != MT_DEC_NA && m < 0) { err_key = c; return ST_NEGATIVE; }
+    return st;
+}
+
+inline int positive_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key) noexcept {
+    int st = get_dec(f, c, m, e, err_key);
+    if (st == ST_OK && m <= 0) { err_key = c; return ST_NOT_POSITIVE; }
+    return st;
+}
+
+// Depth levels: a price is > 0 (no order rests at zero, so even a removal
+// there names a level that cannot exist); a quantity is >= 0 (0 removes the
+// level).  `c` names the level list for the error message.
+inline int check_levels(const std::vector<Level> &levels, int c, int &err_key) noexcept {
+    for (const Level &L : levels) {
+        if (L.price <= 0) { err_key = c; return ST_LEVEL_PRICE; }
+        if (L.qty < 0) { err_key = c; return ST_LEVEL_QTY; }
+    }
+    return ST_OK;
 }
 
 }  // namespace mt

@@ -3,6 +3,8 @@ from typing import Any
 
 from meltica._core.events import BookDepth, Event
 
+PARSE_REASONS: tuple[str, ...]
+
 def classify_stream(name: str) -> tuple[int, str | None, str | None]: ...
 
 class Route:
@@ -42,6 +44,8 @@ class FrameParser:
         max_frame_bytes: int = 1048576,
         fast_path: bool = True,
     ) -> None: ...
+    @property
+    def rejects(self) -> dict[str, int]: ...
     @property
     def implementation(self) -> str | None: ...
     def parse(

@@ -34,7 +34,7 @@ import re
 from meltica._core.events import MARKETS, VENUES
 from meltica.errors import (
     FieldTypeError, FrameTooLarge, MalformedFrame, MissingField, NumberError,
-    ParseError,
+    ParseError, ValueRangeError,
 )
 
 
@@ -57,6 +57,10 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
         ST_TYPE
         ST_NUMBER
         ST_SHAPE
+        ST_NEGATIVE
+        ST_NOT_POSITIVE
+        ST_LEVEL_PRICE
+        ST_LEVEL_QTY
     enum:
         KC_LAST_UPDATE_ID
         KC_BIDS
@@ -98,6 +102,11 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     int get_bool(const Fields &f, int c, cbool &out, int &err_key)
     int get_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
     int opt_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
+    int nonneg_int(const Fields &f, int c, int64_t &out, int &err_key)
+    int nonneg_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
+    int opt_nonneg_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
+    int positive_dec(const Fields &f, int c, int64_t &m, int8_t &e, int &err_key)
+    int check_levels(const vector[mt_level] &levels, int c, int &err_key)
 
 
 cdef extern from "name_map.hpp" namespace "mt" nogil:
@@ -135,6 +144,10 @@ _SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9_.\-]*")
 
 # ticker window by event_type_kind()'s window index
 _WINDOWS = (None, "24h", "mini", "1h", "4h", "1d")
+
+# The ``reason`` of every error the parser raises (the keys of FrameParser.rejects).
+PARSE_REASONS = tuple(cls.reason for cls in (
+    MalformedFrame, FrameTooLarge, MissingField, FieldTypeError, NumberError, ValueRangeError))
 
 _FIELD_NAMES = {
     KC_LAST_UPDATE_ID: "lastUpdateId", KC_BIDS: "bids", KC_ASKS: "asks",
@@ -227,6 +240,27 @@ cdef str _sv_str(string_view sv):
         raise MalformedFrame(f"frame: bad escape in string {raw!r}") from None
 
 
+cdef object _error(int st, str what, str name):
+    """The typed error of a failed accessor's status (``name``: the field)."""
+    if st == ST_JSON:
+        return MalformedFrame(f"{what}: not valid JSON (truncated or corrupt)")
+    if st == ST_MISSING:
+        return MissingField(f"{what}: required field {name!r} is missing")
+    if st == ST_TYPE:
+        return FieldTypeError(f"{what}: field {name!r} has the wrong JSON type")
+    if st == ST_NUMBER:
+        return NumberError(f"{what}: field {name!r} is not an exact decimal or int64")
+    if st == ST_NEGATIVE:
+        return ValueRangeError(f"{what}: field {name!r} is negative")
+    if st == ST_NOT_POSITIVE:
+        return ValueRangeError(f"{what}: field {name!r} is a price <= 0")
+    if st == ST_LEVEL_PRICE:
+        return ValueRangeError(f"{what}: a level of {name!r} has a price <= 0")
+    if st == ST_LEVEL_QTY:
+        return ValueRangeError(f"{what}: a level of {name!r} has a negative quantity")
+    return MalformedFrame(f"{what}: unexpected structure (field {name!r})")
+
+
 cdef inline bint _is_reply(const Fields &f):
     """An ack (``result``/``id``) or an error frame (``code``/``msg``)."""
     if f.present(KC_RESULT) or (f.present(KC_CODE) and f.present(KC_MSG)):
@@ -283,6 +317,7 @@ cdef class FrameParser:
     cdef readonly uint64_t replies
     cdef readonly uint64_t fast_frames   # frames the fast path took (frame_scan.hpp)
     cdef readonly bint fast_path
+    cdef dict _rejects                   # ParseError reason -> count (sums to errors)
 
     def __cinit__(self):
         self._p = NULL
@@ -314,6 +349,7 @@ cdef class FrameParser:
         self._last_sym_len = 0
         self._last_sym_obj = None
         self._last_route = None
+        self._rejects = {}
         free(self._buf)
         self._cap = max_frame_bytes + SIMDJSON_PADDING
         self._buf = <char *>malloc(self._cap)
@@ -326,6 +362,12 @@ cdef class FrameParser:
         free(self._buf)
         if self._p != NULL:
             del self._p
+
+    @property
+    def rejects(self):
+        """Rejected frames (and REST bodies) by error ``reason``, e.g.
+        ``{"value_range": 2}``; the counts sum to ``errors``."""
+        return dict(self._rejects)
 
     @property
     def implementation(self):
@@ -375,23 +417,22 @@ cdef class FrameParser:
         cdef int st
         self.frames += 1
         if n > self.max_frame_bytes:
-            self.errors += 1
+            self._reject(FrameTooLarge.reason)
             raise FrameTooLarge(
                 f"frame of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
         st = self._parse_buf(ptr, n)
         if st != ST_OK:
-            self.errors += 1
-            self._raise(st, "frame")
+            self._raise(st, "frame", True)
         # a frame is accepted whole or not at all: an `@arr` frame that fails on
         # its third item must not leave the first two behind
         cdef Py_ssize_t n0 = len(out)
         cdef uint64_t events0 = self.events, replies0 = self.replies, unknown0 = self.unknown
         try:
             return self._build(ts_recv, out)
-        except ParseError:
+        except ParseError as exc:
             del out[n0:]
             self.events, self.replies, self.unknown = events0, replies0, unknown0
-            self.errors += 1
+            self._reject(exc.reason)
             raise
 
     def parse_rest_depth(self, data, str symbol, int64_t ts_recv=0):
@@ -402,18 +443,17 @@ cdef class FrameParser:
         cdef BookDepth ev
         self.frames += 1
         if n > self.max_frame_bytes:
-            self.errors += 1
+            self._reject(FrameTooLarge.reason)
             raise FrameTooLarge(f"body of {n} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
         st = self._parse_buf(PyBytes_AS_STRING(b), n)
         if st == ST_OK and (self._fr.has_stream or self._fr.data_is_array or self._fr.n_items != 1):
             st = ST_SHAPE
         if st != ST_OK:
-            self.errors += 1
-            self._raise(st, "REST depth snapshot")
+            self._raise(st, "REST depth snapshot", True)
         try:
             ev = self._depth(self._fr.items[0], BOOK_SNAPSHOT, SOURCE_REST, symbol.upper(), ts_recv)
-        except ParseError:
-            self.errors += 1
+        except ParseError as exc:
+            self._reject(exc.reason)
             raise
         self.events += 1
         return ev
@@ -439,18 +479,20 @@ cdef class FrameParser:
                 return st
         return self._p.parse(self._buf, n, self._cap, self._fr)
 
-    cdef int _raise(self, int st, str what) except -1:
-        key = self._fr.err_key
+    cdef void _reject(self, str reason) noexcept:
+        """Count one rejected frame under its error reason (the error path only)."""
+        self.errors += 1
+        self._rejects[reason] = self._rejects.get(reason, 0) + 1
+
+    cdef int _raise(self, int st, str what, bint count=False) except -1:
+        """Raise the typed error for status ``st`` (the accessor set _fr.err_key);
+        ``count``: no caller's ``except ParseError`` counts it, so count it here."""
+        cdef int key = self._fr.err_key
         name = _FIELD_NAMES.get(key) or (chr(key) if key >= 65 else "?")
-        if st == ST_JSON:
-            raise MalformedFrame(f"{what}: not valid JSON (truncated or corrupt)")
-        if st == ST_MISSING:
-            raise MissingField(f"{what}: required field {name!r} is missing")
-        if st == ST_TYPE:
-            raise FieldTypeError(f"{what}: field {name!r} has the wrong JSON type")
-        if st == ST_NUMBER:
-            raise NumberError(f"{what}: field {name!r} is not an exact decimal or int64")
-        raise MalformedFrame(f"{what}: unexpected structure (field {name!r})")
+        exc = _error(st, what, name)
+        if count:
+            self._reject(exc.reason)
+        raise exc
 
     cdef Route _route(self):
         """The route of the frame's stream (cached per distinct stream)."""
@@ -634,9 +676,9 @@ cdef class FrameParser:
         cdef cbool m = False
         self._common(ev, kind, self._symbol(f, ord("s"), route), ts_recv)
         cdef int id_key = ord("t") if kind == TRADE else ord("a")
-        self._check(get_int(f, id_key, ev.trade_id_, self._fr.err_key))
-        self._check(get_dec(f, ord("p"), ev.price_, ev.price_exp, self._fr.err_key))
-        self._check(get_dec(f, ord("q"), ev.qty_, ev.qty_exp, self._fr.err_key))
+        self._check(nonneg_int(f, id_key, ev.trade_id_, self._fr.err_key))
+        self._check(positive_dec(f, ord("p"), ev.price_, ev.price_exp, self._fr.err_key))
+        self._check(nonneg_dec(f, ord("q"), ev.qty_, ev.qty_exp, self._fr.err_key))
         self._check(get_bool(f, ord("m"), m, self._fr.err_key))
         ev.buyer_is_maker = m
         if kind == AGG_TRADE:
@@ -651,19 +693,23 @@ cdef class FrameParser:
     cdef Event _book_ticker(self, const Fields &f, Route route, int64_t ts_recv):
         cdef BookTicker ev = <BookTicker>BookTicker.__new__(BookTicker)
         self._common(ev, BOOK_TICKER, self._symbol(f, ord("s"), route), ts_recv)
-        self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
-        self._check(get_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, self._fr.err_key))
-        self._check(get_dec(f, ord("B"), ev.bid_qty_, ev.bid_qty_exp, self._fr.err_key))
-        self._check(get_dec(f, ord("a"), ev.ask_price_, ev.ask_price_exp, self._fr.err_key))
-        self._check(get_dec(f, ord("A"), ev.ask_qty_, ev.ask_qty_exp, self._fr.err_key))
+        # an empty book side comes as price and quantity "0": zero is valid here
+        self._check(nonneg_int(f, ord("u"), ev.update_id_, self._fr.err_key))
+        self._check(nonneg_dec(f, ord("b"), ev.bid_price_, ev.bid_price_exp, self._fr.err_key))
+        self._check(nonneg_dec(f, ord("B"), ev.bid_qty_, ev.bid_qty_exp, self._fr.err_key))
+        self._check(nonneg_dec(f, ord("a"), ev.ask_price_, ev.ask_price_exp, self._fr.err_key))
+        self._check(nonneg_dec(f, ord("A"), ev.ask_qty_, ev.ask_qty_exp, self._fr.err_key))
         self._event_times(ev, f)
         ev.seq_ = ev.update_id_
         return ev
 
     cdef int _levels_key(self, const Fields &f, int c) except -1:
-        """A depth payload's level list must be there, as an array."""
+        """A depth payload's level list must be there, as an array, of
+        plausible levels (check_levels in frame.hpp)."""
         if f.is_array(c):
-            return 0
+            if c == KC_BIDS or c == ord("b"):
+                return self._check(check_levels(self._fr.bids, c, self._fr.err_key))
+            return self._check(check_levels(self._fr.asks, c, self._fr.err_key))
         self._fr.err_key = c
         return self._check(ST_TYPE if f.present(c) else ST_MISSING)
 
@@ -676,14 +722,15 @@ cdef class FrameParser:
         ev.source_ = source
         if f.present(KC_LAST_UPDATE_ID):
             # REST body or spot partial depth: {lastUpdateId, bids, asks[, E, T]}
-            self._check(get_int(f, KC_LAST_UPDATE_ID, ev.update_id_, self._fr.err_key))
+            self._check(nonneg_int(f, KC_LAST_UPDATE_ID, ev.update_id_, self._fr.err_key))
             ev.first_update_id_ = MT_NA
             ev.prev_update_id_ = MT_NA
             self._levels_key(f, KC_BIDS)
             self._levels_key(f, KC_ASKS)
         else:
-            self._check(get_int(f, ord("u"), ev.update_id_, self._fr.err_key))
-            self._check(get_int(f, ord("U"), ev.first_update_id_, self._fr.err_key))
+            self._check(nonneg_int(f, ord("u"), ev.update_id_, self._fr.err_key))
+            self._check(nonneg_int(f, ord("U"), ev.first_update_id_, self._fr.err_key))
+            # futures may send pu = -1 (no previous event): any int64 is kept
             self._check(opt_int(f, KC_PU, ev.prev_update_id_, self._fr.err_key))
             self._levels_key(f, ord("b"))
             self._levels_key(f, ord("a"))
@@ -781,11 +828,12 @@ cdef class FrameParser:
         ev.order_type = self._opt_text(o[0], ord("o"))
         ev.time_in_force = self._opt_text(o[0], ord("f"))
         ev.status = self._opt_text(o[0], ord("X"))
-        self._check(get_dec(o[0], ord("q"), ev.dm[0], ev.de[0], self._fr.err_key))
-        self._check(get_dec(o[0], ord("p"), ev.dm[1], ev.de[1], self._fr.err_key))
-        self._check(opt_dec(o[0], KC_AP, ev.dm[2], ev.de[2], self._fr.err_key))
-        self._check(opt_dec(o[0], ord("l"), ev.dm[3], ev.de[3], self._fr.err_key))
-        self._check(opt_dec(o[0], ord("z"), ev.dm[4], ev.de[4], self._fr.err_key))
+        # an order not yet filled has average price and filled quantities "0"
+        self._check(nonneg_dec(o[0], ord("q"), ev.dm[0], ev.de[0], self._fr.err_key))
+        self._check(nonneg_dec(o[0], ord("p"), ev.dm[1], ev.de[1], self._fr.err_key))
+        self._check(opt_nonneg_dec(o[0], KC_AP, ev.dm[2], ev.de[2], self._fr.err_key))
+        self._check(opt_nonneg_dec(o[0], ord("l"), ev.dm[3], ev.de[3], self._fr.err_key))
+        self._check(opt_nonneg_dec(o[0], ord("z"), ev.dm[4], ev.de[4], self._fr.err_key))
         self._check(opt_int(o[0], ord("T"), t, self._fr.err_key))
         ev.ts_transaction_ = self._ns(t)
         self._check(get_int(f, ord("E"), t, self._fr.err_key))

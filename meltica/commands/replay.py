@@ -12,6 +12,8 @@ bus consumer's, and the dispatch table's by reason), throughput,
 receive->consumer latency, and the book check — at every exchange
 ``bookTicker`` whose update id equals a published book's update id, the
 book's best bid/ask must equal the exchange's.
+
+The report's ``parse_rejects`` counts the frames the parser rejected, by reason.
 """
 
 from __future__ import annotations
@@ -258,6 +260,7 @@ def _report(
         },
         "events": monitor.events,
         "by_kind": dict(sorted(monitor.kinds.items())),
+        "parse_rejects": _parse_rejects(engine),
         "gaps": sum(i.get("gaps", 0) for i in instruments.values()),
         "resyncs": sum(i.get("resyncs", 0) for i in instruments.values()),
         "drops": consumer.dropped,
@@ -277,6 +280,16 @@ def _report(
             "examples": check.examples,
         },
     }
+
+
+def _parse_rejects(engine: Engine) -> dict[str, int]:
+    """Frames the parsers rejected, by error reason (reasons with none left out)."""
+    out: dict[str, int] = {}
+    for manager in engine.managers.values():
+        for reason, n in manager.parse_rejects().items():
+            if n:
+                out[reason] = out.get(reason, 0) + n
+    return dict(sorted(out.items()))
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from meltica._core.events import BookDepth
-from meltica._core.parser import FrameParser
+from meltica._core.parser import PARSE_REASONS, FrameParser
 from meltica.errors import ConfigError, MelticaError, ParseError
 from meltica.telemetry.metrics import Sample
 
@@ -511,6 +511,15 @@ class BinanceRest:
                 kind = "gauge" if key in gauges else "counter"
                 name = f"rest_{key}" + ("_total" if kind == "counter" else "")
                 yield Sample(name, kind, f"Binance REST {key.replace('_', ' ')}", value, labels)
+            rejects = self._markets[market].parser.rejects
+            for reason in PARSE_REASONS:
+                yield Sample(
+                    "rest_parse_rejects_total",
+                    "counter",
+                    "Binance REST depth snapshot bodies the parser rejected, by error reason",
+                    rejects.get(reason, 0),
+                    (*labels, ("reason", reason)),
+                )
         yield Sample("rest_bans_total", "counter", "Binance REST 418 bans", self._bans)
 
     # -- request path

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meltica._core.events import KIND_IDS, Control
-from meltica._core.parser import FrameParser, Reply, classify_stream
+from meltica._core.parser import PARSE_REASONS, FrameParser, Reply, classify_stream
 from meltica.adapters.binance.ws_conn import Connection
 from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
-from meltica.errors import MelticaError
+from meltica.errors import MelticaError, ParseError
 from meltica.localseq import LocalSeq
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
@@ -210,6 +210,9 @@ class ConnectionManager:
         self._disconnects: dict[str, int] = dict.fromkeys(_DISCONNECT_REASONS, 0)
         # listener/connection counters of connections already closed
         self._closed_totals: dict[str, int] = dict.fromkeys(_CONN_COUNTERS, 0)
+        # frames rejected, by error reason (the parser's, and the listener's own
+        # refusals of fragmented messages)
+        self._parse_rejects: dict[str, int] = dict.fromkeys(PARSE_REASONS, 0)
 
     # ------------------------------------------------------------ public surface
 
@@ -354,6 +357,11 @@ class ConnectionManager:
     def disconnects_by_reason(self) -> dict[str, int]:
         """Disconnects of open connections so far, per reason label (see ws_conn.py)."""
         return dict(self._disconnects)
+
+    def parse_rejects(self) -> dict[str, int]:
+        """Frames rejected on every connection (closed ones too), by error reason;
+        every reason of ``PARSE_REASONS`` is present.  Sums to ``parse_errors``."""
+        return dict(self._parse_rejects)
 
     def silent_streams(self) -> frozenset[str]:
         """Streams quiet for silence_timeout_s while their connection had data."""
@@ -526,6 +534,8 @@ class ConnectionManager:
             self._rotate(slot, "server_shutdown")
 
     def _on_parse_error(self, conn: Connection, exc: BaseException) -> None:
+        if isinstance(exc, ParseError):  # what the listener counts in parse_errors
+            self._parse_rejects[exc.reason] = self._parse_rejects.get(exc.reason, 0) + 1
         now = self._clock()
         if now - self._last_parse_log >= 1.0:
             self._last_parse_log = now
