@@ -331,23 +331,27 @@ def test_on_error_raise_raises_a_typed_error_and_iteration_goes_on(
     events = market_events(61)
 
     async def go() -> None:
+        subject = "meltica.binance.spot.trade.BTCUSDT"
         async with Publisher(nats_server.url) as pub:
-            await pub.publish(events[:30])
-            bad_seq = await pub.publish_raw("meltica.binance.spot.trade.BTCUSDT", BAD)
-            await pub.publish(events[30:60])
+            await pub.publish(events[:20])
+            bad_seqs = [await pub.publish_raw(subject, BAD)]
+            await pub.publish(events[20:40])
+            bad_seqs.append(await pub.publish_raw(subject, BAD))
+            await pub.publish(events[40:60])
             got: list[Event] = []
             async with connect(nats_server.url) as client:
                 sub = client.subscribe(start="all", durable="strict", on_error="raise", batch=8)
-                with pytest.raises(MessageDecodeError) as info:
-                    async for ev in sub:
-                        got.append(ev)
-                assert isinstance(info.value, WireError | ValueError)
-                assert info.value.subject == "meltica.binance.spot.trade.BTCUSDT"
-                assert info.value.stream_seq == bad_seq
-                assert keys(got) == keys(events[:30])
-                got += await take(sub, 10)  # the same iterator goes on after the error
-            # the bad message counts as consumed: a restart neither raises it again
-            # nor repeats or loses an event
+                for bad_seq in bad_seqs:
+                    with pytest.raises(MessageDecodeError) as info:
+                        async for ev in sub:  # the same iterator goes on after an error
+                            got.append(ev)
+                    assert isinstance(info.value, WireError | ValueError)
+                    assert info.value.subject == subject
+                    assert info.value.stream_seq == bad_seq
+                assert keys(got) == keys(events[:40])
+                assert sub.stats()["decode_errors"] == 2
+            # closed right after the error: the bad message still counts as consumed,
+            # so a restart neither raises it again nor repeats or loses an event
             async with connect(nats_server.url) as client:
                 sub = client.subscribe(durable="strict", on_error="raise")
                 got += await take(sub, 20)
