@@ -166,6 +166,16 @@ class Client:
         The consumer is made on the server when iteration starts (or on
         ``async with``).
         """
+        if venue not in VENUES:
+            raise ConfigError(
+                f"subscribe(venue=): expected one of {', '.join(VENUES)}, got {venue!r}"
+            )
+        if durable is not None and not _is_token(durable):
+            raise ConfigError(f"subscribe(durable=): {durable!r} is not a consumer name")
+        if not 1 <= batch <= 100_000:
+            raise ConfigError(f"subscribe(batch=): must be in [1, 100000], got {batch}")
+        if on_error not in ("skip", "raise"):
+            raise ConfigError(f"subscribe(on_error=): expected 'skip' or 'raise', got {on_error!r}")
         sub = Subscription(
             self,
             venue=venue,
@@ -178,22 +188,13 @@ class Client:
             batch=batch,
             on_error=on_error,
         )
-        if venue not in VENUES:
-            raise ConfigError(
-                f"subscribe(venue=): expected one of {', '.join(VENUES)}, got {venue!r}"
-            )
-        if not 1 <= batch <= 100_000:
-            raise ConfigError(f"subscribe(batch=): must be in [1, 100000], got {batch}")
-        if on_error not in ("skip", "raise"):
-            raise ConfigError(f"subscribe(on_error=): expected 'skip' or 'raise', got {on_error!r}")
         self._subs.append(sub)
         return sub
 
     async def close(self) -> None:
         """Close the subscriptions, then the connection (idempotent)."""
-        for sub in self._subs:
+        for sub in list(self._subs):
             await sub.close()
-        self._subs.clear()
         if self.nats is not None and not self.nats.is_closed:
             await self.nats.close()
 
@@ -211,9 +212,13 @@ def _values(
             raise ConfigError(
                 f"subscribe({name}=): expected one of {', '.join(allowed)}, got {v!r}"
             )
-        if not v or any(c in v for c in ".*> \t"):
+        if not _is_token(v):
             raise ConfigError(f"subscribe({name}=): {v!r} is not a subject token")
     return values
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and not any(c in text for c in ".*> \t\r\n")
 
 
 def _check_start(start: Start) -> Start:
@@ -373,6 +378,8 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(ValueError):
+            self._client._subs.remove(self)
         nc = self._client.nats
         if self._sub is None or nc is None or nc.is_closed:
             return

@@ -267,6 +267,7 @@ def test_bad_arguments_are_typed_errors(nats_server: NatsServer) -> None:
                 {"start": 0},
                 {"start": dt.datetime(2024, 1, 1)},  # no timezone
                 {"batch": 0},
+                {"durable": "my.app"},
                 {"on_error": "ignore"},
             ):
                 with pytest.raises(ConfigError, match=r"subscribe\("):
