@@ -195,6 +195,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return _run_async(run_tail(args))
 
 
+def _tail_start(text: str) -> object:
+    from meltica.commands.tail import parse_start
+
+    return parse_start(text)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (default: built-in defaults)")
     p.add_argument(
@@ -338,12 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "tail",
         help="print the bus events of a running gateway",
-        description="Connect to a running gateway's HTTP endpoint and print its Data Bus "
-        "events as wire JSON lines (a slow reader loses the oldest, never slows the gateway).",
+        description="Print a gateway's Data Bus events as wire JSON lines: from its HTTP "
+        "endpoint (a slow reader loses the oldest, never slows the gateway), or with --nats "
+        "from the NATS JetStream stream it publishes to (nothing lost; --durable resumes).",
     )
     p.add_argument(
         "--url", default="http://127.0.0.1:9464", help="the gateway's metrics/tail endpoint"
     )
+    p.add_argument("--nats", metavar="URL", help="read the NATS stream at URL instead of --url")
+    p.add_argument(
+        "--start",
+        type=_tail_start,
+        default="new",
+        help="with --nats: new (default), all, a stream sequence or an ISO 8601 time",
+    )
+    p.add_argument(
+        "--durable",
+        metavar="NAME",
+        help="with --nats: a consumer name that resumes where it stopped",
+    )
+    p.add_argument("--stream", help="with --nats: the JetStream stream (default MELTICA)")
     p.add_argument("--kind", action="append", default=[], help="event kind (repeatable)")
     p.add_argument("--symbol", action="append", default=[], help="symbol (repeatable)")
     p.add_argument("--market", action="append", default=[], help="market (repeatable)")

@@ -781,18 +781,24 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[Any, Any]:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    **sections: Mapping[str, Any],
 ) -> Config:
     """Read the configuration once: defaults, YAML file, environment, overrides.
 
-    ``env`` defaults to ``os.environ``; only ``MELTICA_<SECTION>__<KEY>[__<SUBKEY>]``
-    variables are read (case-insensitive; lists comma-separated), and
-    ``MELTICA_CONFIG`` names the YAML file when ``path`` is None.  ``overrides``
-    are ``section.key=value`` strings with YAML scalar values.  Every layer
-    is checked for unknown keys before anything is built.
+    ``path`` is a YAML file, or a mapping of sections shaped like one
+    (``{"bus": {"capacity": 1024}}``) for code that embeds the gateway.
+    ``sections`` are sections given as keywords (``bus={"capacity": 1024}``),
+    merged key by key over the file or mapping.  ``env`` defaults to
+    ``os.environ``; only ``MELTICA_<SECTION>__<KEY>[__<SUBKEY>]`` variables
+    are read (case-insensitive; lists comma-separated), and ``MELTICA_CONFIG``
+    names the YAML file when ``path`` is None (pass ``env={}`` to ignore the
+    environment).  ``overrides`` are ``section.key=value`` strings with YAML
+    scalar values.  Every layer is checked for unknown keys before anything
+    is built.
 
     Raises ConfigError naming the key path (and the variable or override it
     came from) on the first problem found.
@@ -800,19 +806,45 @@ def load_config(
     environ: Mapping[str, str] = os.environ if env is None else env
     if path is None:
         path = environ.get("MELTICA_CONFIG") or None
-    tree = _read_yaml(path) if path is not None else {}
+    if isinstance(path, Mapping):
+        tree = _copy_tree(path)
+        source = "a mapping"
+    elif not isinstance(path, str | os.PathLike | None):
+        kind = type(path).__name__
+        raise ConfigError(f"config: expected a file path or a mapping of sections, got {kind}")
+    else:
+        tree = _read_yaml(path) if path is not None else {}
+        source = os.fspath(path) if path is not None else "defaults"
+    for name, section in sections.items():
+        _merge(tree, name, _copy_tree(section) if isinstance(section, Mapping) else section)
     env_items = list(_env_layer(environ))
     override_items = list(_override_layer(overrides))
     for parts, value in (*env_items, *override_items):
         _put(tree, parts, value)
     cfg = _build(Config, tree, "")
     log.config.debug(
-        "config loaded from %s with %d env and %d CLI overrides",
-        os.fspath(path) if path is not None else "defaults",
+        "config loaded from %s with %d keyword sections, %d env and %d CLI overrides",
+        source,
+        len(sections),
         len(env_items),
         len(override_items),
     )
     return cfg
+
+
+def _copy_tree(data: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A copy of nested mappings as dicts (the caller's own stay untouched)."""
+    return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _merge(tree: dict[Any, Any], key: Any, value: object) -> None:
+    """``tree[key] = value``, merging mappings into mappings key by key."""
+    current = tree.get(key)
+    if isinstance(current, dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _merge(current, k, v)
+    else:
+        tree[key] = value
 
 
 def default_config() -> Config:

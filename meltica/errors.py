@@ -70,6 +70,18 @@ class WireError(ParseError):
     reason = "wire"
 
 
+class MessageDecodeError(WireError):
+    """A broker message on a Meltica subject is not a wire-format event
+    (``meltica.client``); names its subject and stream sequence."""
+
+    reason = "message_decode"
+
+    def __init__(self, message: str, *, subject: str = "", stream_seq: int = 0) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.stream_seq = stream_seq
+
+
 class AnalyticsError(MelticaError, ValueError):
     """An analytics hook made an invalid ``Derived`` event or returned
     something other than an iterable of them."""

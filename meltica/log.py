@@ -23,6 +23,7 @@ capture = logging.getLogger("meltica.capture")
 normalize = logging.getLogger("meltica.normalize")
 config = logging.getLogger("meltica.config")
 engine = logging.getLogger("meltica.engine")
+client = logging.getLogger("meltica.client")
 
 # scheme://user:password@host -> scheme://user:***@host (the user, often empty
 # for Redis, stays: it says which account without saying how to log in as it)

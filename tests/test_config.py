@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -507,3 +509,79 @@ def test_check_config_masks_nats_secrets(
     assert effective["nats"]["password"] == "***"
     assert effective["nats"]["url"] == "nats://ops:***@127.0.0.1:4222"
     assert "pw123" not in out and "urlpw" not in out
+
+
+# A mapping or keyword sections, for code that embeds the gateway
+
+
+def test_a_mapping_is_read_like_the_file(tmp_path: Path) -> None:
+    text = "bus:\n  capacity: 1024\nbinance:\n  markets: [spot]\n"
+    from_file = load_config(write(tmp_path, text), env={})
+    given = {"bus": {"capacity": 1024}, "binance": {"markets": ["spot"]}}
+    assert load_config(given, env={}) == from_file
+    assert given == {"bus": {"capacity": 1024}, "binance": {"markets": ["spot"]}}  # untouched
+
+
+def test_keyword_sections_merge_over_the_file_or_mapping(tmp_path: Path) -> None:
+    assert load_config(bus={"capacity": 1024}, env={}).bus.capacity == 1024
+    path = write(tmp_path, "bus:\n  capacity: 4096\n  policy: drop_oldest\n")
+    cfg = load_config(path, env={}, bus={"capacity": 1024})
+    assert (cfg.bus.capacity, cfg.bus.policy) == (1024, "drop_oldest")
+    cfg = load_config(
+        {"binance": {"spot": {"symbols": ["ETHUSDT"]}}},
+        env={},
+        binance={"spot": {"streams": ["trade"]}},
+    )
+    assert cfg.binance.spot.streams == ("trade",)
+    assert [s.upper() for s in cfg.binance.spot.symbols] == ["ETHUSDT"]
+    # the environment and overrides still come on top
+    cfg = load_config(
+        bus={"capacity": 1024},
+        env={"MELTICA_BUS__CAPACITY": "2048"},
+        overrides=["bus.batch_size=64"],
+    )
+    assert (cfg.bus.capacity, cfg.bus.batch_size) == (2048, 64)
+
+
+def test_mapping_and_keyword_errors_name_the_key() -> None:
+    assert (
+        error_of({"bus": {"capacty": 1}}) == "unknown key 'bus.capacty' (did you mean 'capacity'?)"
+    )
+    assert error_of(buss={}) == "unknown key 'buss' (did you mean 'bus'?)"
+    assert error_of(bus={"capacity": 3}).startswith("bus.capacity: must be a power of two")
+    assert error_of(bus=1024) == "bus: expected a mapping, got 1024"
+    assert error_of({"bus": {"capacity": "big"}}) == "bus.capacity: expected int, got 'big'"
+    assert "expected a file path or a mapping of sections, got list" in error_of(["bus"])
+
+
+def test_engine_and_load_config_are_exported_lazily() -> None:
+    code = (
+        "import sys, meltica\n"
+        "assert 'meltica.engine' not in sys.modules\n"
+        "from meltica import Engine, load_config\n"
+        "from meltica.engine import Engine as E\n"
+        "from meltica.config import load_config as L\n"
+        "assert Engine is E and load_config is L\n"
+        "assert 'Engine' in meltica.__all__ and 'load_config' in meltica.__all__\n"
+        "cfg = load_config(env={}, bus={'capacity': 1024}, telemetry={'metrics_enabled': False})\n"
+        "assert Engine(cfg).bus.capacity == 1024\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_the_readme_in_process_example_runs() -> None:
+    """The example under "Consume the events" in README.md, as a user would paste it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Consume the events", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "Engine(" in example and "load_config(" in example
+    done = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stdout.decode().splitlines()
+    assert len(lines) == 5
+    assert all(
+        line.split()[0] == "BTCUSDT" and line.split()[1] in ("buy", "sell") for line in lines
+    )
