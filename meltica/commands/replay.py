@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
+from meltica.broker import BrokerError
 from meltica.commands.common import apply_log_level, local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
@@ -188,6 +189,9 @@ async def run_replay(args: argparse.Namespace) -> int:
             err.print(f"error: {key}: book not live at the end of the replay")
         bad = report["gaps"] or report["drops"] or report["book_check"]["mismatches"] or failed
         return 1 if bad else 0
+    except BrokerError as exc:  # the broker's config keys: like any config error
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MelticaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
