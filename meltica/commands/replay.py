@@ -187,7 +187,14 @@ async def run_replay(args: argparse.Namespace) -> int:
             err.print(f"warning: {key}: the capture holds no depth snapshot; no book to check")
         for key in sorted(failed):
             err.print(f"error: {key}: book not live at the end of the replay")
-        bad = report["gaps"] or report["drops"] or report["book_check"]["mismatches"] or failed
+        nats_lost = report.get("nats", {}).get("lost", 0)
+        bad = (
+            report["gaps"]
+            or report["drops"]
+            or report["book_check"]["mismatches"]
+            or failed
+            or nats_lost
+        )
         return 1 if bad else 0
     except BrokerError as exc:  # the broker's config keys: like any config error
         print(f"error: {exc}", file=sys.stderr)
@@ -280,7 +287,20 @@ def _report(
             "mismatches": check.mismatches,
             "examples": check.examples,
         },
+        **_nats_report(engine),
     }
+
+
+def _nats_report(engine: Engine) -> dict[str, Any]:
+    """The JetStream publisher's counters (bus.backend nats): ``lost`` is what
+    did not reach the stream, dropped (outage_policy drop) or unacknowledged."""
+    pub = engine.nats_bus
+    if pub is None:
+        return {}
+    stats = pub.stats()
+    dropped = dict(pub.dropped)
+    lost = sum(dropped.values()) + int(stats["window_depth"])
+    return {"nats": {**stats, "dropped": dropped, "lost": lost}}
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:
