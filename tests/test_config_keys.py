@@ -89,4 +89,6 @@ def test_reserved_keys_are_really_unread_keys() -> None:
     for owner, names in RESERVED.items():
         for name in names:
             assert (owner, name) in leaves, f"{owner}.{name} is not a config key"
-            assert name in live or name not in read, f"{owner}.{name} is read now: drop it from RESERVED"
+            assert name in live or name not in read, (
+                f"{owner}.{name} is read now: drop it from RESERVED"
+            )

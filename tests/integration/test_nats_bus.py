@@ -60,9 +60,7 @@ async def stream_messages(url: str, stream: str = "MELTICA") -> list[Any]:
         sub = await js.pull_subscribe(
             "meltica.>",
             stream=stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL
-            ),
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
         )
         msgs: list[Any] = []
         deadline = time.monotonic() + 60
