@@ -104,9 +104,11 @@ async def ensure_stream(nc: Client, cfg: NatsConfig, venues: Iterable[str]) -> d
             log.info("created JetStream stream %s on %s", cfg.stream, ", ".join(subjects))
             return {"created": True, "updated": []}
         have = info.config
-        if have.storage is not None and have.storage.value != cfg.storage:
+        # nats-py gives the enum or its plain string, depending on the call
+        storage = getattr(have.storage, "value", have.storage)
+        if storage is not None and storage != cfg.storage:
             raise BrokerError(
-                f"nats.storage: stream {cfg.stream} exists with {have.storage.value} storage, "
+                f"nats.storage: stream {cfg.stream} exists with {storage} storage, "
                 f"the config says {cfg.storage} (storage cannot change; use another nats.stream)"
             )
         if (have.num_replicas or 1) != cfg.replicas:

@@ -271,3 +271,29 @@ def test_bad_nats_settings_fail_at_start_naming_the_key(
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and key in errors[0], proc.stderr[-3000:]
+
+
+def test_an_existing_stream_is_checked_and_a_storage_change_names_the_key(
+    nats_server: NatsServer,
+) -> None:
+    from meltica.broker import BrokerError, connect
+    from meltica.bus.nats import ensure_stream
+    from meltica.config import NatsConfig
+
+    async def go() -> None:
+        cfg = NatsConfig(url=nats_server.url)
+        nc = await connect(cfg, name="test")
+        try:
+            assert (await ensure_stream(nc, cfg, ["binance"]))["created"] is True
+            # found again (as nats-py reports it), same settings: accepted as is
+            assert await ensure_stream(nc, cfg, ["binance"]) == {"created": False, "updated": []}
+            longer = NatsConfig(url=nats_server.url, max_age_s=7200.0)
+            assert (await ensure_stream(nc, longer, ["binance"]))["updated"] == ["nats.max_age_s"]
+            with pytest.raises(BrokerError, match=r"^nats\.storage: "):
+                await ensure_stream(
+                    nc, NatsConfig(url=nats_server.url, storage="memory"), ["binance"]
+                )
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
