@@ -49,9 +49,20 @@ class BrokerError(MelticaError, ConnectionError):
     reason = "broker"
 
 
+# bytes a subject token cannot hold (separator, wildcards, white space) become "_"
+_TOKEN_UNSAFE = str.maketrans(dict.fromkeys(".*> \t\r\n", "_"))
+
+
 def subject_of(venue: str, market: str, kind: str, symbol: str) -> str:
-    """``meltica.<venue>.<market>.<kind>.<SYMBOL>`` (``_`` when there is no symbol)."""
-    return f"{SUBJECT_ROOT}.{venue}.{market}.{kind}.{symbol or NO_SYMBOL}"
+    """``meltica.<venue>.<market>.<kind>.<SYMBOL>`` (``_`` when there is no symbol).
+
+    A token that is empty becomes ``_``, and so does each character NATS
+    reserves (``.``, ``*``, ``>``, white space): a connection's events, whose
+    symbol is ``*``, go to ``meltica.<venue>.<market>.connection_state._``.
+    The compiled publisher (meltica/bus/_natspub.pyx) spells subjects the same way.
+    """
+    tokens = (venue, market, kind, symbol)
+    return ".".join((SUBJECT_ROOT, *((t or NO_SYMBOL).translate(_TOKEN_UNSAFE) for t in tokens)))
 
 
 def data_subjects(venues: Sequence[str]) -> list[str]:

@@ -26,8 +26,11 @@ from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
 from meltica.adapters.binance.ws import ConnectionManager
+from meltica.broker import connect as broker_connect
+from meltica.broker import gateway_id
 from meltica.bus.control import InProcessControlBus
 from meltica.bus.data import InMemoryDataBus
+from meltica.bus.nats import NatsPublisher, ensure_stream
 from meltica.conductor import Conductor
 from meltica.config import Config, Market
 from meltica.control import ControlReply, ControlRequest
@@ -41,6 +44,9 @@ from meltica.wire import encode_lines
 log = _root_log.getChild("engine")
 
 __all__ = ["Engine", "StartupError"]
+
+# at shutdown, how long the JetStream publisher may wait for outstanding acks
+NATS_FLUSH_TIMEOUT_S = 10.0
 
 
 class StartupError(MelticaError, RuntimeError):
@@ -151,6 +157,10 @@ class Engine:
             "Local receive time to Data Bus publish, per batch (oldest event of the batch)",
         )
         self.bus.latency = self.pipeline_latency
+        # bus.backend nats: the shared NATS client and the JetStream publisher
+        # (a block consumer of the ring), made in start()
+        self.nats: Any = None
+        self.nats_bus: NatsPublisher | None = None
         self._state = "new"
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -221,6 +231,8 @@ class Engine:
         self._stopping = asyncio.Event()
         self.started_ns = time.time_ns()
         try:
+            if self.config.bus.backend == "nats":
+                await self._start_nats()
             for market in self.markets:
                 try:
                     await self.instruments.refresh(market)
@@ -282,6 +294,7 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.conductor.stop()
+        await self._stop_nats()
         await self.control.close()
         await self.rest.close()
         if self.metrics is not None:
@@ -316,6 +329,26 @@ class Engine:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    async def _start_nats(self) -> None:
+        """Connect, make sure the stream exists, start publishing (before any
+        exchange subscription, so the first event already has its way out)."""
+        gid = gateway_id(self.config.gateway)
+        self.nats = await broker_connect(self.config.nats, name=f"meltica-{gid}")
+        venues = {getattr(self.config.binance.market(m), "venue", "binance") for m in self.markets}
+        await ensure_stream(self.nats, self.config.nats, venues)
+        self.nats_bus = NatsPublisher(self.nats, self.config.nats, self.bus)
+        await self.nats_bus.start()
+
+    async def _stop_nats(self) -> None:
+        """Flush the JetStream window (bounded wait for the acks), then close."""
+        if self.nats_bus is not None:
+            with contextlib.suppress(Exception):
+                await self.nats_bus.close(NATS_FLUSH_TIMEOUT_S)
+        if self.nats is not None:
+            with contextlib.suppress(Exception):
+                await self.nats.close()
+            self.nats = None
 
     # ------------------------------------------------------------ control plane
 
@@ -442,6 +475,8 @@ class Engine:
                     )
         for name, value in self.store.stats().items():
             yield _sample(f"snapshot_{name}", value, "SnapshotStore")
+        if self.nats_bus is not None:
+            yield from _nats_samples(self.nats_bus)
 
     # ------------------------------------------------------------ tail endpoint
 
@@ -471,6 +506,27 @@ class Engine:
         finally:
             consumer.close()
         return resp
+
+
+_NATS_GAUGES = frozenset(("window_depth", "window_capacity", "connected"))
+
+
+def _nats_samples(pub: NatsPublisher) -> Iterator[Sample]:
+    for name, value in pub.stats().items():
+        yield _sample(
+            f"nats_{name}",
+            value,
+            "JetStream Data Bus publisher (docs/nats.md)",
+            kind="gauge" if name in _NATS_GAUGES else "counter",
+        )
+    for reason, count in pub.dropped.items():
+        yield _sample(
+            "nats_dropped",
+            count,
+            "Events the JetStream publisher dropped (outage_policy drop), by reason",
+            kind="counter",
+            reason=reason,
+        )
 
 
 # Stats whose name says "current level" are gauges; everything else counts up.

@@ -83,7 +83,12 @@ def test_reserved_keys_are_really_unread_keys() -> None:
     # then accept non-default values): keep the list honest in both directions
     read = _attributes_read()
     leaves = {(owner, name) for _, owner, name in _leaf_keys(Config)}
+    # a name that another section's live key also has (snapshot.backend and
+    # bus.backend) is read for that key: by name the two cannot be told apart
+    live = {name for owner, name in leaves if name not in RESERVED.get(owner, ())}
     for owner, names in RESERVED.items():
         for name in names:
             assert (owner, name) in leaves, f"{owner}.{name} is not a config key"
-            assert name not in read, f"{owner}.{name} is read now: drop it from RESERVED"
+            assert name in live or name not in read, (
+                f"{owner}.{name} is read now: drop it from RESERVED"
+            )

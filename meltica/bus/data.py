@@ -1,6 +1,7 @@
 """The Data Bus: canonical events from the Conductor to many consumers.
 
-`DataBus` is the interface (the in-memory bus here, NATS JetStream later);
+`DataBus` is the interface (the in-memory bus here; meltica/bus/nats.py feeds
+NATS JetStream from it);
 `InMemoryDataBus` runs on the C ring in ``meltica._core.ring``: one pointer
 store per published event, a cursor per consumer, filters applied by the
 reading side, and consumers woken once per published batch (never per

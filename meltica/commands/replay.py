@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
+from meltica.broker import BrokerError
 from meltica.commands.common import apply_log_level, local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
@@ -188,8 +189,18 @@ async def run_replay(args: argparse.Namespace) -> int:
             err.print(f"warning: {key}: the capture holds no depth snapshot; no book to check")
         for key in sorted(failed):
             err.print(f"error: {key}: book not live at the end of the replay")
-        bad = report["gaps"] or report["drops"] or report["book_check"]["mismatches"] or failed
+        nats_lost = report.get("nats", {}).get("lost", 0)
+        bad = (
+            report["gaps"]
+            or report["drops"]
+            or report["book_check"]["mismatches"]
+            or failed
+            or nats_lost
+        )
         return 1 if bad else 0
+    except BrokerError as exc:  # the broker's config keys: like any config error
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MelticaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -279,6 +290,7 @@ def _report(
             "mismatches": check.mismatches,
             "examples": check.examples,
         },
+        **_nats_report(engine),
     }
 
 
@@ -290,6 +302,18 @@ def _parse_rejects(engine: Engine) -> dict[str, int]:
             if n:
                 out[reason] = out.get(reason, 0) + n
     return dict(sorted(out.items()))
+
+
+def _nats_report(engine: Engine) -> dict[str, Any]:
+    """The JetStream publisher's counters (bus.backend nats): ``lost`` is what
+    did not reach the stream, dropped (outage_policy drop) or unacknowledged."""
+    pub = engine.nats_bus
+    if pub is None:
+        return {}
+    stats = pub.stats()
+    dropped = dict(pub.dropped)
+    lost = sum(dropped.values()) + int(stats["window_depth"])
+    return {"nats": {**stats, "dropped": dropped, "lost": lost}}
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:

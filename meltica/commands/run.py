@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meltica.broker import BrokerError
 from meltica.commands.common import apply_log_level
 from meltica.config import load_config
 from meltica.engine import Engine
@@ -21,6 +22,9 @@ async def run_gateway(args: argparse.Namespace) -> int:
     engine = Engine(config)
     try:
         await engine.run(duration_s=args.duration)
+    except BrokerError as exc:  # the broker's config keys: like any config error
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MelticaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

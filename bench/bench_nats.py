@@ -1,0 +1,318 @@
+"""The Data Bus on NATS JetStream: publish rate, end-to-end throughput, latency.
+
+Starts its own ``nats-server -js`` on a free loopback port (store in a temporary
+directory; the stream uses memory storage unless ``--storage file``).
+
+1. Publish rate into JetStream: N trade events (4 symbols), one message each
+   with the same subject, v1 wire JSON payload and ``Nats-Msg-Id`` header, into
+   a fresh stream per round.  One operation = one event stored and
+   acknowledged.  Candidates, interleaved over rounds, medians:
+   - ``gateway``: the gateway's path, ``InMemoryDataBus.publish_batch`` of
+     batches -> `NatsPublisher` (compiled frames) until the last ack;
+   - ``nats-py``: a bare ``nc.publish(subject, payload, headers=...)`` loop of
+     the same payloads (no ack per message: its fastest form), until the
+     stream holds all N.
+   The budget: gateway >= 2x nats-py.
+2. End to end: ``meltica-engine replay CAPTURE --speed max`` (fake exchange ->
+   gateway -> bus) with ``bus.backend=memory`` and ``=nats``; for NATS an
+   independent nats-py consumer reads the whole stream, and the time counts
+   until it has the last message.  Events/s of each, same capture, same run.
+3. Latency: events published at a fixed rate (10k and 50k events/s, batches
+   every millisecond) with ``ts_recv`` = publish time, received by a core NATS
+   subscriber of ``meltica.>``: p50/p99 of receive - ``ts_recv``.
+
+Run:  python bench/bench_nats.py [--events 200000] [--rounds 3] [--capture PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import uvloop
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+
+from meltica import Event, FrameParser
+from meltica.broker import subject_of
+from meltica.bus import InMemoryDataBus
+from meltica.bus.nats import NatsPublisher
+from meltica.config import NatsConfig
+from meltica.wire import encode
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
+
+
+def trades(n: int, start: int = 0) -> list[Event]:
+    parser = FrameParser()
+    out: list[Event] = []
+    for i in range(start, start + n):
+        sym = SYMBOLS[i % len(SYMBOLS)]
+        frame = (
+            f'{{"e":"trade","E":1723161256299,"s":"{sym}","t":{i},"p":"61496.50",'
+            f'"q":"0.014","T":1723161256298,"m":true}}'
+        )
+        (ev,) = parser.parse(frame.encode(), time.time_ns())
+        out.append(ev)
+    return out
+
+
+def start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    binary = shutil.which("nats-server")
+    if binary is None:
+        raise SystemExit("nats-server not found on PATH")
+    proc = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                time.sleep(0.5)  # JetStream comes up just after the port
+                return proc, f"nats://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("nats-server did not start")
+
+
+async def fresh_stream(nc: Any, storage: str) -> None:
+    js = nc.jetstream()
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_stream("MELTICA")
+    await js.add_stream(
+        StreamConfig(
+            name="MELTICA",
+            subjects=["meltica.binance.>"],
+            storage=StorageType(storage),
+            duplicate_window=120,
+        )
+    )
+
+
+async def gateway_round(url: str, cfg: NatsConfig, events: list[Event], batch: int) -> float:
+    nc = await nats.connect(url)
+    bus = InMemoryDataBus(1 << 16, batch_size=batch)
+    pub = NatsPublisher(nc, cfg, bus)
+    await pub.start()
+    done = asyncio.Event()
+    t0 = time.perf_counter()
+    for i in range(0, len(events), batch):
+        bus.publish_batch(events[i : i + batch])
+        if i % (batch * 64) == 0:
+            await asyncio.sleep(0)  # let the pump and the acks run, as the loop would
+        while bus.depth > (1 << 15):
+            await asyncio.sleep(0)
+    while pub.window.acked < len(events):
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - t0
+    done.set()
+    await pub.close(5)
+    await nc.close()
+    return elapsed
+
+
+async def natspy_round(url: str, events: list[Event]) -> float:
+    msgs = [
+        (subject_of(e.venue, e.market, e.kind, e.symbol), encode(e), {"Nats-Msg-Id": e.key})
+        for e in events
+    ]
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    t0 = time.perf_counter()
+    publish = nc.publish
+    for subject, payload, headers in msgs:
+        await publish(subject, payload, headers=headers)
+    await nc.flush()
+    while (await js.stream_info("MELTICA")).state.messages < len(events):
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - t0
+    await nc.close()
+    return elapsed
+
+
+async def publish_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = NatsConfig(url=url, publish_buffer=1 << 16, storage=args.storage)
+    events = trades(args.events)
+    admin = await nats.connect(url)
+    times: dict[str, list[float]] = {"gateway": [], "nats-py": []}
+    for _ in range(args.rounds):
+        for name in times:
+            await fresh_stream(admin, args.storage)
+            if name == "gateway":
+                t = await gateway_round(url, cfg, events, args.batch)
+            else:
+                t = await natspy_round(url, events)
+            assert (await admin.jetstream().stream_info("MELTICA")).state.messages == len(events)
+            times[name].append(t)
+    await admin.close()
+    rates = {k: len(events) / statistics.median(v) for k, v in times.items()}
+    return {
+        "events": len(events),
+        "rounds": args.rounds,
+        "events_per_s": {k: round(v) for k, v in rates.items()},
+        "ratio_gateway_vs_natspy": round(rates["gateway"] / rates["nats-py"], 2),
+    }
+
+
+async def consume_all(url: str, total_hint: list[int], stop: asyncio.Event) -> tuple[int, float]:
+    """Read the stream from the start until `stop` and the count is reached."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    while True:
+        try:
+            await js.stream_info("MELTICA")
+            break
+        except nats.js.errors.NotFoundError:
+            await asyncio.sleep(0.01)
+    sub = await js.pull_subscribe(
+        "meltica.>", stream="MELTICA", config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+    )
+    n = 0
+    last = time.perf_counter()
+    while not (stop.is_set() and n >= total_hint[0]):
+        try:
+            got = await sub.fetch(5000, timeout=0.2)
+        except nats.errors.TimeoutError:
+            continue
+        n += len(got)
+        last = time.perf_counter()
+    await nc.close()
+    return n, last
+
+
+async def end_to_end(url: str, capture: str, admin_url: str, storage: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for backend in ("memory", "nats"):
+        admin = await nats.connect(admin_url)
+        await fresh_stream(admin, storage)
+        await admin.close()
+        cmd = [sys.executable, "-m", "meltica", "replay", capture, "--speed", "max"]
+        cmd += ["--no-progress", "-o", os.devnull, "--set", f"bus.backend={backend}"]
+        cmd += ["--set", f"nats.url={url}", "--set", f"nats.storage={storage}"]
+        stop = asyncio.Event()
+        total = [1 << 62]
+        reader = asyncio.create_task(consume_all(url, total, stop)) if backend == "nats" else None
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*cmd, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        text = err.decode()
+        if proc.returncode != 0 or "{" not in text:
+            raise SystemExit(f"replay ({backend}) failed: {text[-2000:]}")
+        report = json.loads(text[text.index("{") : text.rindex("}") + 1])
+        events = report["events"]
+        entry = {
+            "events": events,
+            "replay_events_per_s": round(events / report["elapsed_s"]),
+        }
+        if reader is not None:
+            total[0] = report["nats"]["published"]
+            stop.set()
+            n, last = await reader
+            entry["consumed"] = n
+            # from the replay's first frame (t0 + its start-up) to the consumer's last message
+            entry["to_consumer_s"] = round(last - t0, 3)
+        out[backend] = entry
+    return out
+
+
+async def latency(url: str, rate: int, seconds: float, storage: str) -> dict[str, Any]:
+    admin = await nats.connect(url)
+    await fresh_stream(admin, storage)
+    cfg = NatsConfig(url=url, storage=storage)
+    nc = await nats.connect(url)
+    bus = InMemoryDataBus(1 << 16)
+    pub = NatsPublisher(nc, cfg, bus)
+    await pub.start()
+    lat: list[int] = []
+
+    async def on_msg(msg: Any) -> None:
+        now = time.time_ns()
+        i = msg.data.index(b'"ts_recv":') + 10
+        lat.append(now - int(msg.data[i : msg.data.index(b",", i)]))
+
+    await admin.subscribe("meltica.>", cb=on_msg)
+    await admin.flush()
+    per_ms = max(1, rate // 1000)
+    n = int(rate * seconds)
+    events = trades(n)
+    t0 = time.perf_counter()
+    for k, i in enumerate(range(0, n, per_ms)):
+        target = t0 + k / 1000
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        batch = events[i : i + per_ms]
+        now = time.time_ns()
+        for ev in batch:
+            ev.ts_recv = now
+        bus.publish_batch(batch)
+    sent_s = time.perf_counter() - t0
+    deadline = time.monotonic() + 30
+    while len(lat) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await pub.close(5)
+    await nc.close()
+    await admin.close()
+    lat.sort()
+    return {
+        "target_events_per_s": rate,
+        "achieved_events_per_s": round(n / sent_s),
+        "received": len(lat),
+        "p50_us": round(lat[len(lat) // 2] / 1e3, 1),
+        "p99_us": round(lat[int(len(lat) * 0.99)] / 1e3, 1),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(Path(tmp))
+        try:
+            result: dict[str, Any] = {"publish_rate": await publish_rate(url, args)}
+            print(json.dumps(result, indent=2), flush=True)
+            if args.capture:
+                result["end_to_end"] = await end_to_end(url, args.capture, url, args.storage)
+                print(json.dumps(result["end_to_end"], indent=2), flush=True)
+            result["latency"] = [
+                await latency(url, rate, args.seconds, args.storage) for rate in (10_000, 50_000)
+            ]
+            return result
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=200_000, help="events per publish round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=256, help="events per published batch")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of a latency run")
+    ap.add_argument("--storage", choices=("memory", "file"), default="memory")
+    ap.add_argument("--capture", help="a capture for the end-to-end comparison")
+    args = ap.parse_args()
+    uvloop.install()
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
