@@ -112,3 +112,13 @@ def test_replay_of_a_missing_capture_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(["replay", str(tmp_path / "nope.gz")], tmp_path)
     assert proc.returncode == 2
     assert "nope.gz" in proc.stderr
+
+
+def test_replay_to_an_unwritable_output_is_one_line(captures_dir: Path, tmp_path: Path) -> None:
+    """Checked before anything starts: one line, exit 2, no traceback after the replay."""
+    path = captures_dir / HFT / "spot/btcusdt_20240808.gz"
+    out = tmp_path / "missing-dir" / "x.jsonl"
+    proc = run_cli(["replay", str(path), "-o", str(out), "--no-progress"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: cannot write {out}: No such file or directory\n"
