@@ -15,7 +15,7 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 from meltica import __version__, log
 from meltica._core.events import MARKETS, VENUES
@@ -24,6 +24,14 @@ from meltica.errors import CaptureError, ConfigError
 EXIT_OK = 0
 EXIT_REJECTS = 1
 EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit status 2 (no usage dump:
+    the line names the argument, ``--help`` has the rest)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
@@ -60,6 +68,28 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _synthetic_markets(text: str) -> tuple[str, ...]:
+    from meltica.replay.synthetic import MARKETS as SYNTHETIC_MARKETS
+
+    markets = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in markets if m not in SYNTHETIC_MARKETS]
+    if bad or not markets:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a comma-separated list of {', '.join(SYNTHETIC_MARKETS)}"
+        )
+    return markets
+
+
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed (the default), else stdlib asyncio."""
     try:
@@ -84,9 +114,7 @@ async def _serve_fake_exchange(args: argparse.Namespace) -> int:
         from meltica.replay.synthetic import SyntheticMarket
 
         source = SyntheticMarket(
-            markets=tuple(args.markets.split(",")),
-            symbols_per_market=args.symbols,
-            seed=args.seed,
+            markets=args.markets, symbols_per_market=args.symbols, seed=args.seed
         )
     try:
         faults = FaultPlan.parse(args.fault)
@@ -219,7 +247,7 @@ _LOG_LEVEL_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meltica-engine",
         description="Meltica: Binance market data as canonical, idempotent events.",
     )
@@ -227,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
     # every subcommand takes --log-level too; SUPPRESS keeps a value given
     # before the command when it is not repeated after it
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -264,8 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic", action="store_true", help="serve a synthetic market (the default)"
     )
     p.add_argument("--market", choices=MARKETS, help="capture market override")
-    p.add_argument("--markets", default="spot,usdm", help="synthetic markets (default spot,usdm)")
-    p.add_argument("--symbols", type=int, default=4, help="synthetic symbols per market")
+    p.add_argument(
+        "--markets",
+        type=_synthetic_markets,
+        default=("spot", "usdm"),
+        help="synthetic markets, comma-separated (default spot,usdm)",
+    )
+    p.add_argument(
+        "--symbols", type=_positive_int, default=4, help="synthetic symbols per market (>= 1)"
+    )
     p.add_argument("--seed", type=int, default=1, help="synthetic market seed")
     p.add_argument("--speed", type=_speed, default=1.0, help="'max', 1 (recorded time) or N×")
     p.add_argument("--ws-port-spot", type=int, default=0)

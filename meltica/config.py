@@ -510,7 +510,19 @@ class ConductorConfig(_Section):
     book_depth: int = _f(20, _between(1, 5000))
     publish_interval_ms: int = _f(0, _at_least(0))
     snapshot_buffer_max: int = _f(10_000, _between(1, 10_000_000))
+    # A snapshot that did not sync its book (stale, failed) is refetched after a
+    # backoff doubling from the first to the second, with jitter.
+    snapshot_retry_s: float = _f(0.5, _between(0.01, 60))
+    snapshot_retry_max_s: float = _f(30.0, _between(0.01, 3600))
     analytics: tuple[str, ...] = _f((), _import_paths)
+
+    def _check_together(self) -> None:
+        if self.snapshot_retry_s > self.snapshot_retry_max_s:
+            self._reject(
+                "snapshot_retry_s",
+                f"must not exceed snapshot_retry_max_s ({self.snapshot_retry_max_s}), "
+                f"got {self.snapshot_retry_s}",
+            )
 
 
 @dataclass(frozen=True, slots=True)

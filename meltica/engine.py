@@ -5,7 +5,8 @@ them in dependency order and stops them in reverse.  ``start``/``stop`` are
 idempotent; ``run`` starts, waits for SIGINT/SIGTERM (or `request_stop`) and
 stops cleanly: connections are closed first (their last frames are flushed
 through the pipeline), then the Conductor's timers, the REST session and the
-HTTP endpoint.  Everything runs on one event loop (uvloop in the CLI).
+HTTP endpoint (whose open ``/tail`` streams it ends itself).  Everything
+runs on one event loop (uvloop in the CLI).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
 from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
-from meltica.wire import encode_lines
+from meltica.telemetry.tail import TailEndpoint
 
 log = _root_log.getChild("engine")
 
@@ -117,6 +118,8 @@ class Engine:
             book_depth=c.book_depth,
             publish_interval_ms=c.publish_interval_ms,
             snapshot_buffer_max=c.snapshot_buffer_max,
+            snapshot_retry_s=c.snapshot_retry_s,
+            snapshot_retry_max_s=c.snapshot_retry_max_s,
             snapshot_ttl_s=config.snapshot.ttl_s,
             analytics=c.analytics,
         )
@@ -142,6 +145,7 @@ class Engine:
             # frames go straight to the Dispatcher: one Python call less per batch
             manager.set_sink(self.dispatcher.on_events)
         self.control = InProcessControlBus(self.dispatcher)
+        self.tail = TailEndpoint(self.bus)
         t = config.telemetry
         self.metrics: MetricsServer | None = None
         if t.metrics_enabled:
@@ -150,6 +154,7 @@ class Engine:
                 host=t.metrics_host,
                 port=t.metrics_port,
                 ready=self.ready,
+                not_ready=self.not_ready,
                 routes=self.add_routes,
             )
         self.pipeline_latency = Histogram(
@@ -297,6 +302,9 @@ class Engine:
         await self._stop_nats()
         await self.control.close()
         await self.rest.close()
+        # streaming responses never end by themselves: end them before the server
+        # waits for its handlers
+        await self.tail.close()
         if self.metrics is not None:
             await self.metrics.stop()
         self._state = "stopped"
@@ -379,14 +387,34 @@ class Engine:
 
     def ready(self) -> bool:
         """Running, every market connected, every tracked book live."""
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Why the gateway is not ready, one line per cause (empty: ready).
+
+        A book line says its state and, while snapshots keep failing to sync
+        it, why (``stale_snapshot``, ``snapshot_failed``, ``snapshot_rejected``),
+        how many attempts in a row and when the next fetch is due.
+        """
         if self._state != "running":
-            return False
-        for manager in self.managers.values():
+            return [f"engine {self._state}"]
+        out = []
+        for market, manager in self.managers.items():
             st = manager.stats()
             if st.get("streams", 0) and not st.get("connections", 0):
-                return False
+                out.append(f"{market}: no connection")
         instruments = self.conductor.status().get("instruments", {})
-        return all(i.get("state") == "live" for i in instruments.values())
+        for key, inst in instruments.items():
+            state = inst.get("state")
+            if state == "live":
+                continue
+            line = f"{key}: {state}"
+            if inst.get("retry_streak"):
+                line += f", {inst['sync_issue']} x{inst['retry_streak']}"
+                if inst.get("retry_in_s") is not None:
+                    line += f", next snapshot in {inst['retry_in_s']:.1f} s"
+            out.append(line)
+        return out
 
     def histograms(self) -> Iterator[Histogram]:
         yield self.pipeline_latency
@@ -444,7 +472,15 @@ class Engine:
                 )
         for key, inst in cstat["instruments"].items():
             market, symbol = key.split(":", 1)
-            for name in ("gaps", "resyncs", "refetches", "buffer_overflows", "crossed"):
+            for name in (
+                "gaps",
+                "resyncs",
+                "refetches",
+                "buffer_overflows",
+                "crossed",
+                "snapshot_errors",
+                "snapshot_backoffs",
+            ):
                 if name in inst:
                     yield _sample(
                         f"book_{name}",
@@ -454,6 +490,14 @@ class Engine:
                         market=market,
                         symbol=symbol,
                     )
+            yield _sample(
+                "book_snapshot_retry_streak",
+                inst.get("retry_streak", 0),
+                "Snapshot attempts in a row that did not sync the book (0 once live)",
+                kind="gauge",
+                market=market,
+                symbol=symbol,
+            )
             yield _sample(
                 "book_live",
                 1 if inst.get("state") == "live" else 0,
@@ -475,6 +519,13 @@ class Engine:
                     )
         for name, value in self.store.stats().items():
             yield _sample(f"snapshot_{name}", value, "SnapshotStore")
+        for name, value in self.tail.stats().items():
+            yield _sample(
+                f"tail_{name}",
+                value,
+                "/tail streams (open now; opened, rejected as bad requests, aborted at shutdown)",
+                kind="gauge" if name == "open" else "counter",
+            )
         if self.nats_bus is not None:
             yield from _nats_samples(self.nats_bus)
 
@@ -482,30 +533,7 @@ class Engine:
 
     def add_routes(self, app: web.Application) -> None:
         """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines."""
-        app.router.add_get("/tail", self._tail)
-
-    async def _tail(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        kinds = q.getall("kind", []) or None
-        markets = q.getall("market", []) or None
-        symbols = [s.upper() for s in q.getall("symbol", [])] or None
-        consumer = self.bus.subscribe(
-            f"tail-{id(request):x}",
-            kinds=kinds,
-            markets=markets,
-            symbols=symbols,
-            policy="drop_oldest",
-        )
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            async for batch in consumer:
-                await resp.write(encode_lines(batch))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            consumer.close()
-        return resp
+        self.tail.add_routes(app)
 
 
 _NATS_GAUGES = frozenset(("window_depth", "window_capacity", "connected"))

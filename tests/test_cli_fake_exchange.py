@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -115,3 +116,20 @@ def test_synthetic_market_is_served(tmp_path: Path) -> None:
     frames, stderr = frames_until_closed(proc, url)  # the server stops after --duration
     assert proc.returncode == 0, stderr
     assert frames > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--symbols", "-3"], "--symbols: must be at least 1, got -3"),
+        (["--symbols", "x"], "--symbols: expected a whole number"),
+        (["--markets", "bogus"], "--markets: 'bogus': expected a comma-separated list"),
+        (["--markets", "spot,nope"], "--markets: 'spot,nope'"),
+    ],
+)
+def test_bad_synthetic_arguments_are_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    result = run_cli(["--synthetic", *args, "--duration", "1"], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr

@@ -95,10 +95,26 @@ class BookCheck:
 
 
 async def run_replay(args: argparse.Namespace) -> int:
+
+    err = Console(stderr=True)
+    with ExitStack() as stack:
+        # the output is opened before anything starts: an unwritable path is a
+        # one-line bad-input error, not a traceback after the whole replay
+        if args.output in (None, "-"):
+            out = cast(BinaryIO, sys.stdout.buffer)
+        else:
+            try:
+                out = stack.enter_context(open(args.output, "wb"))
+            except OSError as exc:
+                print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+                return 2
+        return await _replay(args, err, out)
+
+
+async def _replay(args: argparse.Namespace, err: Console, out: BinaryIO) -> int:
     from meltica.replay.exchange import FakeExchange
     from meltica.replay.source import CaptureSource
 
-    err = Console(stderr=True)
     try:
         source = CaptureSource(args.capture, market=args.market)
     except (CaptureError, ValueError) as exc:
@@ -139,10 +155,6 @@ async def run_replay(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         fake.begin()
         with ExitStack() as stack:
-            if args.output in (None, "-"):
-                out = cast(BinaryIO, sys.stdout.buffer)
-            else:
-                out = stack.enter_context(open(args.output, "wb"))
             progress = Progress(
                 TextColumn("replay"),
                 BarColumn(),

@@ -51,7 +51,8 @@ async def run_tail(args: argparse.Namespace) -> int:
             session.get(args.url.rstrip("/") + "/tail", params=params) as resp,
         ):
             if resp.status != 200:
-                print(f"error: {args.url} answered {resp.status}", file=sys.stderr)
+                reason = (await resp.text()).strip().partition("\n")[0]
+                print(f"error: {args.url} answered {resp.status}: {reason}", file=sys.stderr)
                 return 2
             async for line in resp.content:
                 out.write(line)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -86,6 +87,13 @@ class Instrument:
         self.errors = 0
         self.snapshots = 0
         self.snapshot_errors = 0
+        # consecutive snapshot attempts that did not sync the book (stale, failed or
+        # rejected), why the last one did not, and when the next fetch is due
+        # (monotonic s); reset when the book goes live
+        self.retry_streak = 0
+        self.sync_issue = ""
+        self.retry_at: float | None = None
+        self.backoffs = 0
 
     def status(self) -> dict[str, Any]:
         b = self.book
@@ -104,6 +112,12 @@ class Instrument:
             "errors": self.errors,
             "snapshots": self.snapshots,
             "snapshot_errors": self.snapshot_errors,
+            "snapshot_backoffs": self.backoffs,
+            "retry_streak": self.retry_streak,
+            "sync_issue": self.sync_issue,
+            "retry_in_s": (
+                None if self.retry_at is None else max(0.0, self.retry_at - time.monotonic())
+            ),
             "applied": b.applied,
             "stale_dropped": b.stale,
             "published": b.published,
@@ -121,7 +135,10 @@ class Conductor:
     most one fused output per instrument per interval, latest wins (0 = on
     every applied update).  snapshot_buffer_max: diffs buffered per
     instrument while syncing (overflow restarts the sync).  snapshot_ttl_s:
-    TTL of store entries.  analytics: hooks or ``"pkg.mod:Name"`` paths.
+    TTL of store entries.  snapshot_retry_s / snapshot_retry_max_s: a snapshot
+    that did not sync the book (stale, failed, rejected) is fetched again after
+    an exponential backoff from the first up to the second, with jitter; the
+    first stale one is refetched at once.  analytics: hooks or ``"pkg.mod:Name"`` paths.
     clock: ns wall clock for throttling and control-event times.
     """
 
@@ -138,12 +155,15 @@ class Conductor:
         analytics: Sequence[str | object] = (),
         clock: Callable[[], int] = time.time_ns,
         snapshot_retry_s: float = 0.5,
+        snapshot_retry_max_s: float = 30.0,
         max_levels: int = 10000,
     ) -> None:
         if not 1 <= book_depth <= 5000:
             raise ValueError("book_depth must be in 1..5000")
         if publish_interval_ms < 0 or snapshot_buffer_max < 1 or snapshot_retry_s < 0:
             raise ValueError("publish_interval_ms, snapshot_buffer_max or snapshot_retry_s")
+        if snapshot_retry_max_s < snapshot_retry_s:
+            raise ValueError("snapshot_retry_max_s must be >= snapshot_retry_s")
         self._downstream = downstream
         self._fetch = fetch_snapshot
         self._store = store
@@ -155,6 +175,7 @@ class Conductor:
         self._ttl = snapshot_ttl_s
         self._clock = clock
         self._retry_s = snapshot_retry_s
+        self._retry_max_s = snapshot_retry_max_s
         self._max_levels = max_levels
         self.hooks: list[Hook] = [load_hook(h) for h in analytics]
         self._hooks_by_kind: dict[str, list[Hook]] = {}
@@ -302,6 +323,8 @@ class Conductor:
         elif status == UNBRIDGED:
             # the snapshot is older than the stream: keep this event, fetch again
             inst.refetches += 1
+            inst.retry_streak += 1
+            inst.sync_issue = "stale_snapshot"
             book.clear()
             self._buffer(inst, ev)
         elif status == CROSSED:
@@ -355,6 +378,8 @@ class Conductor:
         book = inst.book
         was = inst.state
         inst.state = State.LIVE
+        inst.retry_streak = 0
+        inst.sync_issue = ""
         book.live = True
         ts = self._clock()
         reason = "resynced" if was is State.RESYNCING else "synced"
@@ -398,16 +423,31 @@ class Conductor:
             inst.flush = None
 
     async def _sync(self, inst: Instrument) -> None:
-        """Fetch snapshots until one installs (BINANCE.md §7 steps 2-5)."""
+        """Fetch snapshots until one installs (BINANCE.md §7 steps 2-5).
+
+        Every attempt that does not sync the book lengthens the wait before
+        the next (`_backoff`): a snapshot that stays stale or a REST endpoint
+        that keeps failing costs a few requests a minute, not two a second.
+        """
         me = asyncio.current_task()
         try:
             while True:
+                if inst.retry_streak:
+                    delay = self._backoff(inst)
+                    inst.backoffs += delay > 0
+                    inst.retry_at = time.monotonic() + delay
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        inst.retry_at = None
                 try:
                     snap = await self._fetch(inst.market, inst.symbol)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     inst.snapshot_errors += 1
+                    inst.retry_streak += 1
+                    inst.sync_issue = "snapshot_failed"
                     if inst.snapshot_errors == 1 or inst.snapshot_errors % 100 == 0:
                         log.warning(
                             "%s %s: depth snapshot failed (%d so far): %s",
@@ -416,19 +456,49 @@ class Conductor:
                             inst.snapshot_errors,
                             exc,
                         )
-                    await asyncio.sleep(self._retry_s)
                     continue
                 if inst.fetch is not me:
                     return
                 out: list[Any] = []
+                refetches = inst.refetches
                 done = self._install(inst, snap, out)
                 self._emit(out)
                 if done:
                     return
-                await asyncio.sleep(self._retry_s if inst.refetches > 3 else 0)
+                inst.retry_streak += 1
+                stale = inst.refetches != refetches
+                inst.sync_issue = "stale_snapshot" if stale else "snapshot_rejected"
+                if stale and (inst.retry_streak in (8, 64) or inst.retry_streak % 512 == 0):
+                    log.warning(
+                        "%s %s: depth snapshot still older than the stream after %d "
+                        "attempts; backing off up to %.1f s",
+                        inst.market,
+                        inst.symbol,
+                        inst.retry_streak,
+                        self._retry_max_s,
+                    )
         finally:
             if inst.fetch is me:
                 inst.fetch = None
+
+    def _backoff(self, inst: Instrument) -> float:
+        """Seconds to wait before the next snapshot fetch of `inst`.
+
+        None after a sync that did not fail.  The first stale snapshot is
+        refetched at once (the usual race: it was taken just before the first
+        buffered diff); after that, and after any failed or rejected fetch, the
+        wait doubles from ``snapshot_retry_s`` up to ``snapshot_retry_max_s``,
+        times a jitter in [0.75, 1) so that many books out of sync together do
+        not refetch in step.  Each fetch is an urgent request through the REST
+        client's weight-aware scheduler, which keeps it inside the budget.
+        """
+        n = inst.retry_streak
+        if n == 0 or (n == 1 and inst.sync_issue == "stale_snapshot"):
+            return 0.0
+        if inst.sync_issue == "stale_snapshot":
+            n -= 1
+        base = min(self._retry_max_s, self._retry_s * 2.0 ** min(n - 1, 62))
+        return base * random.uniform(0.75, 1.0)
 
     def _install(self, inst: Instrument, snap: BookDepth, out: list[Any]) -> bool:
         """Install a snapshot and replay the buffer; False to fetch again."""

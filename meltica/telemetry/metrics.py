@@ -110,7 +110,10 @@ class StatsCollector(Collector):
 
 class MetricsServer:
     """Serves ``/metrics`` (Prometheus text), ``/healthz`` (the loop answers) and
-    ``/readyz`` (200 once `ready()` is true, else 503)."""
+    ``/readyz`` (200 once `ready()` is true, else 503 with the lines of
+    `not_ready()`, which say why).  `routes` adds more handlers (``/tail``).
+    `shutdown_timeout_s` bounds how long `stop` waits for handlers still
+    running (their owners end streaming ones first)."""
 
     def __init__(
         self,
@@ -119,13 +122,17 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9464,
         ready: Callable[[], bool] = lambda: True,
+        not_ready: Callable[[], Iterable[str]] = lambda: (),
         routes: Callable[[web.Application], None] | None = None,
+        shutdown_timeout_s: float = 1.0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.host = host
         self.port = port
         self._ready = ready
+        self._not_ready = not_ready
+        self.shutdown_timeout_s = shutdown_timeout_s
         self._routes = routes
         self._runner: web.AppRunner | None = None
 
@@ -138,7 +145,16 @@ class MetricsServer:
         app.router.add_get("/readyz", self._readyz)
         if self._routes is not None:
             self._routes(app)
-        runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a client that hangs up cancels its handler, so a
+        # streaming one (/tail) waiting for data ends at once.  The short
+        # shutdown_timeout bounds what a handler still running at stop may take
+        # (streams are ended by their owner before stop; see TailEndpoint.close).
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=self.shutdown_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
@@ -169,4 +185,5 @@ class MetricsServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         if self._ready():
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        reasons = "".join(f"{line}\n" for line in self._not_ready())
+        return web.Response(status=503, text="not ready\n" + reasons)

@@ -199,3 +199,13 @@ def test_replay_with_analytics_hooks_publishes_the_same_events_plus_derived(
     assert errors["boom"] == {"raised": len(bbo), "bad_output": 0}
     fused = sum(1 for k in keys0 if ":book_snapshot:book:" in k)
     assert errors["junk"] == {"raised": 0, "bad_output": fused}
+
+
+def test_replay_to_an_unwritable_output_is_one_line(captures_dir: Path, tmp_path: Path) -> None:
+    """Checked before anything starts: one line, exit 2, no traceback after the replay."""
+    path = captures_dir / HFT / "spot/btcusdt_20240808.gz"
+    out = tmp_path / "missing-dir" / "x.jsonl"
+    proc = run_cli(["replay", str(path), "-o", str(out), "--no-progress"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: cannot write {out}: No such file or directory\n"
