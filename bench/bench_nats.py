@@ -8,15 +8,24 @@ directory; the stream uses memory storage unless ``--storage file``).
    a fresh stream per round.  One operation = one event stored and
    acknowledged.  Candidates, interleaved over rounds, medians:
    - ``gateway``: the gateway's path, ``InMemoryDataBus.publish_batch`` of
-     batches -> `NatsPublisher` (compiled frames) until the last ack;
+     batches -> `NatsPublisher` (compiled frames, compiled ack reading) until
+     the last ack;
    - ``nats-py``: a bare ``nc.publish(subject, payload, headers=...)`` loop of
      the same payloads (no ack per message: its fastest form), until the
-     stream holds all N.
-   The budget: gateway >= 2x nats-py.
+     stream holds all N;
+   - ``server-floor``: the gateway's frames (reply subject and all) built before
+     the clock starts and written in one go on a raw socket whose acks are read
+     and thrown away: no client work at all, so its rate is what the server
+     on this machine can store and acknowledge.
+   The budget: gateway >= 2x nats-py.  Each candidate also gets the CPU seconds
+   of this process and of nats-server per event (``/proc``).
 2. End to end: ``meltica-engine replay CAPTURE --speed max`` (fake exchange ->
-   gateway -> bus) with ``bus.backend=memory`` and ``=nats``; for NATS an
-   independent nats-py consumer reads the whole stream, and the time counts
-   until it has the last message.  Events/s of each, same capture, same run.
+   gateway -> bus) with ``bus.backend=memory`` and ``=nats``.  The consumer:
+   memory, the replay's own ring consumer (``-o``); NATS, an independent
+   nats-py pull consumer of the stream.  Both rates are events over the
+   consumer's span from its first to its last event (the replay report's
+   ``consumer_span_s``, the pull consumer's own clock); the replay's own
+   events/s stand beside them.
 3. Latency: events published at a fixed rate (10k and 50k events/s, batches
    every millisecond) with ``ts_recv`` = publish time, received by a core NATS
    subscriber of ``meltica.>``: p50/p99 of receive - ``ts_recv``.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -47,6 +57,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from meltica import Event, FrameParser
 from meltica.broker import subject_of
 from meltica.bus import InMemoryDataBus
+from meltica.bus._natspub import FrameWindow
 from meltica.bus.nats import NatsPublisher
 from meltica.config import NatsConfig
 from meltica.wire import encode
@@ -108,6 +119,13 @@ async def fresh_stream(nc: Any, storage: str) -> None:
     )
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def gateway_round(url: str, cfg: NatsConfig, events: list[Event], batch: int) -> float:
     nc = await nats.connect(url)
     bus = InMemoryDataBus(1 << 16, batch_size=batch)
@@ -130,11 +148,15 @@ async def gateway_round(url: str, cfg: NatsConfig, events: list[Event], batch: i
     return elapsed
 
 
-async def natspy_round(url: str, events: list[Event]) -> float:
-    msgs = [
+def natspy_messages(events: list[Event]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """The bare loop's arguments, built before its clock starts (in its favour)."""
+    return [
         (subject_of(e.venue, e.market, e.kind, e.symbol), encode(e), {"Nats-Msg-Id": e.key})
         for e in events
     ]
+
+
+async def natspy_round(url: str, msgs: list[tuple[str, bytes, dict[str, str]]]) -> float:
     nc = await nats.connect(url)
     js = nc.jetstream()
     t0 = time.perf_counter()
@@ -142,39 +164,93 @@ async def natspy_round(url: str, events: list[Event]) -> float:
     for subject, payload, headers in msgs:
         await publish(subject, payload, headers=headers)
     await nc.flush()
-    while (await js.stream_info("MELTICA")).state.messages < len(events):
+    while (await js.stream_info("MELTICA")).state.messages < len(msgs):
         await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - t0
     await nc.close()
     return elapsed
 
 
-async def publish_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def floor_round(url: str, frames: bytes, n: int, admin: Any) -> float:
+    """Pre-built frames on a raw socket; acks read and dropped (module docstring)."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    writer.write(
+        b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n'
+        b"SUB _MELTICA_ACK.> 1\r\nPING\r\n"
+    )
+    await reader.readuntil(b"PONG\r\n")
+
+    async def drain() -> None:
+        while await reader.read(1 << 16):
+            pass
+
+    sink = asyncio.create_task(drain())
+    js = admin.jetstream()
+    t0 = time.perf_counter()
+    writer.write(frames)
+    await writer.drain()
+    while (await js.stream_info("MELTICA")).state.messages < n:
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - t0
+    sink.cancel()
+    writer.close()
+    return elapsed
+
+
+async def publish_rate(url: str, server_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     cfg = NatsConfig(url=url, publish_buffer=1 << 16, storage=args.storage)
     events = trades(args.events)
+    n = len(events)
+    frames, _ = FrameWindow(n + 1, b"_MELTICA_ACK.floor").append(events, 0)
+    msgs = natspy_messages(events)
     admin = await nats.connect(url)
-    times: dict[str, list[float]] = {"gateway": [], "nats-py": []}
-    for _ in range(args.rounds):
-        for name in times:
-            await fresh_stream(admin, args.storage)
-            if name == "gateway":
-                t = await gateway_round(url, cfg, events, args.batch)
-            else:
-                t = await natspy_round(url, events)
-            assert (await admin.jetstream().stream_info("MELTICA")).state.messages == len(events)
-            times[name].append(t)
+    names = ("gateway", "nats-py", "server-floor")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    gc.disable()
+    try:
+        for _ in range(args.rounds):
+            for name in names:
+                await fresh_stream(admin, args.storage)
+                c0, s0 = cpu_s(os.getpid()), cpu_s(server_pid)
+                if name == "gateway":
+                    t = await gateway_round(url, cfg, events, args.batch)
+                elif name == "nats-py":
+                    t = await natspy_round(url, msgs)
+                else:
+                    t = await floor_round(url, frames, n, admin)
+                c1, s1 = cpu_s(os.getpid()), cpu_s(server_pid)
+                assert (await admin.jetstream().stream_info("MELTICA")).state.messages == n
+                times[name].append(t)
+                cpu[name].append((c1 - c0, s1 - s0))
+                gc.collect()
+    finally:
+        gc.enable()
     await admin.close()
-    rates = {k: len(events) / statistics.median(v) for k, v in times.items()}
+    rates = {k: n / statistics.median(v) for k, v in times.items()}
     return {
-        "events": len(events),
+        "events": n,
         "rounds": args.rounds,
         "events_per_s": {k: round(v) for k, v in rates.items()},
         "ratio_gateway_vs_natspy": round(rates["gateway"] / rates["nats-py"], 2),
+        "ratio_floor_vs_natspy": round(rates["server-floor"] / rates["nats-py"], 2),
+        # median CPU per event: this process (the client) and nats-server
+        "client_cpu_us_per_event": {
+            k: round(statistics.median(c for c, _ in v) / n * 1e6, 2) for k, v in cpu.items()
+        },
+        "server_cpu_us_per_event": {
+            k: round(statistics.median(s for _, s in v) / n * 1e6, 2) for k, v in cpu.items()
+        },
     }
 
 
-async def consume_all(url: str, total_hint: list[int], stop: asyncio.Event) -> tuple[int, float]:
-    """Read the stream from the start until `stop` and the count is reached."""
+async def consume_all(
+    url: str, total_hint: list[int], stop: asyncio.Event
+) -> tuple[int, float, float]:
+    """Read the stream from the start until `stop` and the count is reached;
+    the count and the times of the first and last message."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     while True:
@@ -187,16 +263,18 @@ async def consume_all(url: str, total_hint: list[int], stop: asyncio.Event) -> t
         "meltica.>", stream="MELTICA", config=ConsumerConfig(ack_policy=AckPolicy.NONE)
     )
     n = 0
-    last = time.perf_counter()
+    first = last = time.perf_counter()
     while not (stop.is_set() and n >= total_hint[0]):
         try:
             got = await sub.fetch(5000, timeout=0.2)
         except nats.errors.TimeoutError:
             continue
+        if n == 0:
+            first = time.perf_counter()
         n += len(got)
         last = time.perf_counter()
     await nc.close()
-    return n, last
+    return n, first, last
 
 
 async def end_to_end(url: str, capture: str, admin_url: str, storage: str) -> dict[str, Any]:
@@ -211,7 +289,6 @@ async def end_to_end(url: str, capture: str, admin_url: str, storage: str) -> di
         stop = asyncio.Event()
         total = [1 << 62]
         reader = asyncio.create_task(consume_all(url, total, stop)) if backend == "nats" else None
-        t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(*cmd, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         text = err.decode()
@@ -223,14 +300,18 @@ async def end_to_end(url: str, capture: str, admin_url: str, storage: str) -> di
             "events": events,
             "replay_events_per_s": round(events / report["elapsed_s"]),
         }
-        if reader is not None:
+        if reader is None:
+            entry["consumer_events_per_s"] = round(events / report["consumer_span_s"])
+        else:
             total[0] = report["nats"]["published"]
             stop.set()
-            n, last = await reader
+            n, first, last = await reader
             entry["consumed"] = n
-            # from the replay's first frame (t0 + its start-up) to the consumer's last message
-            entry["to_consumer_s"] = round(last - t0, 3)
+            entry["consumer_events_per_s"] = round(n / max(last - first, 1e-9))
         out[backend] = entry
+    out["ratio_nats_vs_memory"] = round(
+        out["nats"]["consumer_events_per_s"] / out["memory"]["consumer_events_per_s"], 2
+    )
     return out
 
 
@@ -286,7 +367,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp))
         try:
-            result: dict[str, Any] = {"publish_rate": await publish_rate(url, args)}
+            result: dict[str, Any] = {"publish_rate": await publish_rate(url, proc.pid, args)}
             print(json.dumps(result, indent=2), flush=True)
             if args.capture:
                 result["end_to_end"] = await end_to_end(url, args.capture, url, args.storage)

@@ -36,10 +36,16 @@ from meltica._core.wire cimport WireBuf, put_event
 from meltica._core.events import KIND_NAMES
 
 # ack codes returned by FrameWindow.ack
-ACK_STORED = 0        # stored now
-ACK_DUPLICATE = 1     # JetStream already had it (a republished copy)
-ACK_ERROR = 2         # an error reply (or a status such as 503 no responders)
-ACK_UNKNOWN = 3       # not a slot in the window: a second ack of a republished event
+cdef enum:
+    _STORED = 0         # stored now
+    _DUPLICATE = 1      # JetStream already had it (a republished copy)
+    _ERROR = 2          # an error reply (or a status such as 503 no responders)
+    _UNKNOWN = 3        # not a slot in the window: a second ack of a republished event
+
+ACK_STORED = _STORED
+ACK_DUPLICATE = _DUPLICATE
+ACK_ERROR = _ERROR
+ACK_UNKNOWN = _UNKNOWN
 
 DEF KEEP_BYTES = 1 << 20
 
@@ -48,13 +54,14 @@ cdef bytes _KEY_FIELD = b',"key":"'
 cdef bytes _HDR_LINE = b"NATS/1.0\r\n"
 cdef bytes _MSG_ID = b"Nats-Msg-Id: "
 cdef bytes _TRACE = b"traceparent: "
-cdef bytes _DUPLICATE = b'"duplicate":true'
-cdef bytes _ERROR = b'"error"'
+cdef bytes _DUPLICATE_KEY = b'"duplicate":true'
+cdef bytes _ERROR_KEY = b'"error"'
 
 # Scratch buffers: every call holds the GIL from the first byte written to the
 # bytes object returned, and runs no Python code in between.
 cdef WireBuf _pay
 cdef WireBuf _out
+cdef WireBuf _rest
 
 
 cdef inline void _token(WireBuf *b, const char *p, Py_ssize_t n) except *:
@@ -271,45 +278,48 @@ cdef class FrameWindow:
         leaves it for a republish.
         """
         cdef const char *s
-        cdef Py_ssize_t n, i
-        cdef Py_ssize_t plen = len(self.ack_prefix)
-        cdef int64_t seq = 0
-        cdef Py_ssize_t slot
+        cdef Py_ssize_t n
         cdef bytes payload
-        cdef const char *d
-        cdef Py_ssize_t dn
         if isinstance(subject, str):
             s = PyUnicode_AsUTF8AndSize(subject, &n)
         else:
             subject = bytes(subject)
             s = PyBytes_AS_STRING(subject)
             n = PyBytes_GET_SIZE(subject)
-        if n <= plen + 1 or memcmp(s, PyBytes_AS_STRING(self.ack_prefix), plen) != 0:
+        payload = data if type(data) is bytes else bytes(data)
+        return self._ack(s, n, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload),
+                         bool(headers))
+
+    cdef int _ack(self, const char *s, Py_ssize_t n, const char *d, Py_ssize_t dn,
+                  bint headers) except -1:
+        """`ack` on raw bytes: subject ``s[:n]``, payload ``d[:dn]``."""
+        cdef Py_ssize_t i, slot
+        cdef Py_ssize_t plen = PyBytes_GET_SIZE(self.ack_prefix)
+        cdef int64_t seq = 0
+        if n <= plen + 1 or memcmp(s, PyBytes_AS_STRING(self.ack_prefix), plen) != 0 \
+                or s[plen] != b".":
             self.late += 1
-            return ACK_UNKNOWN
+            return _UNKNOWN
         for i in range(plen + 1, n):
             if s[i] < b"0" or s[i] > b"9" or seq > 100000000000000000:
                 self.late += 1
-                return ACK_UNKNOWN
+                return _UNKNOWN
             seq = seq * 10 + (s[i] - 48)
         slot = seq % self.capacity
         if seq <= 0 or self._seq[slot] != seq:
             self.late += 1
-            return ACK_UNKNOWN
-        payload = data if type(data) is bytes else bytes(data)
-        d = PyBytes_AS_STRING(payload)
-        dn = PyBytes_GET_SIZE(payload)
-        if headers or dn == 0 or _find(d, dn, _ERROR):
+            return _UNKNOWN
+        if headers or dn == 0 or _find(d, dn, _ERROR_KEY):
             self.errors += 1
-            return ACK_ERROR
+            return _ERROR
         self._seq[slot] = 0
         self._bufs[slot] = None
         self.unacked -= 1
         self.acked += 1
-        cdef int code = ACK_STORED
-        if _find(d, dn, _DUPLICATE):
+        cdef int code = _STORED
+        if _find(d, dn, _DUPLICATE_KEY):
             self.duplicates += 1
-            code = ACK_DUPLICATE
+            code = _DUPLICATE
         while self.head < self.next_seq and self._seq[self.head % self.capacity] != self.head:
             self.head += 1
         return code
@@ -347,3 +357,140 @@ cdef bint _find(const char *d, Py_ssize_t n, bytes needle) noexcept:
         if d[i] == p[0] and memcmp(d + i, p, m) == 0:
             return True
     return False
+
+
+cdef inline Py_ssize_t _tokens(const char *p, Py_ssize_t a, Py_ssize_t b,
+                               Py_ssize_t *starts, Py_ssize_t *ends, int most) noexcept:
+    """Split ``p[a:b]`` on spaces and tabs into at most `most` tokens; their count
+    (`most` + 1 when there are more)."""
+    cdef int k = 0
+    cdef Py_ssize_t i = a
+    while i < b:
+        while i < b and (p[i] == b" " or p[i] == b"\t"):
+            i += 1
+        if i >= b:
+            break
+        if k == most:
+            return most + 1
+        starts[k] = i
+        while i < b and p[i] != b" " and p[i] != b"\t":
+            i += 1
+        ends[k] = i
+        k += 1
+    return k
+
+
+cdef inline int64_t _digits(const char *p, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """The decimal number ``p[a:b]``; -1 when it is none (or absurdly long)."""
+    cdef int64_t v = 0
+    cdef Py_ssize_t i
+    if b <= a or b - a > 12:
+        return -1
+    for i in range(a, b):
+        if p[i] < b"0" or p[i] > b"9":
+            return -1
+        v = v * 10 + (p[i] - 48)
+    return v
+
+
+@cython.final
+cdef class AckReader:
+    """Takes the JetStream acks of a `FrameWindow` out of the bytes a NATS
+    connection receives, before the client's own protocol parser sees them.
+
+    `feed` frames every server operation of the byte stream (``MSG`` and
+    ``HMSG`` by their byte counts, any other by its line); each ``MSG`` on
+    subscription `sid` without a reply subject whose payload is no error
+    (``MSG <ack prefix>.<n> <sid> <len>\\r\\n{"stream":..,"seq":..}\\r\\n``)
+    is applied to the window here, a few dozen instructions per ack.  It
+    returns the bytes of every other complete operation, in order, for the
+    client's parser; an incomplete operation at the end waits for the next
+    `feed`.  Error acks (and acks with headers) are passed on too: the
+    owner handles those through the client's message path.
+    """
+    cdef readonly FrameWindow window
+    cdef readonly int64_t sid
+    cdef readonly int64_t fast_acks    # acks applied by feed
+    cdef bytes _tail                   # an incomplete operation from the last feed
+
+    def __cinit__(self, FrameWindow window not None, int64_t sid):
+        self.window = window
+        self.sid = sid
+        self._tail = b""
+
+    def reset(self):
+        """Forget a partial operation (a new connection starts a new stream)."""
+        self._tail = b""
+
+    def take_tail(self):
+        """The incomplete operation held back, handed over (and forgotten)."""
+        cdef bytes tail = self._tail
+        self._tail = b""
+        return tail
+
+    def feed(self, data):
+        """Apply the acks in ``tail + data``; the other complete operations' bytes."""
+        cdef bytes buf
+        if self._tail:
+            buf = self._tail + data
+        elif type(data) is bytes:
+            buf = <bytes>data
+        else:
+            buf = bytes(data)
+        cdef const char *p = PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef Py_ssize_t i = 0, le, body, total, size, k
+        cdef Py_ssize_t starts[6]
+        cdef Py_ssize_t ends[6]
+        cdef const char *nl
+        cdef int64_t sid
+        cdef FrameWindow window = self.window
+        _rest.len = 0
+        try:
+            while i < n:
+                nl = <const char *>memchr(p + i, b"\n", n - i)
+                if nl == NULL:
+                    break  # the control line is incomplete
+                le = nl - p + 1  # just past the line
+                body = le - 1
+                if body > i and p[body - 1] == b"\r":
+                    body -= 1
+                if n - i >= 4 and memcmp(p + i, b"MSG ", 4) == 0:
+                    k = _tokens(p, i + 4, body, starts, ends, 4)
+                    size = _digits(p, starts[k - 1], ends[k - 1]) if 3 <= k <= 4 else -1
+                    if size < 0:
+                        # malformed: the client's parser names the error
+                        _rest.put(p + i, n - i)
+                        i = n
+                        break
+                    total = le + size + 2
+                    if total > n:
+                        break
+                    sid = _digits(p, starts[1], ends[1])
+                    if k == 3 and sid == self.sid and size > 0 \
+                            and not _find(p + le, size, _ERROR_KEY):
+                        window._ack(p + starts[0], ends[0] - starts[0], p + le, size, False)
+                        self.fast_acks += 1
+                    else:
+                        _rest.put(p + i, total - i)
+                    i = total
+                elif n - i >= 5 and memcmp(p + i, b"HMSG ", 5) == 0:
+                    k = _tokens(p, i + 5, body, starts, ends, 5)
+                    size = _digits(p, starts[k - 1], ends[k - 1]) if 4 <= k <= 5 else -1
+                    if size < 0:
+                        _rest.put(p + i, n - i)
+                        i = n
+                        break
+                    total = le + size + 2
+                    if total > n:
+                        break
+                    _rest.put(p + i, total - i)
+                    i = total
+                else:
+                    _rest.put(p + i, le - i)
+                    i = le
+            self._tail = buf[i:] if i < n else b""
+            out = PyBytes_FromStringAndSize(_rest.p, _rest.len) if _rest.len else b""
+        finally:
+            _rest.clear(KEEP_BYTES)
+        return out

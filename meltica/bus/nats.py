@@ -36,10 +36,11 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.nuid import NUID
+from nats.protocol.parser import AWAITING_CONTROL_LINE, CRLF_SIZE, Parser
 
 from meltica._core.events import Control, Event
 from meltica.broker import CONTROL_SUBJECT, BrokerError, data_subjects
-from meltica.bus._natspub import ACK_ERROR, FrameWindow
+from meltica.bus._natspub import ACK_ERROR, AckReader, FrameWindow
 from meltica.bus.data import ConsumerClosed, InMemoryDataBus, RingConsumer
 from meltica.config import NatsConfig
 from meltica.localseq import LocalSeq
@@ -154,6 +155,60 @@ async def ensure_stream(nc: Client, cfg: NatsConfig, venues: Iterable[str]) -> d
         ) from None
 
 
+# ---------------------------------------------------------------- the acks
+
+# nats-py 2.16.0 internals this module relies on (the version is pinned):
+# Client._ps (the protocol parser; its read loop calls `await _ps.parse(data)`
+# with every chunk read, and `_ps.reset()` on a new connection), Parser.buf /
+# state / needed, Client._process_msg(sid, subject, reply, data, headers),
+# Client._pending / _pending_data_size / _flush_queue (the outgoing buffer and
+# its flusher's wake-up), Client._disconnected_cb / _reconnected_cb,
+# Subscription._id.
+
+
+class _AckSplitter:
+    """Stands in for the client's protocol parser: the compiled `AckReader`
+    applies the JetStream acks of the received bytes to the window, many per
+    call, and the client's own `Parser` gets every other operation (PING,
+    INFO, -ERR, the messages of other subscriptions, error acks) in order."""
+
+    def __init__(self, nc: Client, inner: Parser, reader: AckReader, after: Callable[[], None]):
+        self._nc = nc
+        self.inner = inner
+        self.reader = reader
+        self._after = after
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.reader.reset()
+
+    async def parse(self, data: bytes = b"") -> None:
+        inner = self.inner
+        if inner.state != AWAITING_CONTROL_LINE:
+            # a message begun before the splitter took over: the parser ends it
+            need = inner.needed + CRLF_SIZE - len(inner.buf)
+            await inner.parse(data[:need])
+            data = data[need:]
+            if not data:
+                return
+            if self._nc._ps is not self:  # type: ignore[comparison-overlap]  # detached
+                await inner.parse(data)
+                return
+        if inner.buf:  # a partial control line from before
+            data = bytes(inner.buf) + data
+            del inner.buf[:]
+        rest = self.reader.feed(data)
+        self._after()
+        if rest:
+            await inner.parse(rest)
+
+    def detach(self) -> None:
+        """Give the client its parser back, with any partial operation held."""
+        if self._nc._ps is self:  # type: ignore[comparison-overlap]
+            self._nc._ps = self.inner
+        self.inner.buf.extend(self.reader.take_tail())
+
+
 # ---------------------------------------------------------------- the publisher
 
 
@@ -200,6 +255,7 @@ class NatsPublisher:
         self.outage_ns = 0
         self._down_since: int | None = None
         self._orig_process_msg: Callable[..., Awaitable[None]] | None = None
+        self._splitter: _AckSplitter | None = None
         self._prev_cbs: tuple[Any, Any] = (None, None)
 
     # ------------------------------------------------------------ lifecycle
@@ -215,8 +271,8 @@ class NatsPublisher:
         async def process_msg(
             s: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
         ) -> None:
-            # Acks skip nats-py's Msg objects, queue and callback task (several
-            # microseconds each); everything else goes the usual way.
+            # The acks _AckSplitter passes on (errors, headers) skip nats-py's
+            # Msg objects, queue and callback task; the rest goes the usual way.
             if s == sid:
                 if window.ack(subject, data, headers) == ACK_ERROR:
                     self._on_error_ack(data, headers)
@@ -226,6 +282,8 @@ class NatsPublisher:
 
         self._orig_process_msg = orig
         nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
+        self._splitter = _AckSplitter(nc, nc._ps, AckReader(window, sid), self._after_ack)
+        nc._ps = self._splitter  # type: ignore[assignment]
         self._prev_cbs = (nc._disconnected_cb, nc._reconnected_cb)
         nc._disconnected_cb = self._on_disconnected
         nc._reconnected_cb = self._on_reconnected
@@ -261,6 +319,9 @@ class NatsPublisher:
         if self._consumer is not None:
             self._consumer.close()
         nc = self._nc
+        if self._splitter is not None:
+            self._splitter.detach()
+            self._splitter = None
         if self._orig_process_msg is not None:
             with contextlib.suppress(AttributeError):
                 del nc.__dict__["_process_msg"]

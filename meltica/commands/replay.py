@@ -296,6 +296,8 @@ def _report(
         "books": {k: v.get("state") for k, v in instruments.items()},
         "throughput_frames_per_s": round(received / max(elapsed, 1e-9), 1),
         "elapsed_s": round(elapsed, 3),
+        # the ring consumer's span from its first to its last event
+        "consumer_span_s": round(monitor.elapsed_s, 3),
         "latency_us": monitor.summary()["latency_us"],
         "book_check": {
             "points": check.points,
