@@ -369,6 +369,11 @@ class NatsPublisher:
     def _send(self, batch: list[Event]) -> None:
         if self._open_gaps:
             self._flush_gaps()
+            if self._open_gaps:
+                # no room for the gap events yet: keep dropping, so that each
+                # open span holds dropped events only
+                self._drop(batch)
+                return
         buf, taken = self.window.append(batch, self._clock())
         if taken < len(batch):
             self._drop(batch[taken:])
@@ -400,7 +405,7 @@ class NatsPublisher:
         reason = "publish_buffer_full" if self._linked else GAP_REASON
         self.dropped[reason] = self.dropped.get(reason, 0) + len(events)
         for ev in events:
-            key = (ev.venue, ev.market, ev.symbol, ev.kind)
+            key = (ev.venue, ev.market, ev.symbol, _gap_label(ev))
             span = self._open_gaps.get(key)
             if span is None:
                 self._open_gaps[key] = [ev.seq, ev.seq, 1]
@@ -542,3 +547,12 @@ class NatsPublisher:
             "disconnects": self.disconnects,
             "outage_seconds": outage / 1e9,
         }
+
+
+def _gap_label(ev: Event) -> str:
+    """What a ``gap`` event's ``state`` names: the kind, and for book snapshots
+    also their source (a fused book and its BBO share subject and update id,
+    so the kind alone could not say which of the two was dropped)."""
+    if ev.kind == "book_snapshot":
+        return f"book_snapshot:{ev.source}"  # type: ignore[attr-defined]
+    return ev.kind

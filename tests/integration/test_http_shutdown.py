@@ -130,7 +130,7 @@ class Gateway:
         assert stream is not None
         for line in stream:
             self.log.append(line)
-            m = re.search(r"metrics on (http://\S+)/metrics", line)
+            m = re.search(r"starting: .* metrics (http://\S+)/metrics", line)
             if m:
                 self._url = m.group(1)
                 self._have_url.set()

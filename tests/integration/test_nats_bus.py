@@ -218,13 +218,17 @@ def test_longer_outage_under_drop_counts_drops_and_names_them_in_gap_events(
     in_stream = set(keys)
     missing = [e for e in bus if e["key"] not in in_stream]
     assert len(missing) == dropped
+    def label(e: dict[str, Any]) -> str:
+        # a gap's state: the kind, and the source of a book snapshot
+        return f"book_snapshot:{e['source']}" if e["kind"] == "book_snapshot" else e["kind"]
+
     # every missing event is named by a gap event of its subject, and a gap names
     # only missing events
     for ev in missing:
         assert any(
             g["symbol"] == ev["symbol"]
             and g["market"] == ev["market"]
-            and g["state"] == ev["kind"]
+            and g["state"] == label(ev)
             and g["from_seq"] <= ev["seq"] <= g["to_seq"]
             for g in gaps
         ), f"dropped without a gap event: {ev['key']}"
@@ -232,7 +236,7 @@ def test_longer_outage_under_drop_counts_drops_and_names_them_in_gap_events(
         named = [
             e
             for e in bus
-            if e["kind"] == g["state"]
+            if label(e) == g["state"]
             and e["symbol"] == g["symbol"]
             and e["seq"] is not None
             and g["from_seq"] <= e["seq"] <= g["to_seq"]
