@@ -15,7 +15,7 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, cast
+from typing import Any, NoReturn
 
 from meltica import __version__, log
 from meltica._core.events import MARKETS, VENUES
@@ -35,17 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
+    from meltica.commands.common import open_output
     from meltica.normalize import normalize_capture
 
     with ExitStack() as stack:
-        if args.output in (None, "-"):
-            sink = cast(BinaryIO, sys.stdout.buffer)
-        else:
-            try:
-                sink = stack.enter_context(open(args.output, "wb"))
-            except OSError as exc:
-                print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
-                return EXIT_BAD_INPUT
+        sink = open_output(stack, args.output)
+        if sink is None:
+            return EXIT_BAD_INPUT
         try:
             summary = normalize_capture(
                 args.capture, sink, args.format, venue=args.venue, market=args.market

@@ -9,7 +9,9 @@ import contextlib
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 from meltica import log
 from meltica.config import Config
@@ -20,6 +22,19 @@ class FakeExchangeError(MelticaError, RuntimeError):
     """The local fake exchange did not start."""
 
     reason = "fake_exchange"
+
+
+def open_output(stack: ExitStack, path: str | None) -> BinaryIO | None:
+    """Where a command writes its events: stdout for None or ``-``, else ``path``
+    opened for writing (closed with ``stack``); None after printing the one-line
+    error of a path that cannot be written (the caller exits 2)."""
+    if path in (None, "-"):
+        return cast(BinaryIO, sys.stdout.buffer)
+    try:
+        return cast(BinaryIO, stack.enter_context(open(path, "wb")))
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return None
 
 
 def apply_log_level(args: argparse.Namespace, config: Config) -> None:

@@ -27,14 +27,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
 from meltica.broker import BrokerError
-from meltica.commands.common import apply_log_level, local_overrides
+from meltica.commands.common import apply_log_level, local_overrides, open_output
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import CaptureError, ConfigError, MelticaError
@@ -100,14 +100,9 @@ async def run_replay(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         # the output is opened before anything starts: an unwritable path is a
         # one-line bad-input error, not a traceback after the whole replay
-        if args.output in (None, "-"):
-            out = cast(BinaryIO, sys.stdout.buffer)
-        else:
-            try:
-                out = stack.enter_context(open(args.output, "wb"))
-            except OSError as exc:
-                print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
-                return 2
+        out = open_output(stack, args.output)
+        if out is None:
+            return 2
         return await _replay(args, err, out)
 
 

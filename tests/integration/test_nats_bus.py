@@ -218,6 +218,7 @@ def test_longer_outage_under_drop_counts_drops_and_names_them_in_gap_events(
     in_stream = set(keys)
     missing = [e for e in bus if e["key"] not in in_stream]
     assert len(missing) == dropped
+
     def label(e: dict[str, Any]) -> str:
         # a gap's state: the kind, and the source of a book snapshot
         return f"book_snapshot:{e['source']}" if e["kind"] == "book_snapshot" else e["kind"]
