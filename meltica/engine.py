@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
+from nats.aio.client import Client as NatsClient
 
-from meltica import __version__
+from meltica import __version__, broker
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.instruments import InstrumentRegistry
@@ -27,6 +28,8 @@ from meltica.adapters.binance.rest import BinanceRest
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
 from meltica.adapters.binance.ws import ConnectionManager
 from meltica.bus.control import InProcessControlBus
+from meltica.bus.control_http import ControlEndpoint
+from meltica.bus.control_nats import NatsControlResponder
 from meltica.bus.data import InMemoryDataBus
 from meltica.conductor import Conductor
 from meltica.config import Config, Market
@@ -135,8 +138,15 @@ class Engine:
         for manager in self.managers.values():
             # frames go straight to the Dispatcher: one Python call less per batch
             manager.set_sink(self.dispatcher.on_events)
-        self.control = InProcessControlBus(self.dispatcher)
+        self.gateway_id = broker.gateway_id(config.gateway)
+        self.control = InProcessControlBus(self.dispatcher, gateway=self.gateway_id)
+        # the shared NATS connection (bus.backend nats) and the Control Bus on it
+        self.nats: NatsClient | None = None
+        self.control_nats: NatsControlResponder | None = None
         t = config.telemetry
+        self.control_http = ControlEndpoint(
+            self.control, host=t.metrics_host, token=t.control_token
+        )
         self.metrics: MetricsServer | None = None
         if t.metrics_enabled:
             self.metrics = MetricsServer(
@@ -226,6 +236,10 @@ class Engine:
                     await self.instruments.refresh(market)
                 except MelticaError as exc:
                     raise StartupError(f"exchangeInfo for {market} failed: {exc}") from exc
+            if self.config.bus.backend == "nats":
+                self.nats = await broker.connect(
+                    self.config.nats, name=f"meltica-{self.gateway_id}"
+                )
             if self.metrics is not None:
                 await self.metrics.start()
             log.info(
@@ -237,6 +251,9 @@ class Engine:
             )
             for manager in self.managers.values():
                 await manager.start()
+            if self.nats is not None:
+                self.control_nats = NatsControlResponder(self.nats, self.control, self.gateway_id)
+                await self.control_nats.start()
             refresh: dict[str, float] = {
                 m: self.config.binance.market(m).exchange_info_refresh_s for m in self.markets
             }
@@ -282,7 +299,13 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.conductor.stop()
+        if self.control_nats is not None:
+            await self.control_nats.stop()
         await self.control.close()
+        if self.nats is not None:
+            with contextlib.suppress(Exception):
+                await self.nats.close()
+            self.nats = None
         await self.rest.close()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -433,12 +456,28 @@ class Engine:
                     )
         for name, value in self.store.stats().items():
             yield _sample(f"snapshot_{name}", value, "SnapshotStore")
+        transports: list[tuple[str, dict[str, int]]] = [
+            ("control", self.control.stats()),
+            ("control_http", self.control_http.stats()),
+        ]
+        if self.control_nats is not None:
+            transports.append(("control_nats", self.control_nats.stats()))
+        for prefix, stats in transports:
+            for name, value in stats.items():
+                yield _sample(
+                    f"{prefix}_{name}",
+                    value,
+                    "Control Bus and its transports (docs/control-plane.md)",
+                    kind="gauge" if name in ("pending", "max_pending", "in_flight") else "counter",
+                )
 
     # ------------------------------------------------------------ tail endpoint
 
     def add_routes(self, app: web.Application) -> None:
-        """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines."""
+        """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines;
+        ``POST /control``: the Control Bus (meltica.bus.control_http)."""
         app.router.add_get("/tail", self._tail)
+        self.control_http.add_routes(app)
 
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         q = request.query
