@@ -65,9 +65,11 @@ def test_two_gateways_answer_list_and_status_and_changes_need_a_gateway(tmp_path
         fake = FakeExchange(SOURCE, speed=2.0)
         await fake.start()
         nats_set = ["bus.backend=nats", f"nats.url={server.url}"]
-        east = make_engine(fake, *nats_set, "gateway.id=east")
-        west = make_engine(fake, *nats_set, "gateway.id=west")
+        engines: list[Engine] = []
         try:
+            east = make_engine(fake, *nats_set, "gateway.id=east")
+            west = make_engine(fake, *nats_set, "gateway.id=west")
+            engines += [east, west]
             await east.start()
             await west.start()
             for op in ("list", "status"):
@@ -92,8 +94,8 @@ def test_two_gateways_answer_list_and_status_and_changes_need_a_gateway(tmp_path
             assert west.control_nats.stats()["replies"] == 4
             assert east.control_nats.stats()["replies"] == 3
         finally:
-            await east.stop()
-            await west.stop()
+            for engine in engines:
+                await engine.stop()
             await fake.stop()
         assert east.nats is None and west.nats is None  # closed on stop
 
@@ -124,11 +126,13 @@ def test_control_off_loopback_needs_the_bearer_token() -> None:
     async def scenario() -> None:
         fake = FakeExchange(SOURCE, speed=2.0)
         await fake.start()
-        guarded = make_engine(
-            fake, f"telemetry.metrics_host={bind}", "telemetry.control_token=s3cret"
-        )
-        bare = make_engine(fake, f"telemetry.metrics_host={bind}")
+        engines: list[Engine] = []
         try:
+            guarded = make_engine(
+                fake, f"telemetry.metrics_host={bind}", "telemetry.control_token=s3cret"
+            )
+            bare = make_engine(fake, f"telemetry.metrics_host={bind}")
+            engines += [guarded, bare]
             await guarded.start()
             await bare.start()
             assert guarded.metrics is not None and bare.metrics is not None
@@ -163,10 +167,9 @@ def test_control_off_loopback_needs_the_bearer_token() -> None:
             assert guarded.control_http.stats()["unauthorized"] == 3
             assert guarded.control_http.stats()["forbidden"] == 1
         finally:
-            with contextlib.suppress(Exception):
-                await guarded.stop()
-            with contextlib.suppress(Exception):
-                await bare.stop()
+            for engine in engines:
+                with contextlib.suppress(Exception):
+                    await engine.stop()
             await fake.stop()
 
     run(scenario, timeout=180)
