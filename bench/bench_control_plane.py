@@ -30,7 +30,14 @@ connection i mod N and then unsubscribes the stream of cycle i-N+1, so N-1 bench
 are live while a new one is subscribed.  Two lanes (the default) run 200 cycles in ~50 s;
 ``--lanes 1`` measures an otherwise idle gateway and takes twice as long.
 
-Run:  python bench/bench_control_plane.py [--cycles 200] [--lanes 2] [--json OUT]
+``--nats`` sends the benchmark's subscribe and unsubscribe requests over NATS request/reply
+instead (a ``nats-server`` of the bench's own on a free loopback port; the gateway runs with
+``bus.backend=nats`` and answers on ``meltica.control.bench``), so the timings include the
+request's and the reply's trips through the server and the JSON on both sides.  The first
+event is still observed at an in-memory Data Bus consumer in the gateway's process: this
+benchmark does not read the NATS Data Bus.
+
+Run:  python bench/bench_control_plane.py [--cycles 200] [--lanes 2] [--nats] [--json OUT]
 """
 
 from __future__ import annotations
@@ -42,9 +49,13 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -58,8 +69,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 
 import uvloop  # noqa: E402
 
+from meltica.broker import connect, control_subject  # noqa: E402
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
-from meltica.config import load_config  # noqa: E402
+from meltica.config import NatsConfig, load_config  # noqa: E402
 from meltica.control import ControlReply, ControlRequest  # noqa: E402
 from meltica.engine import Engine  # noqa: E402
 
@@ -70,7 +82,32 @@ FILLER = "mini_ticker"  # subscribed with the keep-alive, then dropped, to leave
 BUDGET_MS = 20.0
 FIRST_EVENT_TIMEOUT_S = 5.0
 
+GATEWAY_ID: Final = "bench"
+
 _child_pid: int | None = None
+
+
+def _start_nats(store: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``nats-server`` of our own on a free loopback port (waits until it accepts)."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        raise SystemExit("--nats needs nats-server on PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-l", os.path.join(store, "nats.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as c:
+            if c.recv(5) == b"INFO ":
+                return proc, f"nats://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("nats-server did not come up")
 
 
 @dataclass
@@ -245,15 +282,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     _child_pid = fake.proc.pid
     engine: Engine | None = None
     consumer: asyncio.Task[None] | None = None
+    server: subprocess.Popen[bytes] | None = None
+    requester = None
     try:
         overrides = [
             *local_overrides({MARKET: fake.ws_urls[MARKET]}, fake.rest_url),
             "telemetry.metrics_enabled=false",
             f"binance.{MARKET}.max_streams_per_connection=2",
         ]
+        if args.nats:
+            server, nats_url = _start_nats(args.nats_store)
+            overrides += ["bus.backend=nats", f"nats.url={nats_url}", f"gateway.id={GATEWAY_ID}"]
         cfg = load_config(None, env={}, overrides=overrides)
         engine = Engine(cfg, subscribe_on_start=False)
         await engine.start()
+        send = engine.request
+        if args.nats:
+            requester = await connect(NatsConfig(url=nats_url), name="bench-ctl")
+            send = _over_nats(requester)
         symbols = sorted(engine.instruments.symbols(MARKET))
         lanes = args.lanes
         if len(symbols) < lanes + 2:
@@ -303,7 +349,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             fut = watch.expect(sym, time.time_ns())
             pongs = _pongs(engine)
             t0 = time.perf_counter_ns()
-            reply = await engine.request(
+            reply = await send(
                 ControlRequest("subscribe", market=MARKET, symbols=(sym,), channels=(CHANNEL,))
             )
             t1 = time.perf_counter_ns()
@@ -326,7 +372,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 paced_s += await pace(engine, fallback_s)
                 pongs = _pongs(engine)
                 t3 = time.perf_counter_ns()
-                reply = await engine.request(
+                reply = await send(
                     ControlRequest(
                         "unsubscribe", market=MARKET, symbols=(old,), channels=(CHANNEL,)
                     )
@@ -357,6 +403,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         rate = statistics.median(watch.rates) if watch.rates else 0.0
         first = summary(sub_first)
         return {
+            "transport": "nats" if args.nats else "in-process",
             "cycles": args.cycles,
             "warmup": args.warmup,
             "lanes": lanes,
@@ -390,10 +437,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if consumer is not None:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
+        if requester is not None:
+            await requester.close()
         if engine is not None:
             await engine.stop()
         await fake.stop()
         _child_pid = None
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+
+
+def _over_nats(nc: Any) -> Any:
+    """``send(req) -> reply`` over NATS request/reply to this bench's gateway."""
+    subject = control_subject(GATEWAY_ID)
+
+    async def send(req: ControlRequest) -> ControlReply:
+        msg = await nc.request(subject, json.dumps(req.to_dict()).encode(), timeout=30)
+        return ControlReply.from_dict(json.loads(msg.data))
+
+    return send
 
 
 def _next_symbol(symbols: list[str], live: deque[str], i: int) -> str:
@@ -411,6 +474,13 @@ def report(res: dict[str, Any], command: str) -> None:
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, uvloop {m['uvloop']}")
     print(f"         load avg {' '.join(f'{x:.2f}' for x in m['loadavg'])}")
+    if res["transport"] == "nats":
+        print(
+            "transport: subscribe/unsubscribe over NATS request/reply (meltica.control."
+            f"{GATEWAY_ID}); first event at an in-memory Data Bus consumer, not a NATS consumer"
+        )
+    else:
+        print("transport: in-process Control Bus; first event at an in-memory Data Bus consumer")
     print(
         f"setup: synthetic {MARKET}, {res['symbols']} symbols, speed {res['speed']}x, "
         f"{res['lanes']} lane(s) on {res['connections']} connection(s), "
@@ -465,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quiet-ms", type=float, default=100.0, help="watch window after the last unsubscribe"
     )
+    p.add_argument(
+        "--nats",
+        action="store_true",
+        help="send the requests over NATS request/reply (starts its own nats-server)",
+    )
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -476,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--symbols must be >= lanes + 2 ({args.lanes + 2})")
     command = " ".join([Path(sys.executable).name, *sys.argv])
     try:
-        res = uvloop.run(bench(args))
+        with tempfile.TemporaryDirectory() as store:
+            args.nats_store = store
+            res = uvloop.run(bench(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted", file=sys.stderr)
         return 130

@@ -225,6 +225,19 @@ def _tail_start(text: str) -> object:
     return parse_start(text)
 
 
+def _cmd_ctl(args: argparse.Namespace) -> int:
+    from meltica.commands.ctl import run_ctl
+
+    return _run_async(run_ctl(args))
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be a number of seconds in (0, 3600]")
+    return value
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (default: built-in defaults)")
     p.add_argument(
@@ -400,6 +413,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--market", action="append", default=[], help="market (repeatable)")
     p.add_argument("--count", type=int, help="stop after this many events")
     p.set_defaults(func=_cmd_tail)
+
+    p = command(
+        "ctl",
+        help="send a control request (subscribe, unsubscribe, list, status, resync) to a gateway",
+        description="Send one control request to a running gateway over NATS (--nats) or its "
+        "HTTP server (--url, the default) and print the reply as JSON.  Exit status: 0 ok, "
+        "1 error reply, 2 unreachable or bad usage.",
+    )
+    p.add_argument("op", choices=("subscribe", "unsubscribe", "list", "status", "resync"))
+    p.add_argument("--market", choices=MARKETS, help="the market of --symbols")
+    p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt")
+    p.add_argument(
+        "--channels",
+        help="comma-separated channels as config names them: trade, agg_trade, book_ticker, "
+        "depth, depth5, kline_1m, ...",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--nats", metavar="URL", help="reach gateways over NATS at URL")
+    where.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464",
+        help="the gateway's HTTP server (default http://127.0.0.1:9464)",
+    )
+    p.add_argument(
+        "--gateway",
+        metavar="ID",
+        help="with --nats: the gateway.id to ask (meltica.control.ID); without it list and "
+        "status gather every gateway's reply, other ops need exactly one gateway",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MELTICA_TELEMETRY__CONTROL_TOKEN"),
+        help="with --url: the bearer token (default: $MELTICA_TELEMETRY__CONTROL_TOKEN)",
+    )
+    p.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for a reply (default 30)"
+    )
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.5,
+        help="with --nats and no --gateway: seconds to gather replies (default 0.5)",
+    )
+    p.set_defaults(func=_cmd_ctl)
 
     p = command("check-config", help="validate a config file and print the result")
     p.add_argument("file", help="YAML config file")

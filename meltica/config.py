@@ -532,6 +532,8 @@ class TelemetryConfig(_Section):
     metrics_enabled: bool = True
     metrics_host: str = _f("127.0.0.1", _non_empty)
     metrics_port: int = _f(9464, _between(0, 65535))
+    # bearer token of POST /control; required whenever set (docs/control-plane.md)
+    control_token: str | None = _f(None, _optional_file)
     otlp_endpoint: str | None = _f(None, _url("https", "http"))
     service_name: str = _f("meltica-engine", _non_empty)
     trace_sample_ratio: float = _f(0.01, _between(0, 1))
@@ -900,6 +902,8 @@ def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
     for key in _SECRET_KEYS:
         if plain["nats"][key] is not None:
             plain["nats"][key] = "***"
+    if plain["telemetry"]["control_token"] is not None:
+        plain["telemetry"]["control_token"] = "***"
     text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
     sys.stdout.write(log.redact(text))
     return 0

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
+from nats.aio.client import Client as NatsClient
 
 from meltica import __version__
 from meltica._core.dispatch import DispatchTable
@@ -30,6 +31,8 @@ from meltica.adapters.binance.ws import ConnectionManager
 from meltica.broker import connect as broker_connect
 from meltica.broker import gateway_id
 from meltica.bus.control import InProcessControlBus
+from meltica.bus.control_http import ControlEndpoint
+from meltica.bus.control_nats import NatsControlResponder
 from meltica.bus.data import InMemoryDataBus
 from meltica.bus.nats import NatsPublisher, ensure_stream
 from meltica.conductor import Conductor
@@ -144,9 +147,15 @@ class Engine:
         for manager in self.managers.values():
             # frames go straight to the Dispatcher: one Python call less per batch
             manager.set_sink(self.dispatcher.on_events)
-        self.control = InProcessControlBus(self.dispatcher)
+        self.gateway_id = gateway_id(config.gateway)
+        self.control = InProcessControlBus(self.dispatcher, gateway=self.gateway_id)
         self.tail = TailEndpoint(self.bus)
+        # the Control Bus on the shared NATS connection (bus.backend nats)
+        self.control_nats: NatsControlResponder | None = None
         t = config.telemetry
+        self.control_http = ControlEndpoint(
+            self.control, host=t.metrics_host, token=t.control_token
+        )
         self.metrics: MetricsServer | None = None
         if t.metrics_enabled:
             self.metrics = MetricsServer(
@@ -164,7 +173,7 @@ class Engine:
         self.bus.latency = self.pipeline_latency
         # bus.backend nats: the shared NATS client and the JetStream publisher
         # (a block consumer of the ring), made in start()
-        self.nats: Any = None
+        self.nats: NatsClient | None = None
         self.nats_bus: NatsPublisher | None = None
         self._state = "new"
         self._stopping: asyncio.Event | None = None
@@ -254,6 +263,9 @@ class Engine:
             )
             for manager in self.managers.values():
                 await manager.start()
+            if self.nats is not None:
+                self.control_nats = NatsControlResponder(self.nats, self.control, self.gateway_id)
+                await self.control_nats.start()
             refresh: dict[str, float] = {
                 m: self.config.binance.market(m).exchange_info_refresh_s for m in self.markets
             }
@@ -299,6 +311,9 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.conductor.stop()
+        if self.control_nats is not None:
+            await self.control_nats.stop()
+            self.control_nats = None
         await self._stop_nats()
         await self.control.close()
         await self.rest.close()
@@ -341,8 +356,7 @@ class Engine:
     async def _start_nats(self) -> None:
         """Connect, make sure the stream exists, start publishing (before any
         exchange subscription, so the first event already has its way out)."""
-        gid = gateway_id(self.config.gateway)
-        self.nats = await broker_connect(self.config.nats, name=f"meltica-{gid}")
+        self.nats = await broker_connect(self.config.nats, name=f"meltica-{self.gateway_id}")
         venues = {getattr(self.config.binance.market(m), "venue", "binance") for m in self.markets}
         await ensure_stream(self.nats, self.config.nats, venues)
         self.nats_bus = NatsPublisher(self.nats, self.config.nats, self.bus)
@@ -528,12 +542,28 @@ class Engine:
             )
         if self.nats_bus is not None:
             yield from _nats_samples(self.nats_bus)
+        transports: list[tuple[str, dict[str, int]]] = [
+            ("control", self.control.stats()),
+            ("control_http", self.control_http.stats()),
+        ]
+        if self.control_nats is not None:
+            transports.append(("control_nats", self.control_nats.stats()))
+        for prefix, stats in transports:
+            for name, value in stats.items():
+                yield _sample(
+                    f"{prefix}_{name}",
+                    value,
+                    "Control Bus and its transports (docs/control-plane.md)",
+                    kind="gauge" if name in ("pending", "max_pending", "in_flight") else "counter",
+                )
 
     # ------------------------------------------------------------ tail endpoint
 
     def add_routes(self, app: web.Application) -> None:
-        """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines."""
+        """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines;
+        ``POST /control``: the Control Bus (meltica.bus.control_http)."""
         self.tail.add_routes(app)
+        self.control_http.add_routes(app)
 
 
 _NATS_GAUGES = frozenset(("window_depth", "window_capacity", "connected"))

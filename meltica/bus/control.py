@@ -7,7 +7,9 @@ reply, never an unbounded queue), bounds each with ``timeout_s`` (a timed-out
 request is cancelled and the Dispatcher rolls it back), and turns any handler
 crash into an error reply.  Mutating requests on the same instrument are
 serialised, in arrival order, by the Dispatcher's per-instrument locks.
-``request_json`` is the JSON door a NATS request/reply responder will use.
+``request_json`` (and ``parse_json`` + ``request``) is the JSON door of the
+remote transports: NATS request/reply (`meltica.bus.control_nats`) and the
+gateway's ``POST /control`` (`meltica.bus.control_http`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from typing import Any, Protocol
 
 from meltica.control import ControlError, ControlReply, ControlRequest
@@ -40,13 +43,21 @@ class InProcessControlBus:
     """A ControlBus calling a handler directly, with admission control and timeouts."""
 
     def __init__(
-        self, handler: ControlHandler, *, max_pending: int = 64, timeout_s: float | None = 30.0
+        self,
+        handler: ControlHandler,
+        *,
+        max_pending: int = 64,
+        timeout_s: float | None = 30.0,
+        gateway: str | None = None,
     ) -> None:
+        """``gateway``: when given, every reply's ``result`` names it (``"gateway"``), so
+        replies gathered from several gateways on ``meltica.control`` say whose they are."""
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError("timeout_s must be positive or None")
         self._handler = handler
+        self.gateway = gateway
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self.pending = 0
@@ -62,11 +73,14 @@ class InProcessControlBus:
         self.counters["requests"] += 1
         if self._closed:
             self.counters["closed"] += 1
-            return ControlReply.failure(req, "control bus is closed")
+            return self._signed(ControlReply.failure(req, "control bus is closed"))
         if self.pending >= self.max_pending:
             self.counters["full"] += 1
-            return ControlReply.failure(
-                req, f"control bus full: {self.pending} requests pending (max {self.max_pending})"
+            return self._signed(
+                ControlReply.failure(
+                    req,
+                    f"control bus full: {self.pending} requests pending (max {self.max_pending})",
+                )
             )
         self.pending += 1
         self._idle.clear()
@@ -86,20 +100,33 @@ class InProcessControlBus:
             if not self.pending:
                 self._idle.set()
         self.counters["ok" if reply.ok else "errors"] += 1
-        return reply
+        return self._signed(reply)
 
-    async def request_json(self, payload: bytes | str) -> bytes:
-        """A JSON request in, a JSON reply out (for remote transports)."""
+    def _signed(self, reply: ControlReply) -> ControlReply:
+        if self.gateway is None:
+            return reply
+        return replace(reply, result={**reply.result, "gateway": self.gateway})
+
+    def parse_json(self, payload: bytes | str) -> ControlRequest | ControlReply:
+        """The request in ``payload``, or the error reply when it is not one (counted
+        as ``malformed``; its ``request_id`` is the payload's when it has a string one)."""
         data: Any = None
         try:
             data = json.loads(payload)
-            req = ControlRequest.from_dict(data)
-        except (ValueError, ControlError) as exc:
-            self.counters["malformed"] += 1
-            rid = data.get("request_id") if isinstance(data, dict) else None
-            reply = ControlReply(rid if isinstance(rid, str) else "", False, str(exc))
-            return json.dumps(reply.to_dict()).encode()
-        return json.dumps((await self.request(req)).to_dict()).encode()
+            return ControlRequest.from_dict(data)
+        except ControlError as exc:
+            error = str(exc)
+        except ValueError as exc:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            error = f"control request is not JSON: {exc}"
+        self.counters["malformed"] += 1
+        rid = data.get("request_id") if isinstance(data, dict) else None
+        return self._signed(ControlReply(rid if isinstance(rid, str) else "", False, error))
+
+    async def request_json(self, payload: bytes | str) -> bytes:
+        """A JSON request in, a JSON reply out (for remote transports)."""
+        parsed = self.parse_json(payload)
+        reply = parsed if isinstance(parsed, ControlReply) else await self.request(parsed)
+        return json.dumps(reply.to_dict()).encode()
 
     async def close(self) -> None:
         """Refuse new requests; wait for those in flight.  Idempotent."""

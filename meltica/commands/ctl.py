@@ -1,0 +1,187 @@
+"""``meltica-engine ctl``: the operator's control-plane tool.
+
+Sends one ``ControlRequest`` to a running gateway, over NATS request/reply
+(``--nats URL``, to ``meltica.control.<id>`` with ``--gateway ID``) or over
+its HTTP server (``--url``, ``POST /control``), and prints the reply as JSON.
+Exit status: 0 when the reply is ok, 1 on an error reply, 2 when no gateway
+could be reached or the command line is wrong (one ``error:`` line on stderr).
+
+Over NATS without ``--gateway``: ``list`` and ``status`` go to
+``meltica.control``, where every gateway answers; the replies gathered within
+``--wait`` seconds are printed as a JSON list (each names its gateway in
+``result.gateway``).  The other ops change one gateway: ctl asks
+``meltica.control`` for ``status`` first and sends the request to the one
+gateway that answers; when several answer, it names them and exits 2 (choose
+one with ``--gateway``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import nats.errors
+from nats.aio.client import Client
+
+from meltica.adapters.binance import streams
+from meltica.broker import BrokerError, connect, control_subject
+from meltica.config import NatsConfig
+from meltica.control import ControlError, ControlReply, ControlRequest, Op
+from meltica.errors import ConfigError, MelticaError
+
+__all__ = ["CtlError", "build_request", "run_ctl"]
+
+EXIT_OK, EXIT_ERROR_REPLY, EXIT_UNREACHABLE = 0, 1, 2
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "subscribe": ("market", "symbols", "channels"),
+    "unsubscribe": ("market", "symbols", "channels"),
+    "resync": ("market", "symbols"),
+    "list": (),
+    "status": (),
+}
+
+
+class CtlError(MelticaError, ConnectionError):
+    """ctl could not get a reply (unreachable gateway, bad usage): exit 2."""
+
+    reason = "ctl"
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def build_request(args: argparse.Namespace) -> ControlRequest:
+    """The request the command line asks for (CtlError naming the option when wrong)."""
+    op: Op = args.op
+    symbols, channels = _split(args.symbols), _split(args.channels)
+    given = {"market": args.market, "symbols": symbols, "channels": channels}
+    missing = [f"--{name}" for name in _NEEDS[op] if not given[name]]
+    if missing:
+        raise CtlError(f"{op} needs {', '.join(missing)}")
+    if op == "resync" and channels:
+        raise CtlError("resync takes no --channels (it resyncs the books of --symbols)")
+    bad = [s for s in symbols if not streams.is_symbol(s)]
+    if bad:
+        raise CtlError(f"--symbols: {', '.join(bad)}: {streams.SYMBOL_RULE}")
+    if channels:
+        if args.market is None:
+            raise CtlError("--channels needs --market")
+        wrong = [c for c in channels if not streams.is_channel(args.market, c)]
+        if wrong:
+            raise CtlError(
+                f"--channels: unknown {args.market} channel(s) {', '.join(wrong)} "
+                f"(known: {streams.channel_list(args.market)})"
+            )
+    return ControlRequest(op, market=args.market, symbols=symbols, channels=channels)
+
+
+def _reply(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        reply = ControlReply.from_dict(json.loads(data)).to_dict()
+    except (ValueError, ControlError):
+        raise CtlError(f"{source} did not answer with a control reply") from None
+    return reply
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+async def _over_http(args: argparse.Namespace, req: ControlRequest) -> dict[str, Any]:
+    url = args.url.rstrip("/") + "/control"
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session,
+            session.post(url, json=req.to_dict(), headers=headers) as resp,
+        ):
+            body = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise CtlError(f"cannot reach {url}: {detail}") from None
+    try:
+        return _reply(body, url)
+    except CtlError:
+        raise CtlError(f"{url} answered {resp.status}, not a control reply") from None
+
+
+async def _request(nc: Client, subject: str, req: ControlRequest, timeout: float) -> dict[str, Any]:
+    try:
+        msg = await nc.request(subject, json.dumps(req.to_dict()).encode(), timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise CtlError(f"no gateway answers on {subject}") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise CtlError(f"no reply on {subject} within {timeout} s") from None
+    return _reply(msg.data, subject)
+
+
+async def _gather(nc: Client, req: ControlRequest, wait_s: float) -> list[dict[str, Any]]:
+    """Every reply to ``req`` on ``meltica.control`` within ``wait_s``, by gateway."""
+    subject = control_subject(None)
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    replies: list[dict[str, Any]] = []
+    try:
+        await nc.publish(subject, json.dumps(req.to_dict()).encode(), reply=inbox)
+        await nc.flush()
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            with contextlib.suppress(CtlError):  # not a gateway: not a reply to count
+                replies.append(_reply(msg.data, subject))
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    if not replies:
+        raise CtlError(f"no gateway answered on {subject} within {wait_s} s")
+    return sorted(replies, key=lambda r: str(r["result"].get("gateway", "")))
+
+
+async def _over_nats(args: argparse.Namespace, req: ControlRequest) -> Any:
+    try:
+        cfg = NatsConfig(url=args.nats, connect_timeout_s=min(args.timeout, 600))
+    except ConfigError as exc:
+        raise CtlError(f"--nats: {exc}") from None
+    nc = await connect(cfg, name="meltica-ctl")
+    try:
+        if args.gateway is not None:
+            return await _request(nc, control_subject(args.gateway), req, args.timeout)
+        if req.op in ("list", "status"):
+            return await _gather(nc, req, args.wait)
+        found = await _gather(nc, ControlRequest("status"), args.wait)
+        ids = [str(r["result"].get("gateway")) for r in found]
+        if len(ids) > 1:
+            raise CtlError(
+                f"{len(ids)} gateways answer ({', '.join(ids)}): choose one with --gateway"
+            )
+        return await _request(nc, control_subject(ids[0]), req, args.timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        if args.gateway is not None and args.nats is None:
+            raise CtlError("--gateway goes with --nats (over --url the gateway is the URL's)")
+        req = build_request(args)
+        if args.nats is not None:
+            out = await _over_nats(args, req)
+        else:
+            out = await _over_http(args, req)
+    except (CtlError, BrokerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    _print(out)
+    replies = out if isinstance(out, list) else [out]
+    return EXIT_OK if all(r["ok"] for r in replies) else EXIT_ERROR_REPLY
