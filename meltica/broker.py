@@ -34,6 +34,7 @@ __all__ = [
     "control_subject",
     "data_subjects",
     "gateway_id",
+    "subject_filter",
     "subject_of",
 ]
 
@@ -63,6 +64,14 @@ def subject_of(venue: str, market: str, kind: str, symbol: str) -> str:
     """
     tokens = (venue, market, kind, symbol)
     return ".".join((SUBJECT_ROOT, *((t or NO_SYMBOL).translate(_TOKEN_UNSAFE) for t in tokens)))
+
+
+def subject_filter(venue: str, market: str | None, kind: str | None, symbol: str | None) -> str:
+    """The subscription filter for events of ``subject_of``'s scheme: ``*`` where a
+    part is None (any), each given part spelled exactly as ``subject_of`` does."""
+    parts = (venue, market, kind, symbol)
+    tokens = ("*" if t is None else subject_of(t, "", "", "").split(".")[1] for t in parts)
+    return ".".join((SUBJECT_ROOT, *tokens))
 
 
 def data_subjects(venues: Sequence[str]) -> list[str]:

@@ -33,7 +33,7 @@ from nats.js import api
 
 from meltica import log, wire
 from meltica._core.events import KIND_NAMES, MARKETS, VENUES, Event
-from meltica.broker import BrokerError, subject_of
+from meltica.broker import BrokerError, subject_filter
 from meltica.broker import connect as broker_connect
 from meltica.config import Config, NatsConfig, load_config
 from meltica.errors import ConfigError, MessageDecodeError, WireError
@@ -268,11 +268,11 @@ class Subscription:
         self.start = start
         self.batch = batch
         self.on_error = on_error
-        self.subject = subject_of(
+        self.subject = subject_filter(
             venue,
-            markets[0] if len(markets) == 1 else "*",
-            kinds[0] if len(kinds) == 1 else "*",
-            symbols[0] if len(symbols) == 1 else "*",
+            markets[0] if len(markets) == 1 else None,
+            kinds[0] if len(kinds) == 1 else None,
+            symbols[0] if len(symbols) == 1 else None,
         )
         # several values of a field: the server filter has '*' there, we drop the rest
         self._markets = frozenset(markets) if len(markets) > 1 else None
