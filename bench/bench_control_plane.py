@@ -30,12 +30,21 @@ connection i mod N and then unsubscribes the stream of cycle i-N+1, so N-1 bench
 are live while a new one is subscribed.  Two lanes (the default) run 200 cycles in ~50 s;
 ``--lanes 1`` measures an otherwise idle gateway and takes twice as long.
 
-``--nats`` sends the benchmark's subscribe and unsubscribe requests over NATS request/reply
-instead (a ``nats-server`` of the bench's own on a free loopback port; the gateway runs with
-``bus.backend=nats`` and answers on ``meltica.control.bench``), so the timings include the
-request's and the reply's trips through the server and the JSON on both sides.  The first
-event is still observed at an in-memory Data Bus consumer in the gateway's process: this
-benchmark does not read the NATS Data Bus.
+``--nats`` runs the whole loop through a ``nats-server -js`` of the bench's own (free loopback
+port, JetStream store in a temporary directory): the gateway runs with ``bus.backend=nats``
+(it publishes every event into the JetStream stream) and answers control requests on
+``meltica.control.bench``; the bench sends its subscribe and unsubscribe requests over NATS
+request/reply, and observes the events at an independent NATS consumer of its own: a core
+nats-py subscription, on a connection of its own, to
+``meltica.binance.spot.book_ticker.*`` (the subjects the gateway publishes the stream's
+events on).  A core subscription receives the JetStream-published messages as the server
+routes them, without a JetStream consumer's pull round trips, so it is the earliest point a
+remote reader can see an event.  Each message's payload is decoded (v1 wire JSON) in the
+subscription's callback, where "first event" and the late-event checks are taken, so the
+timings include the request's and the reply's trips through the server, the JSON on both
+sides, and each event's publish to the server and delivery to the consumer.  The gateway's
+in-memory Data Bus is not read in this mode; the "gateway process" CPU includes the consumer,
+and the delivery gap is measured per message (each message is its own delivery).
 
 Run:  python bench/bench_control_plane.py [--cycles 200] [--lanes 2] [--nats] [--json OUT]
 """
@@ -69,11 +78,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 
 import uvloop  # noqa: E402
 
-from meltica.broker import connect, control_subject  # noqa: E402
+from meltica.broker import connect, control_subject, subject_filter  # noqa: E402
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
 from meltica.config import NatsConfig, load_config  # noqa: E402
 from meltica.control import ControlReply, ControlRequest  # noqa: E402
 from meltica.engine import Engine  # noqa: E402
+from meltica.wire import decode  # noqa: E402
 
 MARKET: Final = "spot"
 CHANNEL = "book_ticker"
@@ -96,7 +106,10 @@ def _start_nats(store: str) -> tuple[subprocess.Popen[bytes], str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-l", os.path.join(store, "nats.log")],
+        [
+            *(binary, "-js", "-a", "127.0.0.1", "-p", str(port)),
+            *("-sd", os.path.join(store, "js"), "-l", os.path.join(store, "nats.log")),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -176,6 +189,21 @@ async def consume(engine: Engine, watch: Watch) -> None:
             watch.on_batch(batch)
     finally:
         consumer.close()
+
+
+async def listen(nc: Any, subject: str, watch: Watch) -> Any:
+    """A core NATS subscription feeding ``watch`` one decoded event per message.
+
+    The callback runs in the subscription's own task, so its wake-up is what a remote
+    subscriber sees.  Returns the subscription, registered at the server.
+    """
+
+    async def on_msg(msg: Any) -> None:
+        watch.on_batch([decode(msg.data)])
+
+    sub = await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()  # the server has the subscription before the first request
+    return sub
 
 
 def _connections(engine: Engine) -> list[Any]:
@@ -284,6 +312,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     consumer: asyncio.Task[None] | None = None
     server: subprocess.Popen[bytes] | None = None
     requester = None
+    listener = None
     try:
         overrides = [
             *local_overrides({MARKET: fake.ws_urls[MARKET]}, fake.rest_url),
@@ -329,7 +358,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         connections = len(_connections(engine))
 
         watch = Watch()
-        consumer = asyncio.get_running_loop().create_task(consume(engine, watch))
+        nats_subject = None
+        if args.nats:
+            # an independent consumer: its own connection, the events as published on NATS
+            listener = await connect(NatsConfig(url=nats_url), name="bench-consumer")
+            nats_subject = subject_filter(cfg.binance.market(MARKET).venue, MARKET, CHANNEL, None)
+            await listen(listener, nats_subject, watch)
+        else:
+            consumer = asyncio.get_running_loop().create_task(consume(engine, watch))
         sub_reply: list[int] = []
         sub_prop: list[int] = []
         sub_first: list[int] = []
@@ -404,6 +440,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         first = summary(sub_first)
         return {
             "transport": "nats" if args.nats else "in-process",
+            "nats_subject": nats_subject,
             "cycles": args.cycles,
             "warmup": args.warmup,
             "lanes": lanes,
@@ -439,6 +476,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(consumer, return_exceptions=True)
         if requester is not None:
             await requester.close()
+        if listener is not None:
+            await listener.close()
         if engine is not None:
             await engine.stop()
         await fake.stop()
@@ -477,7 +516,8 @@ def report(res: dict[str, Any], command: str) -> None:
     if res["transport"] == "nats":
         print(
             "transport: subscribe/unsubscribe over NATS request/reply (meltica.control."
-            f"{GATEWAY_ID}); first event at an in-memory Data Bus consumer, not a NATS consumer"
+            f"{GATEWAY_ID}); gateway bus.backend=nats; events at an independent core NATS "
+            f"subscription on {res['nats_subject']}"
         )
     else:
         print("transport: in-process Control Bus; first event at an in-memory Data Bus consumer")
@@ -538,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--nats",
         action="store_true",
-        help="send the requests over NATS request/reply (starts its own nats-server)",
+        help="requests over NATS request/reply, bus.backend=nats, events at a NATS consumer "
+        "(starts its own nats-server -js)",
     )
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false")

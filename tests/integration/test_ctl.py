@@ -3,8 +3,10 @@
 A synthetic fake exchange runs in its own process, a ``nats-server`` of the
 test's own on a free loopback port, and the gateway as ``python -m meltica run``
 (``bus.backend=nats``, ``gateway.id=gw1``, subscribed to one symbol's trades at
-start).  ``ctl`` runs as a real subprocess; the test watches what the gateway
-publishes through its ``/tail`` endpoint (the in-memory Data Bus).
+start).  ``ctl`` runs as a real subprocess.  The tests watch what the gateway
+publishes through its ``/tail`` endpoint (the in-memory Data Bus), and, in
+``test_ctl_first_event_at_a_nats_consumer``, at an independent consumer of the
+NATS Data Bus (``meltica.client``) in the test process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 from aio import run
 from brokers import NatsServer, free_port
 
+from meltica.client import connect as client_connect
 from meltica.commands.common import local_overrides
 from meltica.replay.synthetic import SyntheticMarket
 
@@ -203,6 +206,57 @@ def test_ctl_subscribe_first_event_unsubscribe_no_late_events(
             await events.aclose()
 
     run(scenario, timeout=180)
+
+
+# what the NATS consumer subscribes to; a test of the test points it elsewhere
+NATS_CONSUMER = {"market": "spot", "kind": "trade"}
+WAIT_S = 60.0  # hang guard for one awaited event
+
+
+@pytest.mark.parametrize("transport", ["nats", "http"])
+def test_ctl_first_event_at_a_nats_consumer(gateway: Gateway, transport: str) -> None:
+    """ctl subscribe -> the stream's first event at a NATS Data Bus consumer -> ctl
+    unsubscribe -> no event of the stream received after the reply reaches that consumer."""
+    where = _where(gateway, transport)
+    sub = ["--market", "spot", "--symbols", TARGET.lower(), "--channels", "trade"]
+
+    async def scenario() -> None:
+        async with client_connect(gateway.nats, name="test-consumer") as client:
+            events = client.subscribe(**NATS_CONSUMER, symbol=[MARKER, TARGET], start="new")
+            await events.open()  # start="new" begins here, before the subscribe
+
+            async def next_event() -> Any:
+                return await asyncio.wait_for(anext(events), WAIT_S)
+
+            # the stream the gateway had from the start reaches the consumer
+            assert (await next_event()).symbol == MARKER
+
+            before = time.time_ns()
+            code, out, err = await ctl("subscribe", *sub, *where)
+            assert code == 0, err
+            reply = json.loads(out)
+            assert reply["ok"] and reply["result"]["added"] == [f"spot:{TARGET}:trade"]
+            while (ev := await next_event()).symbol != TARGET:  # the new stream's first event
+                pass
+            assert ev.ts_recv > before and ev.market == "spot" and ev.kind == "trade"
+
+            code, out, err = await ctl("unsubscribe", *sub, *where)
+            assert code == 0, err
+            assert json.loads(out)["ok"]
+            replied = time.time_ns()  # the reply was sent before ctl exited
+            # MARKER's stream shares the gateway's connection and the NATS publisher keeps
+            # the bus order: once MARKER events received after the reply are here, every
+            # TARGET event received before them is here too
+            late, markers = [], 0
+            while markers < 20:
+                ev = await next_event()
+                if ev.symbol == TARGET and ev.ts_recv > replied:
+                    late.append(ev)
+                elif ev.symbol == MARKER and ev.ts_recv > replied:
+                    markers += 1
+            assert late == []
+
+    run(scenario, timeout=240)
 
 
 def test_ctl_list_and_status_gather_over_nats(gateway: Gateway) -> None:
