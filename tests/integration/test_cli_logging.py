@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeproc import fake_exchange
 
 import meltica
 from meltica.commands.common import local_overrides
@@ -38,34 +39,10 @@ def cli(
 @pytest.fixture(scope="module")
 def gateway_overrides() -> Iterator[list[str]]:
     """``--set`` overrides pointing ``run`` at a synthetic fake exchange (one spot symbol)."""
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "meltica", "--log-level", "WARNING", "fake-exchange"),
-            *("--synthetic", "--markets", "spot", "--symbols", "1", "--duration", "600"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ws: dict[str, str] = {}
-        rest = ""
-        assert proc.stdout is not None
-        while not rest:
-            line = proc.stdout.readline()
-            assert line, "the fake exchange exited before printing its URLs"
-            head, _, url = line.strip().partition(": ")
-            if head.startswith("ws "):
-                ws[head[3:]] = url
-            elif head == "rest":
-                rest = url
+    with fake_exchange("--markets", "spot", "--symbols", "1", "--duration", "600") as (ws, rest):
         symbols = {"spot": SyntheticMarket(markets=("spot",), symbols_per_market=1).symbols("spot")}
         overrides = [*local_overrides(ws, rest, symbols=symbols), "telemetry.metrics_port=0"]
         yield [arg for o in overrides for arg in ("--set", o)]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_run_logs_start_up_line_and_state_changes_at_the_default_level(

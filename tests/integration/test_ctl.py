@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import nats
 import pytest
 from aio import run
 from brokers import NatsServer, free_port
+from fakeproc import fake_exchange
 
 from meltica.client import connect as client_connect
 from meltica.commands.common import local_overrides
@@ -45,35 +47,14 @@ class Gateway:
     nats: str
 
 
-def _fake_exchange() -> tuple[subprocess.Popen[str], dict[str, str], str]:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "meltica", "--log-level", "WARNING", "fake-exchange"),
-            *("--synthetic", "--markets", "spot", "--symbols", "2", "--speed", "2"),
-            *("--duration", "900"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    ws: dict[str, str] = {}
-    rest = ""
-    assert proc.stdout is not None
-    while not rest:
-        line = proc.stdout.readline()
-        assert line, "the fake exchange exited before printing its URLs"
-        head, _, url = line.strip().partition(": ")
-        if head.startswith("ws "):
-            ws[head[3:]] = url
-        elif head == "rest":
-            rest = url
-    return proc, ws, rest
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     server = NatsServer(tmp_path_factory.mktemp("nats"))
     server.start()
-    fake, ws, rest = _fake_exchange()
+    fake = ExitStack()  # the fake exchange's process, stopped last
+    ws, rest = fake.enter_context(
+        fake_exchange("--markets", "spot", "--symbols", "2", "--speed", "2", "--duration", "900")
+    )
     overrides = [
         *local_overrides(ws, rest, symbols={"spot": [MARKER]}, streams={"spot": ["trade"]}),
         "telemetry.metrics_port=0",
@@ -112,10 +93,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         thread.join(10)
         if proc.stderr is not None:
             proc.stderr.close()
-        fake.terminate()
-        fake.wait(30)
-        if fake.stdout is not None:
-            fake.stdout.close()
+        fake.close()
         server.stop()
     assert "Traceback" not in "".join(lines), "".join(lines)[-3000:]
 
