@@ -390,12 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the bus events of a running gateway",
         description="Print a gateway's Data Bus events as wire JSON lines: from its HTTP "
         "endpoint (a slow reader loses the oldest, never slows the gateway), or with --nats "
-        "from the NATS JetStream stream it publishes to (nothing lost; --durable resumes).",
+        "from the NATS JetStream stream it publishes to (nothing lost; --durable resumes).  "
+        "With --nats it connects with the config's nats section (--config, MELTICA_NATS__* "
+        "variables, --set: credentials, TLS); --nats URL replaces nats.url.",
     )
+    _config_args(p)
     p.add_argument(
         "--url", default="http://127.0.0.1:9464", help="the gateway's metrics/tail endpoint"
     )
-    p.add_argument("--nats", metavar="URL", help="read the NATS stream at URL instead of --url")
+    p.add_argument(
+        "--nats",
+        metavar="URL",
+        nargs="?",
+        const="",
+        help="read the NATS stream at URL instead of --url (without URL: the config's nats.url)",
+    )
     p.add_argument(
         "--start",
         type=_tail_start,
@@ -418,9 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ctl",
         help="send a control request (subscribe, unsubscribe, list, status, resync) to a gateway",
         description="Send one control request to a running gateway over NATS (--nats) or its "
-        "HTTP server (--url, the default) and print the reply as JSON.  Exit status: 0 ok, "
-        "1 error reply, 2 unreachable or bad usage.",
+        "HTTP server (--url, the default) and print the reply as JSON.  The config (--config, "
+        "MELTICA_* variables, --set) gives the NATS connection (the nats section: url, "
+        "credentials, TLS) and the HTTP bearer token (telemetry.control_token); NATS is used "
+        "only with --nats, whose URL, when given, replaces nats.url.  Exit status: 0 ok, "
+        "1 error reply, 2 unreachable, bad usage or bad config.",
     )
+    _config_args(p)
     p.add_argument("op", choices=("subscribe", "unsubscribe", "list", "status", "resync"))
     p.add_argument("--market", choices=MARKETS, help="the market of --symbols")
     p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt")
@@ -430,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
         "depth, depth5, kline_1m, ...",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--nats", metavar="URL", help="reach gateways over NATS at URL")
+    where.add_argument(
+        "--nats",
+        metavar="URL",
+        nargs="?",
+        const="",
+        help="reach gateways over NATS at URL (without URL: the config's nats.url; "
+        "then give OP before --nats)",
+    )
     where.add_argument(
         "--url",
         default="http://127.0.0.1:9464",
@@ -444,8 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("MELTICA_TELEMETRY__CONTROL_TOKEN"),
-        help="with --url: the bearer token (default: $MELTICA_TELEMETRY__CONTROL_TOKEN)",
+        help="with --url: the bearer token (default: the config's telemetry.control_token, "
+        "e.g. $MELTICA_TELEMETRY__CONTROL_TOKEN)",
     )
     p.add_argument(
         "--timeout", type=_seconds, default=30.0, help="seconds to wait for a reply (default 30)"

@@ -4,7 +4,14 @@ Sends one ``ControlRequest`` to a running gateway, over NATS request/reply
 (``--nats URL``, to ``meltica.control.<id>`` with ``--gateway ID``) or over
 its HTTP server (``--url``, ``POST /control``), and prints the reply as JSON.
 Exit status: 0 when the reply is ok, 1 on an error reply, 2 when no gateway
-could be reached or the command line is wrong (one ``error:`` line on stderr).
+could be reached or the command line (or the config) is wrong (one ``error:``
+line on stderr).
+
+ctl reads the config as ``run`` does (``--config FILE``, ``MELTICA_*``
+variables, ``--set KEY=VALUE``): over NATS it connects with the ``nats``
+section (credentials, TLS), ``--nats URL`` replacing ``nats.url`` and
+``--nats`` without a URL keeping it; over HTTP ``--token`` defaults to
+``telemetry.control_token``.  NATS is used only when ``--nats`` is given.
 
 Over NATS without ``--gateway``: ``list`` and ``status`` go to
 ``meltica.control``, where every gateway answers; the replies gathered within
@@ -30,7 +37,7 @@ from nats.aio.client import Client
 
 from meltica.adapters.binance import streams
 from meltica.broker import BrokerError, connect, control_subject
-from meltica.config import NatsConfig
+from meltica.config import Config, NatsConfig, config_to_dict, load_config
 from meltica.control import ControlError, ControlReply, ControlRequest, Op
 from meltica.errors import ConfigError, MelticaError
 
@@ -94,9 +101,12 @@ def _print(value: Any) -> None:
     sys.stdout.flush()
 
 
-async def _over_http(args: argparse.Namespace, req: ControlRequest) -> dict[str, Any]:
+async def _over_http(
+    args: argparse.Namespace, config: Config, req: ControlRequest
+) -> dict[str, Any]:
     url = args.url.rstrip("/") + "/control"
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    token = args.token or config.telemetry.control_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session,
@@ -147,12 +157,21 @@ async def _gather(nc: Client, req: ControlRequest, wait_s: float) -> list[dict[s
     return sorted(replies, key=lambda r: str(r["result"].get("gateway", "")))
 
 
-async def _over_nats(args: argparse.Namespace, req: ControlRequest) -> Any:
+def nats_config(args: argparse.Namespace, config: Config) -> NatsConfig:
+    """The config's ``nats`` section with ``--nats URL`` (when given) as
+    ``nats.url``, connecting within ``--timeout`` at most."""
+    section = config_to_dict(config)["nats"]
+    if args.nats:
+        section["url"] = args.nats
+    section["connect_timeout_s"] = max(0.1, min(config.nats.connect_timeout_s, args.timeout))
     try:
-        cfg = NatsConfig(url=args.nats, connect_timeout_s=min(args.timeout, 600))
+        return load_config(env={}, nats=section).nats
     except ConfigError as exc:
         raise CtlError(f"--nats: {exc}") from None
-    nc = await connect(cfg, name="meltica-ctl")
+
+
+async def _over_nats(args: argparse.Namespace, config: Config, req: ControlRequest) -> Any:
+    nc = await connect(nats_config(args, config), name="meltica-ctl")
     try:
         if args.gateway is not None:
             return await _request(nc, control_subject(args.gateway), req, args.timeout)
@@ -175,11 +194,12 @@ async def run_ctl(args: argparse.Namespace) -> int:
         if args.gateway is not None and args.nats is None:
             raise CtlError("--gateway goes with --nats (over --url the gateway is the URL's)")
         req = build_request(args)
+        config = load_config(args.config, overrides=args.set)
         if args.nats is not None:
-            out = await _over_nats(args, req)
+            out = await _over_nats(args, config, req)
         else:
-            out = await _over_http(args, req)
-    except (CtlError, BrokerError) as exc:
+            out = await _over_http(args, config, req)
+    except (CtlError, BrokerError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     _print(out)

@@ -5,7 +5,10 @@ Without ``--nats`` it reads the gateway's ``/tail`` endpoint (served beside
 loses the oldest events (and sees a ``gap`` marker), it never slows the
 gateway.  With ``--nats URL`` it reads the JetStream stream through
 ``meltica.client`` instead: nothing is lost, ``--start`` picks where to begin
-and ``--durable`` resumes where the last run with that name stopped.
+and ``--durable`` resumes where the last run with that name stopped.  It
+connects with the ``nats`` section of the config (``--config``, ``MELTICA_*``
+variables, ``--set``, as ``run`` reads it): ``--nats URL`` replaces
+``nats.url``, ``--nats`` alone keeps it.
 """
 
 from __future__ import annotations
@@ -70,13 +73,17 @@ async def run_tail(args: argparse.Namespace) -> int:
 
 async def _tail_nats(args: argparse.Namespace) -> int:
     from meltica.client import connect
+    from meltica.config import load_config
     from meltica.wire import encode
 
     out = sys.stdout.buffer
     seen = 0
     try:
+        config = load_config(args.config, overrides=args.set)
         options = {"stream": args.stream} if args.stream else {}
-        async with connect(args.nats, name="meltica-tail", **options) as client:
+        if args.nats:
+            options["url"] = args.nats
+        async with connect(config.nats, name="meltica-tail", **options) as client:
             sub = client.subscribe(
                 market=args.market or None,
                 kind=args.kind or None,
