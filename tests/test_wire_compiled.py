@@ -138,6 +138,27 @@ def test_none_strings_and_empty_levels_encode_like_the_stdlib() -> None:
     assert b'"bids":[],"asks":[]' in encode(empty)
 
 
+def test_remembered_event_heads_match_the_stdlib() -> None:
+    """The encoder reuses the head text of recent (venue, market, symbol)
+    strings: equal text in other objects, a venue or market change under the
+    same symbol, more symbols than it remembers, escaped and over-long ones
+    must all still give the stdlib bytes."""
+    symbols = ["BTCUSDT", "ETHUSDT", 'q"x', "é€𝄞", "a\nb", "S" * 300, "", "XRPUSDT"]
+    events: list[Event] = []
+    for rnd in range(3):
+        for i, sym in enumerate(symbols * 2):
+            copy = "".join(list(sym))  # equal text, usually another object
+            for venue, market in (("binance", "spot"), ("binance", "usdm"), (None, "spot")):
+                kind = ("gap", "stale", "connection_state")[(i + rnd) % 3]
+                events.append(
+                    Control(kind, venue=venue, market=market, symbol=copy, seq=i, ts_recv=rnd)
+                )
+            events.append(Derived("binance", "spot", "D" + copy, "n", i, None, rnd, {"k": "1"}))
+    want = [reference_encode(ev) for ev in events]
+    assert encode_lines(events) == b"".join(w + b"\n" for w in want)
+    assert [encode(ev) for ev in reversed(events)] == want[::-1]
+
+
 def test_a_lone_surrogate_fails_as_the_stdlib_path_does() -> None:
     ev = control("gap")
     ev.trace = "\ud800"

@@ -24,6 +24,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "simdjson.h"
 #include "fixed.h"
 
@@ -121,31 +125,61 @@ struct WireBuf {
         put_fixed_reserved(m, e);
     }
     // Depth levels as [["price","qty"],...]: one reserve per level.
+    // Levels of common decimals (fixed16) are written through a local pointer.
     void put_levels(const mt_level *lv, size_t n) {
         put_char('[');
         for (size_t i = 0; i < n; ++i) {
             reserve(2 * FIXED_MAX + 4);
-            if (i) p[len++] = ',';
-            p[len++] = '[';
-            put_fixed_reserved(lv[i].price, lv[i].price_exp);
+            const mt_level &L = lv[i];
+            char *q = p + len;
+            *q = ',';
+            q += i != 0;
+            *q++ = '[';
+            if (fixed16_ok(L.price, L.price_exp) && fixed16_ok(L.qty, L.qty_exp)) {
+                q = fixed16(q, magnitude(L.price), size_t(-L.price_exp), L.price < 0);
+                *q++ = ',';
+                q = fixed16(q, magnitude(L.qty), size_t(-L.qty_exp), L.qty < 0);
+                *q++ = ']';
+                len = size_t(q - p);
+                continue;
+            }
+            len = size_t(q - p);
+            put_fixed_reserved(L.price, L.price_exp);
             p[len++] = ',';
-            put_fixed_reserved(lv[i].qty, lv[i].qty_exp);
+            put_fixed_reserved(L.qty, L.qty_exp);
             p[len++] = ']';
         }
         put_char(']');
+    }
+    static inline uint64_t magnitude(int64_t m) noexcept {
+        return m < 0 ? uint64_t(0) - uint64_t(m) : uint64_t(m);
+    }
+    // Whether fixed16 writes (m, e): a present decimal of at most 16 digits
+    // and 0..16 fraction digits (MT_DEC_NA is positive, so excluded).
+    static inline bool fixed16_ok(int64_t m, int e) noexcept {
+        return e <= 0 && e >= -16 && magnitude(m) < UINT64_C(10000000000000000);
     }
     // Most bytes put_fixed writes: quotes, sign, 20 digits, "0." and 128
     // fraction digits (int8 exponent), or 127 zeros for a positive exponent.
     // (plus slack for the fixed-size copies of put_fixed_reserved)
     static constexpr size_t FIXED_MAX = 2 + 1 + 20 + 2 + 128 + 24;
-    inline void put_fixed_reserved(int64_t m, int e) {
+    __attribute__((always_inline)) inline void put_fixed_reserved(int64_t m, int e) {
         if (e == MT_DEC_NA) {
             std::memcpy(p + len, "null", 4);
             len += 4;
             return;
         }
-        char tmp[48];
+        if (fixed16_ok(m, e)) {
+            put_fixed16(magnitude(m), size_t(-e), m < 0);
+            return;
+        }
+        put_fixed_other(m, e);
+    }
+    // put_fixed_reserved for any other decimal (longer or with a positive
+    // exponent), out of line to keep the callers' inlined fast path small.
+    __attribute__((noinline)) void put_fixed_other(int64_t m, int e) {
         uint64_t u = m < 0 ? uint64_t(0) - uint64_t(m) : uint64_t(m);
+        char tmp[48];
         size_t nd = digits(u, tmp + 24);
         const char *d = tmp + 24 - nd;
         size_t frac = size_t(e < 0 ? -e : 0), zeros = size_t(e > 0 ? e : 0);
@@ -173,6 +207,76 @@ struct WireBuf {
             len += zeros;
         }
         p[len++] = '"';
+    }
+#if defined(__SSE2__)
+    // The eight decimal digits of v < 10^8 as 16-bit lanes 0..9, first digit
+    // in lane 0 (SSE2: v divmod 10^4, then each half divided by 10^3, 10^2,
+    // 10, 1 at once with multiply-high reciprocals, minus ten times the
+    // quotient one place to the left).
+    static inline __m128i digits8_sse2(uint32_t v) noexcept {
+        const __m128i div10000 = _mm_set1_epi32(int(0xd1b71759));
+        const __m128i k10000 = _mm_set1_epi32(10000);
+        const __m128i divpow = _mm_setr_epi16(8389, 5243, 13108, int16_t(0x8000),
+                                              8389, 5243, 13108, int16_t(0x8000));
+        const __m128i shiftpow = _mm_setr_epi16(1 << 7, 1 << 11, 1 << 13, int16_t(0x8000),
+                                                1 << 7, 1 << 11, 1 << 13, int16_t(0x8000));
+        __m128i x = _mm_cvtsi32_si128(int(v));
+        __m128i abcd = _mm_srli_epi64(_mm_mul_epu32(x, div10000), 45);
+        __m128i efgh = _mm_sub_epi32(x, _mm_mul_epu32(abcd, k10000));
+        __m128i v1 = _mm_slli_epi64(_mm_unpacklo_epi16(abcd, efgh), 2);
+        __m128i v2 = _mm_unpacklo_epi16(v1, v1);
+        v2 = _mm_unpacklo_epi32(v2, v2);
+        __m128i q = _mm_mulhi_epu16(_mm_mulhi_epu16(v2, divpow), shiftpow);
+        return _mm_sub_epi16(q, _mm_slli_epi64(_mm_mullo_epi16(q, _mm_set1_epi16(10)), 16));
+    }
+#endif
+    // The common decimal (u < 10^16, 0..16 fraction digits) without loops: u
+    // as 16 zero-padded digits after 8 '0's.  The fraction is then the last
+    // `frac` of them whatever u's length (the padding supplies the zeros
+    // after "0."), and the integer part the max(nd - frac, 1) digits before
+    // it (a lone '0' when nd <= frac).  Needs 40 reserved bytes.
+    inline void put_fixed16(uint64_t u, size_t frac, bool neg) {
+        len = size_t(fixed16(p + len, u, frac, neg) - p);
+    }
+    // put_fixed16 at q; returns the end.  A static on a local pointer: stores
+    // through char * may alias the members, which would otherwise be
+    // reloaded after every byte.
+    static inline char *fixed16(char *q, uint64_t u, size_t frac, bool neg) noexcept {
+        char d[40];  // 24 digits; the fixed-size copies below read up to 16 past them
+        const uint64_t zero = UINT64_C(0x3030303030303030);
+        size_t nd;
+        std::memcpy(d, &zero, 8);
+#if defined(__SSE2__)
+        __m128i dg = _mm_packus_epi16(digits8_sse2(uint32_t(u / 100000000)),
+                                      digits8_sse2(uint32_t(u % 100000000)));
+        // leading zero digits = trailing set bits of the zero-byte mask
+        unsigned zm = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(dg, _mm_setzero_si128())));
+        nd = 16 - size_t(__builtin_ctz(~zm));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(d + 8),
+                         _mm_add_epi8(dg, _mm_set1_epi8('0')));
+#else
+        uint64_t hi = eight_digits(uint32_t(u / 100000000));
+        uint64_t lo = eight_digits(uint32_t(u % 100000000));
+        nd = hi ? 16 - size_t(__builtin_ctzll(hi)) / 8
+                : (lo ? 8 - size_t(__builtin_ctzll(lo)) / 8 : 0);
+        hi += zero;
+        lo += zero;
+        std::memcpy(d + 8, &hi, 8);
+        std::memcpy(d + 16, &lo, 8);
+#endif
+        size_t k = nd > frac ? nd - frac : 1;
+        q[0] = '"';
+        q[1] = '-';  // overwritten by the first digit unless neg
+        q += 1 + neg;
+        std::memcpy(q, d + 24 - frac - k, 16);  // fixed size; k <= 16 bytes count
+        q += k;
+        if (frac) {
+            *q++ = '.';
+            std::memcpy(q, d + 24 - frac, 16);
+            q += frac;
+        }
+        *q++ = '"';
+        return q;
     }
     // UTF-8 text s[0..n) JSON-escaped, without quotes (the inside of a string).
     void put_escaped(const char *s, size_t n) {

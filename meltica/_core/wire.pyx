@@ -10,12 +10,15 @@ dict forms for Python users and the reference these functions are tested
 against.  Nothing here does I/O or keeps time.
 """
 
+from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from cpython.unicode cimport (
+    PyUnicode_AsUTF8AndSize, PyUnicode_Compare, PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH,
+)
 from libc.stdint cimport int8_t, int64_t, uint8_t
 from libcpp.pair cimport pair
 from libcpp.string_view cimport string_view
-from libc.string cimport memchr, memcmp, strlen
+from libc.string cimport memchr, memcmp, memcpy, strlen
 from libcpp.vector cimport vector
 
 from meltica._core.events cimport (
@@ -218,12 +221,9 @@ cdef inline int _int_or_null(WireBuf *b, int64_t v) except -1:
     return 0
 
 
-cdef int _key(WireBuf *b, Event ev, int kind) except -1:
-    """The idempotency key, byte for byte as Event.key builds it."""
-    b.put(b',"key":"', 8)
-    _key_part(b, ev.venue)
-    _key_part(b, ev.market)
-    _key_part(b, ev.symbol)
+cdef int _key_rest(WireBuf *b, Event ev, int kind) except -1:
+    """The idempotency key after its venue:market:symbol: part, byte for byte
+    as Event.key builds it."""
     _lit(b, KIND_TEXT[kind])
     b.put_char(b":")
     if kind == BOOK_SNAPSHOT:
@@ -364,22 +364,99 @@ cdef int _fields(WireBuf *b, Event ev, int kind) except -1:
     return 0
 
 
+# The text before the kind name and the key's venue:market:symbol: part,
+# remembered for the last few (venue, market, symbol) strings: a batch mostly
+# repeats a handful, and both texts depend on nothing else.  An event matches
+# a slot by identity or, failing that, equal text; _head_refs holds the
+# remembered objects, so no slot pointer can dangle or be reused meanwhile.
+cdef enum:
+    HEAD_SLOTS = 4
+    HEAD_MAX = 240
+
+cdef struct _Head:
+    PyObject *venue
+    PyObject *market
+    PyObject *symbol
+    size_t a_len
+    size_t b_len
+    char a[HEAD_MAX]    # {"v":1,"venue":...,"kind":"
+    char b[HEAD_MAX]    # venue:market:symbol:
+
+cdef _Head _heads[HEAD_SLOTS]
+cdef list _head_refs = [None] * HEAD_SLOTS
+cdef int _head_next = 0
+
+
+cdef inline bint _same(PyObject *held, str s) noexcept:
+    """Whether a remembered string (NULL: none) is s: the same object, or
+    equal text (events decoded from JSON each carry their own str objects)."""
+    if held == <PyObject *>s:
+        return True
+    if held == NULL or s is None or <object>held is None:
+        return False
+    return PyUnicode_GET_LENGTH(s) == PyUnicode_GET_LENGTH(<object>held) and (
+        PyUnicode_Compare(<object>held, s) == 0)
+
+
+cdef inline _Head *_find_head(Event ev) noexcept:
+    cdef int i
+    for i in range(HEAD_SLOTS):
+        if (_same(_heads[i].symbol, ev.symbol) and _same(_heads[i].venue, ev.venue)
+                and _same(_heads[i].market, ev.market)):
+            return &_heads[i]
+    return NULL
+
+
+cdef int _remember_head(Event ev, const char *a, size_t a_len,
+                        const char *b, size_t b_len) except -1:
+    global _head_next
+    cdef _Head *h
+    if a_len > HEAD_MAX or b_len > HEAD_MAX:
+        return 0
+    h = &_heads[_head_next]
+    _head_refs[_head_next] = (ev.venue, ev.market, ev.symbol)  # keeps them alive
+    _head_next = (_head_next + 1) % HEAD_SLOTS
+    h.venue = <PyObject *>ev.venue
+    h.market = <PyObject *>ev.market
+    h.symbol = <PyObject *>ev.symbol
+    memcpy(h.a, a, a_len)
+    h.a_len = a_len
+    memcpy(h.b, b, b_len)
+    h.b_len = b_len
+    return 0
+
+
 cdef int put_event(WireBuf *out, Event ev) except -1:
     cdef int kind = ev.kind_id
     if type(ev) is Event or not 0 < kind < 16:
         raise TypeError(f"not a canonical event: {ev!r}")
     if kind == BOOK_SNAPSHOT and not 0 <= (<BookDepth>ev).source_ < 4:
         raise ValueError(f"book snapshot with an unknown source {(<BookDepth>ev).source_}")
-    _lit(out, b'{"v":1,"venue":')
-    _str(out, ev.venue)
-    _lit(out, b',"market":')
-    _str(out, ev.market)
-    _lit(out, b',"symbol":')
-    _str(out, ev.symbol)
-    _lit(out, b',"kind":"')
-    _lit(out, KIND_TEXT[kind])
-    out.put_char(b'"')
-    _key(out, ev, kind)
+    cdef _Head *h = _find_head(ev)
+    cdef size_t start, a_end, b_start
+    if h != NULL:
+        out.put(h.a, h.a_len)
+        _lit(out, KIND_TEXT[kind])
+        out.put(b'","key":"', 9)
+        out.put(h.b, h.b_len)
+    else:
+        start = out.len
+        _lit(out, b'{"v":1,"venue":')
+        _str(out, ev.venue)
+        _lit(out, b',"market":')
+        _str(out, ev.market)
+        _lit(out, b',"symbol":')
+        _str(out, ev.symbol)
+        _lit(out, b',"kind":"')
+        a_end = out.len
+        _lit(out, KIND_TEXT[kind])
+        out.put(b'","key":"', 9)
+        b_start = out.len
+        _key_part(out, ev.venue)
+        _key_part(out, ev.market)
+        _key_part(out, ev.symbol)
+        _remember_head(ev, out.p + start, a_end - start, out.p + b_start, out.len - b_start)
+    _key_rest(out, ev, kind)
     _lit(out, b',"seq":')
     _int_or_null(out, ev.seq_)
     _lit(out, b',"ts_event":')
