@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -441,49 +441,37 @@ class Engine:
                     yield _sample(
                         f"ws_{name}", value, "WebSocket connection manager", market=market
                     )
-            for reason, count in manager.disconnects_by_reason().items():
-                yield _sample(
-                    "ws_disconnects",
-                    count,
-                    "WebSocket disconnects of open connections, by reason",
-                    kind="counter",
-                    market=market,
-                    reason=reason,
-                )
-            for reason, value in manager.parse_rejects().items():
-                yield _sample(
-                    "ws_parse_rejects",
-                    value,
-                    "WebSocket frames the parser rejected, by error reason",
-                    kind="counter",
-                    market=market,
-                    reason=reason,
-                )
+            yield from _by_reason(
+                "ws_disconnects",
+                "WebSocket disconnects of open connections, by reason",
+                manager.disconnects_by_reason(),
+                market=market,
+            )
+            yield from _by_reason(
+                "ws_parse_rejects",
+                "WebSocket frames the parser rejected, by error reason",
+                manager.parse_rejects(),
+                market=market,
+            )
         yield from self.rest.samples()
         for dname, dvalue in self.dispatcher.stats().items():
             if dvalue is not None:
                 yield _sample(f"dispatch_{dname}", dvalue, "Dispatcher and dispatch table")
-        for reason, dropped in self.table.drops().items():
-            yield _sample(
-                "dispatch_dropped",
-                dropped,
-                "Events the dispatch table dropped, by reason (see docs/control-plane.md)",
-                kind="counter",
-                reason=reason,
-            )
+        yield from _by_reason(
+            "dispatch_dropped",
+            "Events the dispatch table dropped, by reason (see docs/control-plane.md)",
+            self.table.drops(),
+        )
         cstat = self.conductor.status()
         for name, value in cstat["counters"].items():
             yield _sample(f"conductor_{name}", value, "Conductor")
         for hook, reasons in cstat["hook_errors"].items():
-            for reason, value in reasons.items():
-                yield _sample(
-                    "analytics_hook_errors",
-                    value,
-                    "Analytics hook calls whose output was dropped (raised, bad_output)",
-                    kind="counter",
-                    hook=hook,
-                    reason=reason,
-                )
+            yield from _by_reason(
+                "analytics_hook_errors",
+                "Analytics hook calls whose output was dropped (raised, bad_output)",
+                reasons,
+                hook=hook,
+            )
         for key, inst in cstat["instruments"].items():
             market, symbol = key.split(":", 1)
             for name in (
@@ -577,14 +565,11 @@ def _nats_samples(pub: NatsPublisher) -> Iterator[Sample]:
             "JetStream Data Bus publisher (docs/nats.md)",
             kind="gauge" if name in _NATS_GAUGES else "counter",
         )
-    for reason, count in pub.dropped.items():
-        yield _sample(
-            "nats_dropped",
-            count,
-            "Events the JetStream publisher dropped (outage_policy drop), by reason",
-            kind="counter",
-            reason=reason,
-        )
+    yield from _by_reason(
+        "nats_dropped",
+        "Events the JetStream publisher dropped (outage_policy drop), by reason",
+        pub.dropped,
+    )
 
 
 # Stats whose name says "current level" are gauges; everything else counts up.
@@ -622,3 +607,12 @@ def _sample(
     if kind is None:
         kind = "gauge" if any(h in name for h in _GAUGE_HINTS) else "counter"
     return Sample(name, kind, help_text, float(value), tuple(sorted(labels.items())))
+
+
+def _by_reason(
+    name: str, help_text: str, counts: Mapping[str, int], **labels: str
+) -> Iterator[Sample]:
+    """One counter family labelled by ``reason`` (plus ``labels``), from a mapping
+    of reason to count."""
+    for reason, count in counts.items():
+        yield _sample(name, count, help_text, kind="counter", reason=reason, **labels)
