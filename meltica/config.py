@@ -882,7 +882,7 @@ def _plain(value: object) -> object:
 
 
 # printed as *** by check-config (URL passwords are masked wherever they are)
-_SECRET_KEYS: Final = ("password", "token")
+_SECRET_KEYS: Final = (("nats", "password"), ("nats", "token"), ("telemetry", "control_token"))
 
 
 def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
@@ -899,11 +899,9 @@ def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
         return 2
     print(f"ok: {path}")
     plain = config_to_dict(cfg)
-    for key in _SECRET_KEYS:
-        if plain["nats"][key] is not None:
-            plain["nats"][key] = "***"
-    if plain["telemetry"]["control_token"] is not None:
-        plain["telemetry"]["control_token"] = "***"
+    for section, key in _SECRET_KEYS:
+        if plain[section][key] is not None:
+            plain[section][key] = "***"
     text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
     sys.stdout.write(log.redact(text))
     return 0
