@@ -62,16 +62,19 @@ def subject_of(venue: str, market: str, kind: str, symbol: str) -> str:
     symbol is ``*``, go to ``meltica.<venue>.<market>.connection_state._``.
     The compiled publisher (meltica/bus/_natspub.pyx) spells subjects the same way.
     """
-    tokens = (venue, market, kind, symbol)
-    return ".".join((SUBJECT_ROOT, *((t or NO_SYMBOL).translate(_TOKEN_UNSAFE) for t in tokens)))
+    return ".".join((SUBJECT_ROOT, *map(_token, (venue, market, kind, symbol))))
 
 
 def subject_filter(venue: str, market: str | None, kind: str | None, symbol: str | None) -> str:
     """The subscription filter for events of ``subject_of``'s scheme: ``*`` where a
     part is None (any), each given part spelled exactly as ``subject_of`` does."""
     parts = (venue, market, kind, symbol)
-    tokens = ("*" if t is None else subject_of(t, "", "", "").split(".")[1] for t in parts)
-    return ".".join((SUBJECT_ROOT, *tokens))
+    return ".".join((SUBJECT_ROOT, *("*" if t is None else _token(t) for t in parts)))
+
+
+def _token(text: str) -> str:
+    """One subject token as ``subject_of`` spells it."""
+    return (text or NO_SYMBOL).translate(_TOKEN_UNSAFE)
 
 
 def data_subjects(venues: Sequence[str]) -> list[str]:
