@@ -142,6 +142,17 @@ def test_gateway_end_to_end_with_faults_and_runtime_control() -> None:
                 )
             )
             n = len(events.events)
+            # the reconnect's own "connected" (frames read before the drop may still be
+            # in flight after the "disconnected" event, so data alone proves nothing)
+            await events.wait_for(
+                lambda e: (
+                    e.kind == "connection_state"
+                    and e.market == "usdm"
+                    and e.state == "connected"
+                    and events.events.index(e) >= n
+                )
+            )
+            n = len(events.events)
             await events.wait_for(
                 lambda e: (
                     e.market == "usdm" and e.kind == "book_ticker" and events.events.index(e) >= n
