@@ -253,6 +253,10 @@ _LOG_LEVEL_HELP = (
     "TRACE, DEBUG, INFO, WARNING or ERROR (default: the config's log.level, "
     "MELTICA_LOG__LEVEL, else INFO); accepted before or after the command"
 )
+_LOG_FORMAT_HELP = (
+    "log line format, text or json (default: the config's log.format, "
+    "MELTICA_LOG__FORMAT, else text); accepted before or after the command"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meltica-engine {__version__}")
     parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
+    parser.add_argument("--log-format", default=None, help=_LOG_FORMAT_HELP)
     # every subcommand takes --log-level too; SUPPRESS keeps a value given
     # before the command when it is not repeated after it
     common = _Parser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
+    common.add_argument("--log-format", default=argparse.SUPPRESS, help=_LOG_FORMAT_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
@@ -490,23 +496,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    # --log-level wins over the config's log.level, which the commands that
-    # load a config apply once they have it (meltica.commands.common.apply_log_level)
-    level = args.log_level or _env_log_level(os.environ) or "INFO"
+    # --log-level / --log-format win over the config's log section, which the
+    # commands that load a config apply once they have it
+    # (meltica.commands.common.apply_log_level)
+    level = args.log_level or _env_log(os.environ, "LEVEL") or "INFO"
+    fmt = args.log_format or _env_log(os.environ, "FORMAT") or "text"
     try:
-        log.configure(level)
+        log.level_number(level)
     except ValueError as exc:
         source = "--log-level" if args.log_level else "MELTICA_LOG__LEVEL"
         print(f"error: {source}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        log.check_format(fmt)
+    except ValueError as exc:
+        source = "--log-format" if args.log_format else "MELTICA_LOG__FORMAT"
+        print(f"error: {source}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    log.configure(level, fmt)
     code: int = args.func(args)
     return code
 
 
-def _env_log_level(env: Mapping[str, str]) -> str | None:
-    """``MELTICA_LOG__LEVEL`` (any case, as the config loader reads it) or None."""
+def _env_log(env: Mapping[str, str], key: str) -> str | None:
+    """``MELTICA_LOG__<KEY>`` (any case, as the config loader reads it) or None."""
     for name, value in env.items():
-        if name.upper() == "MELTICA_LOG__LEVEL":
+        if name.upper() == f"MELTICA_LOG__{key}":
             return value
     return None
 

@@ -62,6 +62,7 @@ BusBackend = Literal["memory", "nats"]
 NatsStorage = Literal["file", "memory"]
 OutagePolicy = Literal["block", "drop"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 
 # Keys documented for backends this version does not have, per section class:
 # they accept only their default, so a value that would do nothing is an error.
@@ -544,9 +545,10 @@ class TelemetryConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
-    """Log level the CLI configures (the library itself never adds handlers)."""
+    """Log level and line format the CLI configures (the library itself never adds handlers)."""
 
     level: LogLevel = "INFO"
+    format: LogFormat = "text"
 
 
 @dataclass(frozen=True, slots=True)

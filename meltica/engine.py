@@ -274,6 +274,7 @@ class Engine:
             if self._subscribe_on_start:
                 for market in self.markets:
                     m = self.config.binance.market(market)
+                    log.debug("subscribing %s: %s x %s", market, m.symbols, m.streams)
                     reply = await self.request(
                         ControlRequest(
                             "subscribe",

@@ -38,10 +38,14 @@ def open_output(stack: ExitStack, path: str | None) -> BinaryIO | None:
 
 
 def apply_log_level(args: argparse.Namespace, config: Config) -> None:
-    """Log at the config's ``log.level`` unless ``--log-level`` was given
-    (the CLI configured logging from the flag or the environment already)."""
-    if getattr(args, "log_level", None) is None:
-        log.configure(config.log.level)
+    """Log at the config's ``log.level`` and in its ``log.format`` unless
+    ``--log-level`` / ``--log-format`` was given (the CLI configured logging from
+    the flags or the environment already)."""
+    flag_level = getattr(args, "log_level", None)
+    flag_format = getattr(args, "log_format", None)
+    log.configure(
+        flag_level or config.log.level, None if flag_format is not None else config.log.format
+    )
 
 
 def _yaml_list(items: Sequence[str]) -> str:

@@ -14,7 +14,6 @@ unchanged and in order; fused and control events are appended; the batch goes
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from meltica.conductor._flow import Flow
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.errors import AnalyticsError
 from meltica.localseq import LocalSeq
+from meltica.log import fields
 from meltica.log import root as _root_log
 from meltica.snapshot.store import MemorySnapshotStore
 
@@ -339,6 +339,7 @@ class Conductor:
                 inst.symbol,
                 ev.update_id,
                 _ERROR_REASON.get(status, status),
+                extra=fields(market=inst.market, symbol=inst.symbol),
             )
             self._restart(inst, out, _ERROR_REASON.get(status, "error"), ev.update_id, ev.ts_recv)
             self._start_fetch(inst)
@@ -362,7 +363,14 @@ class Conductor:
         if inst.state is State.LIVE:
             inst.state = State.RESYNCING
             inst.resyncs += 1
-            log.warning("%s %s: book resyncing (%s at u=%s)", inst.market, inst.symbol, reason, seq)
+            log.warning(
+                "%s %s: book resyncing (%s at u=%s)",
+                inst.market,
+                inst.symbol,
+                reason,
+                seq,
+                extra=fields(market=inst.market, symbol=inst.symbol),
+            )
             self._control(out, "resync_started", inst, seq, ts, reason)
             self._control(out, "stale", inst, seq, ts, reason, stale=True)
         inst.book.clear()
@@ -383,13 +391,14 @@ class Conductor:
         book.live = True
         ts = self._clock()
         reason = "resynced" if was is State.RESYNCING else "synced"
-        log.log(
-            logging.INFO if was is State.RESYNCING else logging.DEBUG,
+        # a state change (first sync or resync done): INFO, like connection changes
+        log.info(
             "%s %s: book %s at u=%s",
             inst.market,
             inst.symbol,
             reason,
             book.update_id,
+            extra=fields(market=inst.market, symbol=inst.symbol),
         )
         self._control(out, "resync_done", inst, book.update_id, ts, reason)
         if was is State.RESYNCING:
@@ -455,6 +464,7 @@ class Conductor:
                             inst.symbol,
                             inst.snapshot_errors,
                             exc,
+                            extra=fields(market=inst.market, symbol=inst.symbol),
                         )
                     continue
                 if inst.fetch is not me:
@@ -476,6 +486,7 @@ class Conductor:
                         inst.symbol,
                         inst.retry_streak,
                         self._retry_max_s,
+                        extra=fields(market=inst.market, symbol=inst.symbol),
                     )
         finally:
             if inst.fetch is me:

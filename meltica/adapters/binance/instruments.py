@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from meltica.errors import MelticaError
+from meltica.log import fields
 
 __all__ = [
     "ExchangeInfoSource",
@@ -230,7 +231,14 @@ class InstrumentRegistry:
         self.refreshes += 1
         self.changes += len(changes)
         for c in changes:
-            log.info("%s %s status %s -> %s", c.market, c.symbol, c.old, c.new)
+            log.info(
+                "%s %s status %s -> %s",
+                c.market,
+                c.symbol,
+                c.old,
+                c.new,
+                extra=fields(market=c.market, symbol=c.symbol),
+            )
         if changes and self._on_change is not None:
             self._on_change(changes)
         return changes

@@ -39,6 +39,7 @@ import aiohttp
 from meltica._core.events import BookDepth
 from meltica._core.parser import PARSE_REASONS, FrameParser
 from meltica.errors import ConfigError, MelticaError, ParseError
+from meltica.log import fields
 from meltica.telemetry.metrics import Sample
 
 if TYPE_CHECKING:
@@ -549,6 +550,7 @@ class BinanceRest:
             )
         url = st.base_url + _PATHS[st.name][endpoint]
         what = f"{st.name} {endpoint} {params.get('symbol', '')}".rstrip()
+        where = fields(market=st.name, symbol=params.get("symbol") or None)
         priority = 0 if urgent else 1
         seq = next(self._seq)
         st.urgent += urgent
@@ -580,7 +582,7 @@ class BinanceRest:
                         return answer.body
                     failure = f"HTTP {status}"
                     if status in (429, 418):
-                        self._limited(st, status, answer, deadline, what)
+                        self._limited(st, status, answer, deadline, what, where)
                     elif status >= 500 or status == 408:
                         st.server_errors += 1
                     else:
@@ -601,13 +603,19 @@ class BinanceRest:
                         f"{self.retry_deadline_s} s (last: {failure})"
                     ) from cause
                 st.retries += 1
-                log.debug("%s: %s, retry %d in %.2f s", what, failure, attempt, delay)
+                log.debug("%s: %s, retry %d in %.2f s", what, failure, attempt, delay, extra=where)
                 await self._sleep(delay)
         finally:
             st.outstanding -= 1
 
     def _limited(
-        self, st: _Market, status: int, answer: _Answer, deadline: float, what: str
+        self,
+        st: _Market,
+        status: int,
+        answer: _Answer,
+        deadline: float,
+        what: str,
+        where: dict[str, str],
     ) -> None:
         """Record a 429 (this market backs off) or 418 (every market stops) and check the
         request's deadline."""
@@ -626,6 +634,7 @@ class BinanceRest:
                     what,
                     until - now,
                     msg,
+                    extra=where,
                 )
             if self._ban_until > deadline:
                 st.failures += 1
@@ -637,7 +646,7 @@ class BinanceRest:
             after = (st.window + 1) * WINDOW_S - now
         until = now + after
         st.backoff_until = max(st.backoff_until, until)
-        log.warning("%s: rate limited (429), backing off %.1f s: %s", what, after, msg)
+        log.warning("%s: rate limited (429), backing off %.1f s: %s", what, after, msg, extra=where)
         if st.backoff_until > deadline:
             st.failures += 1
             raise RestRateLimited(f"{what}: rate limited for {after:.0f} s: {msg}", after)
@@ -727,7 +736,9 @@ class BinanceRest:
             wait = self._hold(st, weight)
             if wait > 0:
                 st.deferred += 1
-                log.debug("%s: REST scheduler holds %.2f s", st.name, wait)
+                log.debug(
+                    "%s: REST scheduler holds %.2f s", st.name, wait, extra=fields(market=st.name)
+                )
                 await self._sleep(wait)
                 continue
             _, _, _, fut = heapq.heappop(st.heap)

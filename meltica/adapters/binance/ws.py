@@ -29,6 +29,7 @@ from meltica.adapters.binance.ws_limits import Backoff, SlidingWindow
 from meltica.adapters.binance.ws_overlap import Overlap, Residual
 from meltica.errors import MelticaError, ParseError
 from meltica.localseq import LocalSeq
+from meltica.log import fields
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
 
@@ -465,7 +466,12 @@ class ConnectionManager:
             wait = self._connects.delay(self._clock())
             if wait <= 0:
                 break
-            log.warning("%s: connect limit reached, waiting %.1fs", conn.name, wait)
+            log.warning(
+                "%s: connect limit reached, waiting %.1fs",
+                conn.name,
+                wait,
+                extra=self._fields(conn),
+            )
             await asyncio.sleep(wait)
         self._connects.record(self._clock())
         self._counters["connects"] += 1
@@ -476,7 +482,9 @@ class ConnectionManager:
             raise
         except Exception as exc:  # OSError, TimeoutError, picows handshake errors
             self._counters["connect_failures"] += 1
-            log.info("%s: connect to %s failed: %s", conn.name, conn.url, exc)
+            log.info(
+                "%s: connect to %s failed: %s", conn.name, conn.url, exc, extra=self._fields(conn)
+            )
             conn.abort(f"connect failed: {type(exc).__name__}", "connect_failed")
 
     # ------------------------------------------------------------ Connection callbacks
@@ -539,7 +547,7 @@ class ConnectionManager:
         now = self._clock()
         if now - self._last_parse_log >= 1.0:
             self._last_parse_log = now
-            log.warning("%s: frame skipped: %s", conn.name, exc)
+            log.warning("%s: frame skipped: %s", conn.name, exc, extra=self._fields(conn))
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
         slot = self._conn_of.pop(conn, None)
@@ -711,7 +719,9 @@ class ConnectionManager:
                 self._stream_seen[stream] = now
                 if stream in self._silent:
                     self._silent.discard(stream)
-                    log.info("%s: %s flows again", conn.name, stream)
+                    log.info(
+                        "%s: %s flows again", conn.name, stream, extra=self._fields(conn, stream)
+                    )
             elif (
                 had_data
                 and stream not in self._silent
@@ -723,10 +733,16 @@ class ConnectionManager:
                     conn.name,
                     stream,
                     now - self._stream_seen.get(stream, now),
+                    extra=self._fields(conn, stream),
                 )
         for seen in track:
             if seen:
                 seen.clear()
+
+    def _fields(self, conn: Connection, stream: str | None = None) -> dict[str, str]:
+        """A log line's ``extra``: this market, the connection and a stream's symbol."""
+        symbol = stream.split("@", 1)[0].upper() if stream and "@" in stream else None
+        return fields(market=self.market, symbol=symbol, connection=conn.name)
 
     # ------------------------------------------------------------ control events
 
@@ -749,10 +765,11 @@ class ConnectionManager:
             state=state,
             connection=connection,
         )
+        where = fields(market=self.market, connection=connection)
         if label:
-            log.log(level, "%s: %s [%s] (%s)", connection, state, label, reason)
+            log.log(level, "%s: %s [%s] (%s)", connection, state, label, reason, extra=where)
         else:
-            log.log(level, "%s: %s (%s)", connection, state, reason)
+            log.log(level, "%s: %s (%s)", connection, state, reason, extra=where)
         try:
             self._on_control(event)
         except Exception:

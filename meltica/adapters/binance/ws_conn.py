@@ -29,6 +29,7 @@ from picows import WSCloseCode, WSMsgType, WSTransport, ws_connect
 from meltica._core.parser import FrameParser, Reply
 from meltica.adapters.binance.listener import FrameListener
 from meltica.adapters.binance.ws_limits import SlidingWindow
+from meltica.log import fields
 
 __all__ = ["Connection", "ConnectionOwner"]
 
@@ -237,10 +238,21 @@ class Connection:
             del self._pending[req_id]
             self.ack_timeouts += 1
             if req.attempts >= max_attempts:
-                log.warning("%s: %s not acked after %d tries", self.name, req.method, req.attempts)
+                log.warning(
+                    "%s: %s not acked after %d tries",
+                    self.name,
+                    req.method,
+                    req.attempts,
+                    extra=fields(connection=self.name),
+                )
                 self.abort("ack timeout", "ack_timeout")
                 return
-            log.info("%s: %s ack timeout, retrying", self.name, req.method)
+            log.info(
+                "%s: %s ack timeout, retrying",
+                self.name,
+                req.method,
+                extra=fields(connection=self.name),
+            )
             target = self._to_sub if req.method == "SUBSCRIBE" else self._to_unsub
             for s in req.streams:
                 target[s] = None
@@ -288,15 +300,21 @@ class Connection:
 
     def on_reply(self, reply: Reply) -> None:
         if reply.kind == "server_shutdown":
-            log.info("%s: serverShutdown", self.name)
+            log.info("%s: serverShutdown", self.name, extra=fields(connection=self.name))
             self.owner._on_server_shutdown(self)
             return
         req = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
         if req is None:
-            log.info("%s: unmatched reply %r", self.name, reply)
+            log.info("%s: unmatched reply %r", self.name, reply, extra=fields(connection=self.name))
             return
         if reply.kind == "error":
-            log.warning("%s: %s rejected: %s", self.name, req.method, reply.msg)
+            log.warning(
+                "%s: %s rejected: %s",
+                self.name,
+                req.method,
+                reply.msg,
+                extra=fields(connection=self.name),
+            )
             self.owner._on_request_error(self, req.streams, reply)
             return
         if req.method == "SUBSCRIBE":
