@@ -20,7 +20,7 @@ import os
 import re
 import urllib.parse
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ __all__ = [
     "CaptureInfo",
     "CaptureRecord",
     "CaptureWriter",
+    "ReadMeter",
     "capture_info",
     "detect_format",
     "raw_stream",
@@ -170,7 +171,9 @@ def capture_info(path: StrPath, fmt: str = "auto") -> CaptureInfo:
     return CaptureInfo(p, fmt, venue, market)
 
 
-def read_capture(path: StrPath, fmt: str = "auto") -> Iterator[CaptureRecord]:
+def read_capture(
+    path: StrPath, fmt: str = "auto", *, meter: ReadMeter | None = None
+) -> Iterator[CaptureRecord]:
     """Every record of a capture, in file order, streamed with constant memory.
 
     A missing, unrecognised or unreadable file raises CaptureError here, before iteration.
@@ -196,9 +199,37 @@ def read_capture(path: StrPath, fmt: str = "auto") -> Iterator[CaptureRecord]:
       of one session then never share a snapshot.  An http file alone yields its REST records.
       Sent messages (``<url> <- ts: ...``, our own subscriptions) are skipped.
     - **meltica**: records as written by :class:`CaptureWriter`.
+
+    ``meter``, when given, counts the bytes of ``path`` read so far (as stored: compressed
+    for gzip), for progress and ETA without a pass over the file first.
     """
     p, fmt = _resolve(path, fmt)
-    return _READERS[fmt](p)
+    return _READERS[fmt](p, meter)
+
+
+class ReadMeter:
+    """Bytes of capture files read so far, counted as they are stored on disk (a gzip
+    file's compressed bytes), so that ``bytes_read / total size`` is the fraction done.
+    One meter can follow several files read one after the other."""
+
+    def __init__(self) -> None:
+        self.done = 0  # bytes of the files read to their end
+        self._tell: Callable[[], int] | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        tell = self._tell
+        try:
+            return self.done + (tell() if tell is not None else 0)
+        except ValueError:  # the file closed between the check and the call
+            return self.done
+
+    def _open(self, tell: Callable[[], int]) -> None:
+        self._tell = tell
+
+    def _close(self, read: int) -> None:
+        self._tell = None
+        self.done += read
 
 
 def raw_stream(url: str | None) -> str | None:
@@ -346,7 +377,7 @@ def _open(path: Path) -> io.BufferedIOBase:
         raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from exc
 
 
-def _lines(path: Path) -> Generator[tuple[int, bytes], None, None]:
+def _lines(path: Path, meter: ReadMeter | None = None) -> Generator[tuple[int, bytes], None, None]:
     """(line number, line without its terminator) for every non-blank line.
 
     A gzip stream cut short raises CaptureError at the first line it could not complete; a
@@ -354,19 +385,26 @@ def _lines(path: Path) -> Generator[tuple[int, bytes], None, None]:
     ends properly.
     """
     with _open(path) as f:
-        lineno = 0
-        while True:
-            lineno += 1
-            raw = _readline(f, path, lineno)
-            if not raw:
-                return
-            if raw.endswith(b"\n"):
-                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-            else:
-                # no newline: the last line, and complete only if the stream ends cleanly here
-                _readline(f, path, lineno)
-            if raw and not raw.isspace():
-                yield lineno, raw
+        stored = getattr(f, "fileobj", f)  # a gzip file's compressed bytes
+        if meter is not None:
+            meter._open(stored.tell)
+        try:
+            lineno = 0
+            while True:
+                lineno += 1
+                raw = _readline(f, path, lineno)
+                if not raw:
+                    return
+                if raw.endswith(b"\n"):
+                    raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+                else:
+                    # no newline: the last line, complete only if the stream ends cleanly here
+                    _readline(f, path, lineno)
+                if raw and not raw.isspace():
+                    yield lineno, raw
+        finally:
+            if meter is not None:
+                meter._close(stored.tell())
 
 
 def _readline(f: io.BufferedIOBase, path: Path, lineno: int, limit: int = -1) -> bytes:
@@ -396,12 +434,14 @@ def _first_line(path: Path) -> bytes:
 # hftbacktest
 
 
-def _read_hftbacktest(path: Path) -> Generator[CaptureRecord, None, None]:
+def _read_hftbacktest(
+    path: Path, meter: ReadMeter | None = None
+) -> Generator[CaptureRecord, None, None]:
     symbol: str | None = None  # of the most recent diff-depth stream
     # Records from a snapshot that came before any depth stream on, until one names its symbol.
     held: list[tuple[int, bytes, bool]] = []
     try:
-        for lineno, line in _lines(path):
+        for lineno, line in _lines(path, meter):
             sp = line.find(b" ")
             if sp <= 0 or not line[:sp].isdigit() or line[sp + 1 : sp + 2] != b"{":
                 raise CaptureError(
@@ -444,8 +484,10 @@ def _hft_record(ts: int, payload: bytes, is_rest: bool, symbol: str | None) -> C
 # cryptofeed
 
 
-def _read_cryptofeed(path: Path) -> Generator[CaptureRecord, None, None]:
-    records = _cryptofeed_records(path)
+def _read_cryptofeed(
+    path: Path, meter: ReadMeter | None = None
+) -> Generator[CaptureRecord, None, None]:
+    records = _cryptofeed_records(path, meter)
     name = _CF_NAME.fullmatch(path.name)
     if name is None or name["type"] != "ws":
         yield from records
@@ -478,10 +520,10 @@ def _ts_recv(r: CaptureRecord) -> int:
     return r.ts_recv
 
 
-def _cryptofeed_records(path: Path) -> Iterator[CaptureRecord]:
+def _cryptofeed_records(path: Path, meter: ReadMeter | None = None) -> Iterator[CaptureRecord]:
     name = _CF_NAME.fullmatch(path.name)
     conn = path.name.rsplit(".", 1)[0] if name else path.name
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, meter):
         if m := _CF_FRAME.match(line):
             yield CaptureRecord(_seconds_to_ns(m[1]), "ws", line[m.end() :], conn)
         elif m := _CF_HTTP.match(line):
@@ -553,8 +595,10 @@ def _venue_market(url: str) -> tuple[str | None, str | None]:
 # Meltica
 
 
-def _read_meltica(path: Path) -> Generator[CaptureRecord, None, None]:
-    lines = _lines(path)
+def _read_meltica(
+    path: Path, meter: ReadMeter | None = None
+) -> Generator[CaptureRecord, None, None]:
+    lines = _lines(path, meter)
     _meltica_header(path, next(lines, (1, b"")))
     for lineno, line in lines:
         try:

@@ -21,6 +21,9 @@ from meltica import __version__, log
 from meltica._core.events import MARKETS, VENUES
 from meltica.errors import CaptureError, ConfigError
 
+# record's default channels (meltica.record.DEFAULT_STREAMS, not imported: it pulls picows in)
+DEFAULT_RECORD_STREAMS = ("depth", "trade", "book_ticker")
+
 EXIT_OK = 0
 EXIT_REJECTS = 1
 EXIT_BAD_INPUT = 2
@@ -32,6 +35,37 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Text lines are wrapped, indented ones (the epilogs' example commands) kept as
+    written; every option's help ends with its default: the one it states itself
+    ("(default: stdout)"), else the value argparse has."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line
+            if line.startswith("  ")
+            else super(_Help, self)._fill_text(line, width, indent)
+            for line in text.splitlines()
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is argparse.SUPPRESS or action.required:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text  # a positional argument: given, no default
+        if isinstance(default, bool) and action.nargs == 0:
+            shown = "off"  # a flag: not given unless given
+        elif default is None:
+            return text  # an option without a default must say what not giving it means
+        elif isinstance(default, (list, tuple)):
+            shown = ",".join(map(str, default)) or "none"
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
@@ -163,7 +197,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
         out=Path(args.out),
         symbols=list(args.symbols),
         market=args.market,
-        streams=args.streams.split(","),
+        streams=[s.strip() for s in args.streams.split(",") if s.strip()],
+        depth_speed_ms=args.depth_speed_ms,
         ws_url=args.ws_url,
         rest_url=args.rest_url,
         duration_s=args.duration,
@@ -239,13 +274,15 @@ def _seconds(text: str) -> float:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "--config", help="YAML config file (default: $MELTICA_CONFIG, else built-in defaults)"
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, e.g. bus.capacity=1024 (repeatable)",
+        help="config override, e.g. bus.capacity=1024 (repeatable; default: none)",
     )
 
 
@@ -263,25 +300,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="meltica-engine",
         description="Meltica: Binance market data as canonical, idempotent events.",
+        formatter_class=_Help,
+        epilog="example:\n  meltica-engine demo            # the whole gateway offline, live view\n"
+        "  meltica-engine run --config config/default.yaml\n"
+        "  meltica-engine COMMAND --help  # each command's options and an example",
     )
     parser.add_argument("--version", action="version", version=f"meltica-engine {__version__}")
     parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
     parser.add_argument("--log-format", default=None, help=_LOG_FORMAT_HELP)
     # every subcommand takes --log-level too; SUPPRESS keeps a value given
     # before the command when it is not repeated after it
-    common = _Parser(add_help=False)
+    common = _Parser(add_help=False, formatter_class=_Help)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
     common.add_argument("--log-format", default=argparse.SUPPRESS, help=_LOG_FORMAT_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kw)
+        # every command's help shows each option's default and an example (its epilog)
+        return sub.add_parser(name, parents=[common], formatter_class=_Help, **kw)
 
     p = command(
         "normalize",
         help="turn a capture into wire-format events (JSONL), offline",
         description="Read a capture and write one wire-JSON event per line; "
         "a summary goes to stderr.",
+        epilog="example:\n  meltica-engine normalize btcusdt_20240808.gz -o events.jsonl --strict",
     )
     p.add_argument("capture", help="capture file (Meltica, hftbacktest or cryptofeed format)")
     p.add_argument("-o", "--output", help="output JSONL file (default: stdout)")
@@ -291,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "meltica", "hftbacktest", "cryptofeed"),
         help="capture format (default: detect)",
     )
-    p.add_argument("--market", choices=MARKETS, help="override the market")
-    p.add_argument("--venue", choices=VENUES, help="override the venue")
+    p.add_argument("--market", choices=MARKETS, help="override the market (default: the capture's)")
+    p.add_argument("--venue", choices=VENUES, help="override the venue (default: the capture's)")
     p.add_argument("--strict", action="store_true", help="exit 1 when any frame was rejected")
     p.set_defaults(func=_cmd_normalize)
 
@@ -301,49 +344,85 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a capture or a synthetic market as a local fake Binance",
         description="A local Binance (WebSocket + REST on loopback) replaying CAPTURE, "
         "or a synthetic market when no capture is given.",
+        epilog="example:\n  meltica-engine fake-exchange --synthetic --markets usdm --symbols 2 "
+        "--fault drop:symbol=BTCUSDT,at_s=5,count=3",
     )
-    p.add_argument("capture", nargs="?", help="capture file to replay")
+    p.add_argument("capture", nargs="?", help="capture file to replay (default: none, synthetic)")
     p.add_argument(
         "--synthetic", action="store_true", help="serve a synthetic market (the default)"
     )
-    p.add_argument("--market", choices=MARKETS, help="capture market override")
+    p.add_argument(
+        "--market", choices=MARKETS, help="capture market override (default: the capture's)"
+    )
     p.add_argument(
         "--markets",
         type=_synthetic_markets,
         default=("spot", "usdm"),
-        help="synthetic markets, comma-separated (default spot,usdm)",
+        help="synthetic markets, comma-separated",
     )
     p.add_argument(
         "--symbols", type=_positive_int, default=4, help="synthetic symbols per market (>= 1)"
     )
     p.add_argument("--seed", type=int, default=1, help="synthetic market seed")
-    p.add_argument("--speed", type=_speed, default=1.0, help="'max', 1 (recorded time) or N×")
-    p.add_argument("--ws-port-spot", type=int, default=0)
-    p.add_argument("--ws-port-usdm", type=int, default=0)
-    p.add_argument("--rest-port", type=int, default=0)
     p.add_argument(
-        "--fault", action="append", default=[], help="scripted fault, e.g. drop:symbol=X,count=3"
+        "--speed", type=_speed, default=1.0, help="'max', 1 (recorded time) or N× (default: 1)"
     )
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    for name in ("spot", "usdm"):
+        p.add_argument(
+            f"--ws-port-{name}",
+            type=int,
+            default=0,
+            help=f"{name} WebSocket port on 127.0.0.1 (default: 0, a free port)",
+        )
+    p.add_argument(
+        "--rest-port", type=int, default=0, help="REST port on 127.0.0.1 (default: 0, a free port)"
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="scripted fault, e.g. drop:symbol=X,count=3 (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: until SIGINT)"
+    )
     p.add_argument(
         "--exit-when-done", action="store_true", help="stop when the capture is exhausted"
     )
     p.set_defaults(func=_cmd_fake_exchange)
 
-    p = command("record", help="record live frames and REST snapshots into a capture")
+    p = command(
+        "record",
+        help="record live frames and REST snapshots into a capture",
+        description="Record the streams of SYMBOLS (frames with their receive time) and a REST "
+        "depth snapshot per symbol into a gzip capture that replay, normalize and "
+        "fake-exchange read.",
+        epilog="example:\n  meltica-engine record BTCUSDT ETHUSDT --market usdm "
+        "--streams depth,agg_trade,book_ticker --duration 600 --out usdm.gz",
+    )
     p.add_argument("symbols", nargs="+", help="symbols, e.g. BTCUSDT ETHUSDT")
     p.add_argument("--out", required=True, help="capture file to write (gzip JSON lines)")
-    p.add_argument("--market", choices=("spot", "usdm"), default="spot")
+    p.add_argument("--market", choices=("spot", "usdm"), default="spot", help="the market")
     p.add_argument(
         "--streams",
-        default="depth@100ms,trade,bookTicker",
-        help="comma-separated channels as config names them (trade, agg_trade, book_ticker, "
-        "...) or Binance stream kinds (depth@100ms, bookTicker)",
+        default=",".join(DEFAULT_RECORD_STREAMS),
+        help="comma-separated channels, named as in the config (binance.<market>.streams) and "
+        "ctl: trade, agg_trade, book_ticker, depth, depth5, mark_price, kline_1m, ...; any "
+        "other name is a Binance stream kind recorded as written (e.g. depth@500ms, avgPrice)",
+    )
+    p.add_argument(
+        "--depth-speed-ms",
+        type=int,
+        default=100,
+        help="update speed of the depth channels, as binance.<market>.depth_speed_ms "
+        "(spot 100 or 1000; usdm 0, 100, 250 or 500)",
     )
     p.add_argument("--ws-url", help="WebSocket base URL (default: Binance)")
     p.add_argument("--rest-url", help="REST base URL (default: Binance)")
     p.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
-    p.add_argument("--snapshot-limit", type=int, default=1000)
+    p.add_argument(
+        "--snapshot-limit", type=int, default=1000, help="levels per side of the depth snapshot"
+    )
     p.set_defaults(func=_cmd_record)
 
     p = command(
@@ -351,9 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway against live Binance",
         description="Connect to Binance with the configured markets, symbols and streams, "
         "keep books, serve /metrics and the bus until SIGINT/SIGTERM.",
+        epilog="example:\n  meltica-engine run --config config/default.yaml "
+        "--set binance.usdm.symbols=[btcusdt,ethusdt] --log-format json",
     )
     _config_args(p)
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: until SIGTERM)"
+    )
     p.set_defaults(func=_cmd_run)
 
     p = command(
@@ -361,10 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole gateway offline against a local fake Binance, with a live view",
         description="Start a fake Binance with a synthetic market in its own process, run "
         "the gateway against it over loopback and show books, rates and latency.",
+        epilog="example:\n  meltica-engine demo --symbols 2 --duration 30",
     )
     _config_args(p)
-    p.add_argument("--duration", type=float, help="stop after this many seconds, with a summary")
-    p.add_argument("--symbols", type=int, default=3, help="symbols per market (default 3)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="stop after this many seconds, with a summary (default: until Ctrl-C)",
+    )
+    p.add_argument("--symbols", type=int, default=3, help="symbols per market")
     p.add_argument("--seed", type=int, default=1, help="synthetic market seed")
     p.add_argument("--speed", type=float, default=1.0, help="market speed (1 = real time)")
     p.add_argument(
@@ -373,22 +461,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-view", dest="view", action="store_false", help="no live view, summary only"
     )
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON (default: none)")
     p.set_defaults(func=_cmd_demo)
 
     p = command(
         "replay",
         help="replay a capture through the whole gateway, writing bus events",
         description="Serve CAPTURE from a local fake Binance, subscribe the gateway to its "
-        "symbols and streams and write every Data Bus event as wire JSON; a report goes "
-        "to stderr.",
+        "symbols and streams and write every Data Bus event as wire JSON.  A summary table "
+        "goes to stdout (to stderr when stdout carries the events or the JSON report); "
+        "exit status 1 when the replay found gaps, drops, book mismatches or a book that "
+        "is not live.",
+        epilog="example:\n  meltica-engine replay btcusdt_20240808.gz -o events.jsonl "
+        "--report-json report.json --plot replay.png",
     )
     p.add_argument("capture", nargs="+", help="capture file(s) of one session")
     _config_args(p)
-    p.add_argument("--speed", type=_speed, default=None, help="'max' (default), 1 or N×")
+    p.add_argument(
+        "--speed", type=_speed, default=None, help="'max', 1 (recorded time) or N× (default: max)"
+    )
     p.add_argument("-o", "--output", help="output JSONL file (default: stdout; '-' too)")
-    p.add_argument("--market", choices=MARKETS, help="capture market override")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--market", choices=MARKETS, help="capture market override (default: the capture's)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress on stderr about every second: share read, rate, ETA "
+        "(default: on when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--report-json",
+        metavar="FILE",
+        help="write the full report as JSON to FILE ('-': stdout, with -o FILE) "
+        "(default: none, the summary table only)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw events/s and latency percentiles over exchange time, with gaps and "
+        "resyncs marked, into PNG (needs the 'plot' extra: matplotlib) (default: none)",
+    )
     p.set_defaults(func=_cmd_replay)
 
     p = command(
@@ -399,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         "from the NATS JetStream stream it publishes to (nothing lost; --durable resumes).  "
         "With --nats it connects with the config's nats section (--config, MELTICA_NATS__* "
         "variables, --set: credentials, TLS); --nats URL replaces nats.url.",
+        epilog="example:\n  meltica-engine tail --url http://127.0.0.1:9464 --kind trade "
+        "--symbol BTCUSDT --count 10\n"
+        "  meltica-engine tail --nats nats://127.0.0.1:4222 --start all --durable audit",
     )
     _config_args(p)
     p.add_argument(
@@ -409,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         nargs="?",
         const="",
-        help="read the NATS stream at URL instead of --url (without URL: the config's nats.url)",
+        help="read the NATS stream at URL instead of --url (without URL: the config's "
+        "nats.url) (default: off, --url is read)",
     )
     p.add_argument(
         "--start",
@@ -420,13 +538,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--durable",
         metavar="NAME",
-        help="with --nats: a consumer name that resumes where it stopped",
+        help="with --nats: a consumer name that resumes where it stopped "
+        "(default: none, a consumer that ends with the command)",
     )
-    p.add_argument("--stream", help="with --nats: the JetStream stream (default MELTICA)")
-    p.add_argument("--kind", action="append", default=[], help="event kind (repeatable)")
-    p.add_argument("--symbol", action="append", default=[], help="symbol (repeatable)")
-    p.add_argument("--market", action="append", default=[], help="market (repeatable)")
-    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument(
+        "--stream", help="with --nats: the JetStream stream (default: the config's, MELTICA)"
+    )
+    for name in ("kind", "symbol", "market"):
+        p.add_argument(
+            f"--{name}",
+            action="append",
+            default=[],
+            help=f"only this event {name} (repeatable; default: all)",
+        )
+    p.add_argument("--count", type=int, help="stop after this many events (default: no limit)")
     p.set_defaults(func=_cmd_tail)
 
     p = command(
@@ -438,15 +563,25 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials, TLS) and the HTTP bearer token (telemetry.control_token); NATS is used "
         "only with --nats, whose URL, when given, replaces nats.url.  Exit status: 0 ok, "
         "1 error reply, 2 unreachable, bad usage or bad config.",
+        epilog="example:\n  meltica-engine ctl subscribe --market usdm --symbols btcusdt,ethusdt "
+        "--channels agg_trade,book_ticker,depth\n"
+        "  meltica-engine ctl status --nats nats://127.0.0.1:4222",
     )
     _config_args(p)
-    p.add_argument("op", choices=("subscribe", "unsubscribe", "list", "status", "resync"))
-    p.add_argument("--market", choices=MARKETS, help="the market of --symbols")
-    p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt")
+    p.add_argument(
+        "op",
+        choices=("subscribe", "unsubscribe", "list", "status", "resync"),
+        help="the request",
+    )
+    p.add_argument("--market", choices=MARKETS, help="the market of --symbols (default: none)")
+    p.add_argument(
+        "--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (default: none)"
+    )
     p.add_argument(
         "--channels",
-        help="comma-separated channels as config names them: trade, agg_trade, book_ticker, "
-        "depth, depth5, kline_1m, ...",
+        help="comma-separated channels, named as in the config (binance.<market>.streams) and "
+        "record: trade, agg_trade, book_ticker, depth, depth5, mark_price, kline_1m, ... "
+        "(default: none)",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -455,36 +590,41 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         help="reach gateways over NATS at URL (without URL: the config's nats.url; "
-        "then give OP before --nats)",
+        "then give OP before --nats) (default: off, HTTP at --url)",
     )
     where.add_argument(
         "--url",
         default="http://127.0.0.1:9464",
-        help="the gateway's HTTP server (default http://127.0.0.1:9464)",
+        help="the gateway's HTTP server",
     )
     p.add_argument(
         "--gateway",
         metavar="ID",
         help="with --nats: the gateway.id to ask (meltica.control.ID); without it list and "
-        "status gather every gateway's reply, other ops need exactly one gateway",
+        "status gather every gateway's reply, other ops need exactly one gateway "
+        "(default: none)",
     )
     p.add_argument(
         "--token",
         help="with --url: the bearer token (default: the config's telemetry.control_token, "
         "e.g. $MELTICA_TELEMETRY__CONTROL_TOKEN)",
     )
-    p.add_argument(
-        "--timeout", type=_seconds, default=30.0, help="seconds to wait for a reply (default 30)"
-    )
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for a reply")
     p.add_argument(
         "--wait",
         type=_seconds,
         default=0.5,
-        help="with --nats and no --gateway: seconds to gather replies (default 0.5)",
+        help="with --nats and no --gateway: seconds to gather replies",
     )
     p.set_defaults(func=_cmd_ctl)
 
-    p = command("check-config", help="validate a config file and print the result")
+    p = command(
+        "check-config",
+        help="validate a config file and print the result",
+        description="Load FILE like run does (environment variables included), print ok and "
+        "the effective configuration (secrets masked), or the errors, each naming its key.",
+        epilog="example:\n  meltica-engine check-config config/default.yaml",
+    )
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=_cmd_check_config)
     return parser

@@ -37,35 +37,35 @@ log = logging.getLogger("meltica.record")
 DEFAULT_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.binance.com"}
 DEFAULT_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com"}
 DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}
-DEFAULT_STREAMS = ("depth@100ms", "trade", "bookTicker")
+DEFAULT_STREAMS = ("depth", "trade", "book_ticker")
+DEFAULT_DEPTH_SPEED_MS = 100  # as binance.<market>.depth_speed_ms
 
 
-def streams_for(symbols: Sequence[str], streams: Sequence[str], market: str = "spot") -> list[str]:
+def streams_for(
+    symbols: Sequence[str],
+    streams: Sequence[str],
+    market: str = "spot",
+    depth_speed_ms: int = DEFAULT_DEPTH_SPEED_MS,
+) -> list[str]:
     """Binance stream names, lowercase symbol @ stream, for every symbol x stream.
 
-    A stream is Binance's own spelling (``depth@100ms``, ``bookTicker``), kept as
-    written, or a Meltica channel as config and ``ctl`` name it (``book_ticker``,
-    ``agg_trade``, ``mark_price``), mapped by the adapter's vocabulary.  Names neither
-    knows (``avgPrice``) are recorded as asked: a capture may hold what Meltica does
-    not read.  StreamError (a ValueError) for a symbol that is not one.
+    A channel as config and ``ctl`` name it (``depth``, ``book_ticker``, ``agg_trade``,
+    ``mark_price``, ...) means what it means there: the stream the gateway subscribes
+    to for it, depth channels at ``depth_speed_ms`` (as ``binance.<market>.depth_speed_ms``).
+    Any other name is taken as Binance's own spelling and kept as written
+    (``depth@500ms``, ``bookTicker``, ``avgPrice``): a capture may hold what Meltica does
+    not read.  StreamError (a ValueError) for a symbol that is not one or a depth speed
+    the market does not have.
     """
     names = []
     for s in symbols:
         sym = vocabulary.stream_symbol(s)
         for st in streams:
-            name = f"{sym}@{st}"
-            if vocabulary.is_channel(market, st) and not _is_stream(market, name):
-                name = vocabulary.stream_name(market, sym, st)
-            names.append(name)
+            if vocabulary.is_channel(market, st):
+                names.append(vocabulary.stream_name(market, sym, st, depth_speed_ms=depth_speed_ms))
+            else:
+                names.append(f"{sym}@{st}")
     return names
-
-
-def _is_stream(market: str, name: str) -> bool:
-    try:
-        vocabulary.channel_of(market, name)
-    except vocabulary.StreamError:
-        return False
-    return True
 
 
 def market_urls(market: str, ws_base: str, names: Sequence[str]) -> list[str]:
@@ -93,6 +93,7 @@ class RecordOptions:
     duration_s: float | None = None
     snapshot_limit: int = 1000
     snapshot_delay_s: float = 1.0
+    depth_speed_ms: int = DEFAULT_DEPTH_SPEED_MS
 
 
 class _Listener(WSListener):
@@ -134,7 +135,7 @@ class Recorder:
 
     async def run(self) -> None:
         opts = self.options
-        names = streams_for(opts.symbols, opts.streams, opts.market)
+        names = streams_for(opts.symbols, opts.streams, opts.market, opts.depth_speed_ms)
         ws_base = opts.ws_url or DEFAULT_WS[opts.market]
         rest_base = (opts.rest_url or DEFAULT_REST[opts.market]).rstrip("/")
         transports: list[WSTransport] = []

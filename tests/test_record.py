@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvloop
 
 from meltica.capture import capture_info, read_capture
@@ -178,9 +179,21 @@ def test_record_cli_takes_channel_names(tmp_path: Path) -> None:
 
 
 def test_stream_names_from_channels_and_binance_spellings() -> None:
-    names = streams_for(["BTCUSDT"], ["agg_trade", "depth", "depth@100ms", "avgPrice"])
-    # a Binance spelling is kept as written (bare depth: the market's default speed)
-    assert names == ["btcusdt@aggTrade", "btcusdt@depth", "btcusdt@depth@100ms", "btcusdt@avgPrice"]
+    names = streams_for(["BTCUSDT"], ["agg_trade", "depth", "depth@500ms", "avgPrice"], "usdm")
+    # a channel means what it means in config (depth at depth_speed_ms, 100 by default);
+    # any other name is a Binance spelling, kept as written
+    assert names == [
+        "btcusdt@aggTrade",
+        "btcusdt@depth@100ms",
+        "btcusdt@depth@500ms",
+        "btcusdt@avgPrice",
+    ]
+    assert streams_for(["BTCUSDT"], ["depth", "depth5"], "spot", 1000) == [
+        "btcusdt@depth",
+        "btcusdt@depth5",
+    ]
+    with pytest.raises(ValueError, match="depth speed"):
+        streams_for(["BTCUSDT"], ["depth"], "spot", 250)
     assert streams_for(["BTCUSDT"], ["mark_price", "markPrice"], "usdm") == [
         "btcusdt@markPrice@1s",
         "btcusdt@markPrice",

@@ -6,7 +6,7 @@ REST.  The gateway subscribes to the capture's streams before the first frame
 goes out (the fake's "manual" start), so every recorded frame reaches it; at
 ``--speed max`` the fake sends as fast as the gateway reads.  Every Data Bus
 event is written in the wire format (a ``block`` consumer: nothing is lost),
-and a report goes to stderr: frames, events by kind (``derived`` ones from
+and a report says what happened: frames, events by kind (``derived`` ones from
 analytics hooks included), analytics hook errors, gaps, resyncs, drops (the
 bus consumer's, and the dispatch table's by reason), throughput,
 receive->consumer latency, and the book check — at every exchange
@@ -14,6 +14,10 @@ receive->consumer latency, and the book check — at every exchange
 book's best bid/ask must equal the exchange's.
 
 The report's ``parse_rejects`` counts the frames the parser rejected, by reason.
+It is printed as a table (on stdout when the events go to a file, else on
+stderr); ``--report-json FILE`` writes all of it as JSON, with a ``timeline``
+(events/s and latency by exchange time, gap and resync times) that ``--plot``
+draws.  Progress (``--progress``, the default on a terminal) goes to stderr.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -30,11 +35,19 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from meltica._core.events import Fixed
 from meltica.broker import BrokerError
 from meltica.commands.common import apply_log_level, local_overrides, open_output
+from meltica.commands.replay_view import (
+    MAX_SPEED_LATENCY_NOTE,
+    PlotError,
+    ProgressLine,
+    Timeline,
+    check_plot_available,
+    plot,
+    summary_table,
+)
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.errors import CaptureError, ConfigError, MelticaError
@@ -95,26 +108,78 @@ class BookCheck:
 
 
 async def run_replay(args: argparse.Namespace) -> int:
-
     err = Console(stderr=True)
+    events_on_stdout = args.output in (None, "-")
+    if args.report_json == "-" and events_on_stdout:
+        print(
+            "error: --report-json -: stdout carries the events; give -o FILE for them",
+            file=sys.stderr,
+        )
+        return 2
+    if args.plot is not None:
+        try:
+            check_plot_available()
+        except PlotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     with ExitStack() as stack:
-        # the output is opened before anything starts: an unwritable path is a
+        # the outputs are opened before anything starts: an unwritable path is a
         # one-line bad-input error, not a traceback after the whole replay
         out = open_output(stack, args.output)
         if out is None:
             return 2
-        return await _replay(args, err, out)
+        report_out: BinaryIO | None = None
+        if args.report_json is not None:
+            report_out = open_output(stack, args.report_json)
+            if report_out is None:
+                return 2
+        if args.plot is not None:
+            existed = os.path.exists(args.plot)
+            try:
+                open(args.plot, "ab").close()
+            except OSError as exc:
+                print(f"error: cannot write {args.plot}: {exc.strerror}", file=sys.stderr)
+                return 2
+            if not existed:
+                os.remove(args.plot)
+        # the table goes to stdout unless the events or the JSON report are there
+        table_console = (
+            err if events_on_stdout or args.report_json == "-" else Console(soft_wrap=False)
+        )
+        return await _replay(args, err, out, report_out, table_console)
 
 
-async def _replay(args: argparse.Namespace, err: Console, out: BinaryIO) -> int:
+async def _replay(
+    args: argparse.Namespace,
+    err: Console,
+    out: BinaryIO,
+    report_out: BinaryIO | None,
+    table_console: Console,
+) -> int:
     from meltica.replay.exchange import FakeExchange
     from meltica.replay.source import CaptureSource
 
+    progress_on = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = ProgressLine(sys.stderr, enabled=progress_on)
+    scanned = [0]
+
+    def on_scan(bytes_read: int) -> None:
+        scanned[0] += 4096
+        progress.update(bytes_read, scanned[0])
+
     try:
-        source = CaptureSource(args.capture, market=args.market)
+        total = sum(os.path.getsize(p) for p in args.capture)
+    except OSError:
+        total = 0  # CaptureSource names the file that is missing
+    # streams, symbols and snapshots must be known before the gateway subscribes:
+    # the capture is read once for them, with progress, then replayed
+    progress.start("scan", total, "frames")
+    try:
+        source = CaptureSource(args.capture, market=args.market, on_scan=on_scan)
     except (CaptureError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    progress.finish(source.size_bytes, source.frame_count)
     market = source.market
     streams = sorted(source.streams(market))
     depth_speed = _depth_speed(market, streams)
@@ -141,6 +206,7 @@ async def _replay(args: argparse.Namespace, err: Console, out: BinaryIO) -> int:
         engine = Engine(config, subscribe_on_start=False)
         consumer = engine.bus.subscribe("replay", policy="block")
         monitor = BusMonitor()
+        timeline = Timeline()
         check = BookCheck()
         await engine.start()
         reply = await engine.subscribe_streams(market, streams)
@@ -148,41 +214,39 @@ async def _replay(args: argparse.Namespace, err: Console, out: BinaryIO) -> int:
             print(f"error: subscribing {streams} failed: {reply.error}", file=sys.stderr)
             return 1
         t0 = time.monotonic()
+        progress.start("replay", source.size_bytes, "frames")
         fake.begin()
-        with ExitStack() as stack:
-            progress = Progress(
-                TextColumn("replay"),
-                BarColumn(),
-                TextColumn("{task.completed:,}/{task.total:,} frames"),
-                TimeElapsedColumn(),
-                console=err,
-                disable=not args.progress,
-                transient=True,
-            )
-            stack.enter_context(progress)
-            task = progress.add_task("replay", total=source.frame_count)
 
-            def received() -> int:
-                assert engine is not None
-                return sum(int(m.stats().get("frames", 0)) for m in engine.managers.values())
+        def received() -> int:
+            assert engine is not None
+            return sum(int(m.stats().get("frames", 0)) for m in engine.managers.values())
 
-            def write(batch: list[Any]) -> None:
-                now = time.time_ns()
-                monitor.observe(batch, now)
-                check.observe(batch)
-                out.write(encode_lines(batch))
+        def write(batch: list[Any]) -> None:
+            now = time.time_ns()
+            monitor.observe(batch, now)
+            timeline.observe(batch, now)
+            check.observe(batch)
+            out.write(encode_lines(batch))
 
-            await _pump(
-                consumer, write, fake, received, lambda n: progress.update(task, completed=n)
-            )
-            elapsed = time.monotonic() - t0
-            await engine.stop()
+        def show(sent: int) -> None:
+            progress.update(source.frames_meter.bytes_read, sent, f"{monitor.events:,} events")
+
+        await _pump(consumer, write, fake, received, show)
+        elapsed = time.monotonic() - t0
+        await engine.stop()
+        rest = consumer.poll()
+        while rest:
+            write(rest)
             rest = consumer.poll()
-            while rest:
-                write(rest)
-                rest = consumer.poll()
-            out.flush()
+        out.flush()
+        progress.finish(
+            source.frames_meter.bytes_read, fake.frames_read, f"{monitor.events:,} events"
+        )
         report = _report(engine, fake, source, monitor, check, consumer, received(), elapsed)
+        report["speed"] = "max" if args.speed is None else args.speed
+        if args.speed is None:
+            report["latency_note"] = MAX_SPEED_LATENCY_NOTE
+        report["timeline"] = timeline.to_dict()
         # a book whose capture holds no depth snapshot can never sync: say so, it is
         # the capture's limit; any other book that is not live is a failure
         not_live = [k for k, state in report["books"].items() if state != "live"]
@@ -190,7 +254,12 @@ async def _replay(args: argparse.Namespace, err: Console, out: BinaryIO) -> int:
             k for k in not_live if source.depth_snapshot(market, k.split(":", 1)[1], 1000) is None
         ]
         report["books_without_snapshot_in_capture"] = unsyncable
-        _print_report(err, report)
+        table_console.print(summary_table(report))
+        if report_out is not None:
+            report_out.write(json.dumps(report, indent=2).encode() + b"\n")
+            report_out.flush()
+        if args.plot is not None:
+            plot(report, args.plot)
         failed = set(not_live) - set(unsyncable)
         for key in unsyncable:
             err.print(f"warning: {key}: the capture holds no depth snapshot; no book to check")
@@ -323,7 +392,3 @@ def _nats_report(engine: Engine) -> dict[str, Any]:
     dropped = dict(pub.dropped)
     lost = sum(dropped.values()) + int(stats["window_depth"])
     return {"nats": {**stats, "dropped": dropped, "lost": lost}}
-
-
-def _print_report(console: Console, report: dict[str, Any]) -> None:
-    console.print_json(json.dumps(report))

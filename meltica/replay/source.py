@@ -9,12 +9,12 @@ client syncs exactly as it did live) or a synthetic market
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meltica.capture import capture_info, raw_stream, read_capture, rest_depth_symbol
+from meltica.capture import ReadMeter, capture_info, raw_stream, read_capture, rest_depth_symbol
 from meltica.errors import CaptureError
 
 __all__ = ["CaptureSource", "MarketSource", "StreamFrame", "combined_frame", "split_envelope"]
@@ -95,6 +95,10 @@ class CaptureSource:
     the latest one recorded at or before the replay position, else the first.
     One pre-scan collects streams, symbols and snapshots; ``frames()`` then
     streams the file again, so memory does not grow with the capture.
+
+    Progress: ``size_bytes`` is the files' size on disk; ``on_scan(bytes_read)`` is
+    called every 4096 frames of the pre-scan, and ``frames_meter.bytes_read`` says how
+    far ``frames()`` is.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class CaptureSource:
         fmt: str = "auto",
         *,
         market: str | None = None,
+        on_scan: Callable[[int], None] | None = None,
     ) -> None:
         # a session split across files (hftbacktest splits at 00:00 UTC) is one source
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -129,9 +134,14 @@ class CaptureSource:
         self._decimals: dict[str, tuple[int, int]] = {}
         self._now_ns = 0
         self.frame_count = 0
-        for frame in self._scan():
+        self.size_bytes = sum(p.stat().st_size for p in paths)
+        self.frames_meter = ReadMeter()
+        scan = ReadMeter()
+        for frame in self._scan(meter=scan):
             self._streams.add(frame.stream)
             self.frame_count += 1
+            if on_scan is not None and not self.frame_count & 4095:
+                on_scan(scan.bytes_read)
 
     # -- MarketSource
 
@@ -162,7 +172,8 @@ class CaptureSource:
         return {"timezone": "UTC", "serverTime": self._now_ns // 1_000_000, "symbols": symbols}
 
     def frames(self) -> Iterator[StreamFrame]:
-        for frame in self._scan(collect=False):
+        self.frames_meter = ReadMeter()
+        for frame in self._scan(collect=False, meter=self.frames_meter):
             self._now_ns = frame.ts_ns
             yield frame
 
@@ -180,9 +191,9 @@ class CaptureSource:
 
     # -- reading
 
-    def _scan(self, collect: bool = True) -> Iterator[StreamFrame]:
+    def _scan(self, collect: bool = True, meter: ReadMeter | None = None) -> Iterator[StreamFrame]:
         raw_streams: dict[str, str | None] = {}
-        records = (rec for p in self.paths for rec in read_capture(p, self.format))
+        records = (rec for p in self.paths for rec in read_capture(p, self.format, meter=meter))
         for rec in records:
             if rec.kind == "conn":
                 raw_streams[rec.conn] = raw_stream(rec.url)

@@ -77,9 +77,12 @@ def test_replay_writes_every_bus_event_and_checks_books(
 ) -> None:
     out = tmp_path / "events.jsonl"
     paths = [str(captures_dir / f) for f in files]
-    proc = run_cli(["replay", *paths, "--speed", "max", "-o", str(out), "--no-progress"], tmp_path)
+    rj = tmp_path / "report.json"
+    proc = run_cli(
+        ["replay", *paths, "--speed", "max", "-o", str(out), "--report-json", str(rj)], tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
+    report = json.loads(rj.read_text())
     assert report["gaps"] == 0 and report["drops"] == 0
     dispatch = report["dispatch_dropped"]
     assert dispatch["unrouted"] == dispatch["invalid"] == dispatch["implausible"] == 0
@@ -102,12 +105,13 @@ def test_replay_of_a_session_without_a_snapshot_says_so(captures_dir: Path, tmp_
     """spot/btcusdt_20230405 holds no REST snapshot (its day before is not in the corpus):
     the stream replays whole, and the report says the book could not be checked."""
     path = captures_dir / HFT / "spot/btcusdt_20230405.dat.gz"
+    rj = tmp_path / "report.json"
     proc = run_cli(
-        ["replay", str(path), "-o", str(tmp_path / "o.jsonl"), "--no-progress"], tmp_path
+        ["replay", str(path), "-o", str(tmp_path / "o.jsonl"), "--report-json", str(rj)], tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "holds no depth snapshot" in proc.stderr
-    report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
+    report = json.loads(rj.read_text())
     assert report["books_without_snapshot_in_capture"] == ["spot:BTCUSDT"]
     assert report["frames"]["sent"] == report["frames"]["in_capture"] == 15088
     assert report["gaps"] == 0 and report["drops"] == 0
@@ -140,13 +144,11 @@ HOOKS = '["meltica.conductor.analytics:Mid","badhooks:Boom","badhooks:Junk"]'
 
 
 def _replay(paths: list[str], out: Path, cwd: Path, *extra: str) -> dict[str, Any]:
-    proc = run_cli(
-        ["replay", *paths, "--speed", "max", "-o", str(out), "--no-progress", *extra], cwd
-    )
+    rj = out.with_name(out.name + ".report.json")
+    args = ["replay", *paths, "--speed", "max", "-o", str(out), "--report-json", str(rj)]
+    proc = run_cli([*args, "--no-progress", *extra], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report: dict[str, Any] = json.loads(
-        proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1]
-    )
+    report: dict[str, Any] = json.loads(rj.read_text())
     return report
 
 

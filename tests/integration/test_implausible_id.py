@@ -103,6 +103,7 @@ def test_replay_report_shows_the_dispatch_drops(tmp_path: Path) -> None:
     write_capture(path)
     out = tmp_path / "events.jsonl"
     args = ["replay", str(path), "--speed", "max", "-o", str(out), "--no-progress"]
+    args += ["--report-json", str(tmp_path / "report.json")]
     proc = subprocess.run(
         [sys.executable, "-m", "meltica", *args],
         cwd=tmp_path,
@@ -112,7 +113,7 @@ def test_replay_report_shows_the_dispatch_drops(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["dispatch_dropped"] == {
         "duplicate": 0,
         "unrouted": 0,

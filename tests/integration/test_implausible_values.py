@@ -190,6 +190,7 @@ def test_replay_reports_rejected_frames_by_reason(tmp_path: Path) -> None:
         [
             *(sys.executable, "-m", "meltica", "replay", str(capture)),
             *("--speed", "max", "-o", str(out), "--no-progress"),
+            *("--report-json", str(tmp_path / "report.json")),
         ],
         cwd=tmp_path,
         env=os.environ.copy(),
@@ -198,7 +199,7 @@ def test_replay_reports_rejected_frames_by_reason(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stderr[proc.stderr.index("{") : proc.stderr.rindex("}") + 1])
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["parse_rejects"] == {"value_range": 2}
     assert report["frames"]["sent"] == report["frames"]["in_capture"] == 22
     events = [json.loads(line) for line in out.read_bytes().splitlines()]

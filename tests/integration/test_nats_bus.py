@@ -38,6 +38,8 @@ def replay_cmd(capture: Path, out: Path, url: str, *extra: str) -> list[str]:
         str(capture),
         "-o",
         str(out),
+        "--report-json",
+        str(report_path(out)),
         "--no-progress",
         "--set",
         "bus.backend=nats",
@@ -47,8 +49,13 @@ def replay_cmd(capture: Path, out: Path, url: str, *extra: str) -> list[str]:
     ]
 
 
-def report_of(stderr: str) -> dict[str, Any]:
-    return json.loads(stderr[stderr.index("{") : stderr.rindex("}") + 1])  # type: ignore[no-any-return]
+def report_path(out: Path) -> Path:
+    """Where ``replay_cmd`` has the JSON report written: beside the events."""
+    return out.with_name(out.name + ".report.json")
+
+
+def report_of(out: Path) -> dict[str, Any]:
+    return json.loads(report_path(out).read_text())  # type: ignore[no-any-return]
 
 
 async def stream_messages(url: str, stream: str = "MELTICA") -> list[Any]:
@@ -130,7 +137,7 @@ def test_replay_through_nats_every_trade_once_in_order(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    report = report_of(proc.stderr)
+    report = report_of(out)
     bus = read_lines(out)
     assert report["nats"]["published"] == len(bus) == report["nats"]["acked"]
     assert report["nats"]["lost"] == 0
@@ -163,7 +170,7 @@ def test_kill_9_of_nats_server_mid_replay_loses_and_duplicates_nothing(
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
-    report = report_of(stderr)
+    report = report_of(out)
     assert report["nats"]["disconnects"] >= 1 and report["nats"]["republished"] > 0
     assert report["nats"]["lost"] == 0
     bus = read_lines(out)
@@ -206,7 +213,7 @@ def test_longer_outage_under_drop_counts_drops_and_names_them_in_gap_events(
         proc.kill()
     assert "Traceback" not in stderr
     assert proc.returncode == 1, stderr[-3000:]  # events were lost: the replay says so
-    report = report_of(stderr)
+    report = report_of(out)
     dropped = sum(report["nats"]["dropped"].values())
     assert dropped > 0 and report["nats"]["lost"] == dropped
     bus = read_lines(out)
