@@ -228,8 +228,15 @@ async def _replay(
             check.observe(batch)
             out.write(encode_lines(batch))
 
+        span_s = (source.last_ns - source.first_ns) / 1e9
+
         def show(sent: int) -> None:
-            progress.update(source.frames_meter.bytes_read, sent, f"{monitor.events:,} events")
+            # the fake can send far ahead of what the writer has written (at --speed max):
+            # the share done is that of the capture's time the written events reached
+            done = timeline.position_s / span_s if span_s > 0 else None
+            progress.update(
+                source.frames_meter.bytes_read, sent, f"{monitor.events:,} events", done=done
+            )
 
         await _pump(consumer, write, fake, received, show)
         elapsed = time.monotonic() - t0

@@ -89,12 +89,15 @@ class ProgressLine:
         self._t0 = self._last_t = self.clock()
         self._last_n = 0
 
-    def update(self, bytes_read: int, count: int, extra: str = "") -> None:
+    def update(
+        self, bytes_read: int, count: int, extra: str = "", done: float | None = None
+    ) -> None:
+        """``done``: the share of the work done when it is less than the share read."""
         if not self.enabled:
             return
         now = self.clock()
         if now - self._last_t >= self.interval_s:
-            self._print(now, bytes_read, count, extra, final=False)
+            self._print(now, bytes_read, count, extra, final=False, done=done)
 
     def finish(self, bytes_read: int, count: int, extra: str = "") -> None:
         if self.enabled:
@@ -104,13 +107,22 @@ class ProgressLine:
                 self.stream.flush()
                 self._open = False
 
-    def _print(self, now: float, bytes_read: int, count: int, extra: str, final: bool) -> None:
+    def _print(
+        self,
+        now: float,
+        bytes_read: int,
+        count: int,
+        extra: str,
+        final: bool,
+        done: float | None = None,
+    ) -> None:
         elapsed = now - self._t0
         span = now - self._last_t
         # the current rate (since the last line), not an average since the start
         rate = (count - self._last_n) / span if span > 0 else 0.0
         self._last_t, self._last_n = now, count
-        done = min(1.0, bytes_read / self._total)
+        share = min(1.0, bytes_read / self._total)
+        done = share if done is None else max(0.0, min(done, share))
         if final:
             eta = "done"
         elif done > 0:
@@ -120,7 +132,7 @@ class ProgressLine:
         mb = 1024 * 1024
         parts = [
             f"replay: {self._phase}",
-            f"{done * 100:5.1f}%",
+            f"{(1.0 if final else done) * 100:5.1f}%",
             f"{bytes_read / mb:,.1f}/{self._total / mb:,.1f} MB",
             f"{count:,} {self._unit}",
             f"{rate:,.0f} {self._unit}/s",
@@ -164,6 +176,11 @@ class Timeline:
         self.resyncs: list[float] = []
         self.markers_dropped = 0
         self._last_s = 0.0
+
+    @property
+    def position_s(self) -> float:
+        """Exchange time of the latest event seen, in seconds since the first one."""
+        return self._last_s
 
     def observe(self, batch: Iterable[Any], now_ns: int) -> None:
         counts, lat, width = self._counts, self._lat, self.width_s

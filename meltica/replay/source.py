@@ -98,7 +98,8 @@ class CaptureSource:
 
     Progress: ``size_bytes`` is the files' size on disk; ``on_scan(bytes_read)`` is
     called every 4096 frames of the pre-scan, and ``frames_meter.bytes_read`` says how
-    far ``frames()`` is.
+    far ``frames()`` is; ``first_ns`` and ``last_ns`` are the first and last frames'
+    recorded times.
     """
 
     def __init__(
@@ -137,9 +138,13 @@ class CaptureSource:
         self.size_bytes = sum(p.stat().st_size for p in paths)
         self.frames_meter = ReadMeter()
         scan = ReadMeter()
+        self.first_ns = self.last_ns = 0  # the frames' recorded receive times
         for frame in self._scan(meter=scan):
             self._streams.add(frame.stream)
             self.frame_count += 1
+            self.last_ns = frame.ts_ns
+            if self.frame_count == 1:
+                self.first_ns = frame.ts_ns
             if on_scan is not None and not self.frame_count & 4095:
                 on_scan(scan.bytes_read)
 
