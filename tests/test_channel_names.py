@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from meltica.adapters.binance import streams as vocabulary
+from meltica.cli import DEFAULT_RECORD_STREAMS
 from meltica.commands.ctl import CtlError, build_request
 from meltica.config import load_config
 from meltica.errors import ConfigError
@@ -48,6 +49,7 @@ def test_a_binance_spelling_is_not_a_channel_in_config_or_ctl(market: str) -> No
 
 
 def test_record_defaults_are_channels_the_config_accepts() -> None:
+    assert DEFAULT_RECORD_STREAMS == DEFAULT_STREAMS  # the CLI's copy of the default
     assert all(vocabulary.is_channel("spot", c) for c in DEFAULT_STREAMS)
     load_config(overrides=[f"binance.spot.streams=[{','.join(DEFAULT_STREAMS)}]"])
 

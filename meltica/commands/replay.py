@@ -177,6 +177,7 @@ async def _replay(
     try:
         source = CaptureSource(args.capture, market=args.market, on_scan=on_scan)
     except (CaptureError, ValueError) as exc:
+        progress.abort()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     progress.finish(source.size_bytes, source.frame_count)

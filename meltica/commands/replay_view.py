@@ -107,6 +107,13 @@ class ProgressLine:
                 self.stream.flush()
                 self._open = False
 
+    def abort(self) -> None:
+        """End a line left open on a terminal (an error follows)."""
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
     def _print(
         self,
         now: float,
