@@ -368,7 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-view", dest="view", action="store_false", help="no live view, summary only"
     )
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        help="write the view's last frame at 80x24: SVG (.svg), HTML (.html), else text",
+    )
     p.set_defaults(func=_cmd_demo)
+
+    from meltica.commands.top import add_parser as _add_top
+
+    _add_top(command)
 
     p = command(
         "replay",
