@@ -717,7 +717,7 @@ def write_snapshot(
     view: LiveView, now: float, path: str | Path, *, width: int = 80, height: int = 24
 ) -> None:
     """Write the frame at `now`, `width` x `height` cells: SVG when `path` ends in
-    ``.svg``, HTML for ``.html``, else plain text."""
+    ``.svg``, HTML for ``.html``, text with ANSI colours for ``.ans``, else plain text."""
     console = _record(view, now, width, height)
     p = Path(path)
     suffix = p.suffix.lower()
@@ -725,5 +725,7 @@ def write_snapshot(
         p.write_text(console.export_svg(title=view.title), encoding="utf-8")
     elif suffix in (".html", ".htm"):
         p.write_text(console.export_html(), encoding="utf-8")
+    elif suffix in (".ans", ".ansi"):
+        p.write_text(console.export_text(styles=True), encoding="utf-8")
     else:
         p.write_text(console.export_text(styles=False), encoding="utf-8")

@@ -21,9 +21,11 @@ import json
 import signal
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from meltica.commands.common import FakeProcess, apply_log_level, local_overrides
 from meltica.config import load_config
@@ -48,7 +50,7 @@ def demo_symbols(per_market: int, seed: int) -> dict[str, list[str]]:
 async def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)
+        console = Console(width=80)
     symbols = demo_symbols(args.symbols, args.seed)
     try:
         fake = await FakeProcess.start(
@@ -128,11 +130,10 @@ async def run_demo(args: argparse.Namespace) -> int:
             view.tick(now)
             write_snapshot(view, now, args.snapshot)
         await engine.stop()
-        extra = {"bus drops": consumer.dropped, "books": _books(engine)}
-        console.print(monitor.table("Meltica demo: summary", extra))
         summary = monitor.summary()
         summary["bus_drops"] = consumer.dropped
         summary["books"] = _books(engine)
+        console.print(_summary_text(summary, monitor.elapsed_s))
         missing = [
             f"{m}:{s}" for m in MARKETS for s in symbols[m] if f"{m}:{s}" not in summary["symbols"]
         ]
@@ -151,6 +152,27 @@ async def run_demo(args: argparse.Namespace) -> int:
         if engine is not None:
             await engine.stop()
         await fake.stop()
+
+
+def _summary_text(summary: dict[str, Any], elapsed_s: float) -> Text:
+    """The whole run in a few lines that wrap at the terminal's width (80 is fine)."""
+    lat = summary["latency_us"]
+    t = Text()
+    t.append("Meltica demo: summary", style="bold")
+    t.append(
+        f"\n{elapsed_s:.1f} s, {summary['events']:,} events ({summary['events_per_s']:,.0f}/s "
+        f"on average); receive -> consumer latency p50 {lat['p50']:,} µs, p99 {lat['p99']:,} µs, "
+        f"max {lat['max']:,} µs"
+    )
+    t.append(
+        f"\ngaps {summary['gap']}, resyncs {summary['resync_started']}, stale "
+        f"{summary['stale']}, bus drops {summary['bus_drops']}, books {summary['books']}"
+    )
+    per_symbol = ", ".join(
+        f"{key} {v['events']:,}" for key, v in summary["symbols"].items() if not key.endswith(":*")
+    )
+    t.append(f"\nevents by symbol: {per_symbol}")
+    return t
 
 
 def _scrape(engine: Engine, view: LiveView, now: float) -> None:

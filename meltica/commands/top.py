@@ -140,7 +140,7 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> argparse.Argu
     p.add_argument(
         "--snapshot",
         metavar="FILE",
-        help="also write the last frame at 80x24: SVG (.svg), HTML (.html), else text",
+        help="also write the last frame at 80x24: SVG (.svg), HTML (.html), ANSI (.ans), else text",
     )
     p.add_argument(
         "--no-color", dest="color", action="store_false", help="no colours (default: colours)"
