@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--snapshot",
         metavar="FILE",
-        help="write the view's last frame at 80x24: SVG (.svg), HTML (.html), ANSI (.ans), else text",
+        help="write the view's last frame at 80x24: SVG (.svg), HTML (.html), ANSI (.ans), "
+        "else text",
     )
     p.set_defaults(func=_cmd_demo)
 
