@@ -53,9 +53,14 @@ at start or the command line is wrong."""
 
 
 class TopError(MelticaError):
-    """The gateway cannot be read (unreachable, not a Meltica gateway)."""
+    """The gateway cannot be read (unreachable, not a Meltica gateway); `short` says why in
+    a few words, for the view's bottom line."""
 
     reason = "top"
+
+    def __init__(self, message: str, short: str = "") -> None:
+        super().__init__(message)
+        self.short = short or message
 
 
 def _seconds(text: str) -> float:
@@ -176,16 +181,18 @@ async def scrape(session: Any, base: str) -> list[Any]:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as r:
             if r.status != 200:
-                raise TopError(f"{url} answered HTTP {r.status}")
+                raise TopError(f"{url} answered HTTP {r.status}", f"HTTP {r.status}")
             text = await r.text()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise TopError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        raise TopError(f"cannot reach {url}: {exc or type(exc).__name__}", _short(exc)) from exc
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:
-        raise TopError(f"{url} is not Prometheus text: {exc}") from exc
+        raise TopError(f"{url} is not Prometheus text: {exc}", "not Prometheus text") from exc
     if not any(f.name.startswith("meltica_") for f in families):
-        raise TopError(f"{url} has no meltica_* metrics: not a Meltica gateway")
+        raise TopError(
+            f"{url} has no meltica_* metrics: not a Meltica gateway", "no meltica_* metrics"
+        )
     return families
 
 
@@ -244,7 +251,7 @@ async def follow_tail(session: Any, base: str, view: LiveView) -> None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_TIMEOUT_S)
             async with session.get(url, params=params, timeout=timeout) as r:
                 if r.status != 200:
-                    raise TopError(f"HTTP {r.status}")
+                    raise TopError(f"{url} answered HTTP {r.status}", f"HTTP {r.status}")
                 view.feeds["tail"] = "streaming"
                 buf = b""
                 async for chunk in r.content.iter_any():
@@ -268,9 +275,24 @@ async def follow_tail(session: Any, base: str, view: LiveView) -> None:
                     if bad:
                         view.feeds["tail"] = f"streaming, {bad} undecodable line(s) skipped"
             view.feeds["tail"] = "ended, reconnecting"
-        except (aiohttp.ClientError, OSError, TimeoutError, TopError) as exc:
-            view.feeds["tail"] = f"reconnecting ({exc or type(exc).__name__})"
+        except TopError as exc:
+            view.feeds["tail"] = f"reconnecting ({exc.short})"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            view.feeds["tail"] = f"reconnecting ({_short(exc)})"
         await asyncio.sleep(TAIL_RETRY_S)
+
+
+def _short(exc: BaseException) -> str:
+    """A few words on why a request failed."""
+    import aiohttp
+
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return "unreachable"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "disconnected"
+    return type(exc).__name__
 
 
 async def poll_metrics(session: Any, base: str, view: LiveView, interval: float) -> None:
@@ -279,7 +301,7 @@ async def poll_metrics(session: Any, base: str, view: LiveView, interval: float)
         try:
             families = await scrape(session, base)
         except TopError as exc:
-            view.feeds["metrics"] = f"failing: {exc}"
+            view.feeds["metrics"] = f"failing ({exc.short})"
             continue
         view.update_metrics(families, time.monotonic())
         view.feeds["metrics"] = "ok"

@@ -211,3 +211,35 @@ def test_demo_snapshot_is_the_live_view_at_80x24(tmp_path: Path) -> None:
     for rows in sections.values():
         for cells in rows.values():
             assert Decimal(cells[1]) < Decimal(cells[2]), cells  # bid < ask, both shown
+
+
+def test_top_keeps_running_when_the_gateway_goes_away() -> None:
+    source = SyntheticMarket(markets=("spot",), symbols_per_market=2, seed=9)
+
+    async def scenario() -> None:
+        async with FakeExchange(source, speed=1.0) as fake:
+            engine = make_engine(fake, source)
+            await engine.start()
+            try:
+                await _until(engine.ready)
+                assert engine.metrics is not None
+                top = asyncio.ensure_future(
+                    _top(engine.metrics.url, "--duration", "12", "--interval", "0.5", "--no-color")
+                )
+                await _until(lambda: engine.tail.stats()["open"] >= 1 or top.done())
+                assert not top.done(), top.result()
+                await asyncio.sleep(1.0)  # a few prices and scrapes before the gateway goes
+            finally:
+                await engine.stop()
+            code, out, err = await top
+        assert code == 0, (out, err)
+        lines = out.splitlines()
+        assert "metrics: failing (unreachable)" in lines[-1], lines[-1]
+        assert "tail: reconnecting (unreachable)" in lines[-1], lines[-1]
+        assert "…" not in out
+        rows = _sections(out)["spot"]
+        assert set(rows) == set(source.symbols("spot"))
+        for cells in rows.values():  # the last prices seen stay on screen
+            assert Decimal(cells[1]) < Decimal(cells[2]), cells
+
+    run(scenario)
