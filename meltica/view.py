@@ -66,6 +66,7 @@ METRIC_NAMES: Final[Mapping[str, str]] = {
     "ws_frames": "meltica_ws_frames_total",  # WebSocket frames received
     "ws_connections": "meltica_ws_connections",  # open connections
     "ws_slots": "meltica_ws_slots",  # connections the manager wants open
+    "ws_connects": "meltica_ws_connects_total",  # connections opened since start
     "rest_weight": "meltica_rest_window_weight",  # REST weight used in the current window
     "rest_budget": "meltica_rest_budget",  # the gateway's REST weight budget per window
     # gateway
@@ -321,9 +322,23 @@ class Row:
 class MarketState:
     connections: float | None = None
     slots: float | None = None
+    connects: float | None = None  # opened since start (fewer than slots: still starting)
     frames: Rate = field(default_factory=Rate)
     rest_weight: float | None = None
     rest_budget: float | None = None
+
+    def ws_state(self) -> str:
+        """``up`` (every wanted connection open), ``connecting`` (start-up: some slot
+        never connected yet), ``down`` (fewer open than wanted after all had connected)
+        or ``""`` (unknown)."""
+        conns, slots = self.connections, self.slots
+        if conns is None:
+            return ""
+        if conns >= (slots or 0):
+            return "up" if conns > 0 else "down"
+        if self.connects is not None and self.connects < (slots or 0):
+            return "connecting"
+        return "down"
 
 
 class LiveView:
@@ -425,6 +440,7 @@ class LiveView:
         frames = scrape.by_label("ws_frames", "market")
         conns = scrape.by_label("ws_connections", "market")
         slots = scrape.by_label("ws_slots", "market")
+        connects = scrape.by_label("ws_connects", "market")
         weight = scrape.by_label("rest_weight", "market")
         budget = scrape.by_label("rest_budget", "market")
         for market in sorted({*frames, *conns, *weight}):
@@ -435,6 +451,7 @@ class LiveView:
                 ms.frames.sample(now, frames[market])
             ms.connections = conns.get(market)
             ms.slots = slots.get(market)
+            ms.connects = connects.get(market)
             ms.rest_weight = weight.get(market)
             ms.rest_budget = budget.get(market)
         published = scrape.total("bus_published")
@@ -498,10 +515,10 @@ class LiveView:
             return "WAITING"
         if any(r.state == "resyncing" for r in self.rows.values()):
             return "DEGRADED"
-        for ms in self.markets.values():
-            if ms.slots and (ms.connections or 0) < ms.slots:
-                return "DEGRADED"
-        if any(r.state == "syncing" for r in self.rows.values()):
+        markets = [ms.ws_state() for ms in self.markets.values()]
+        if "down" in markets:
+            return "DEGRADED"
+        if "connecting" in markets or any(r.state == "syncing" for r in self.rows.values()):
             return "STARTING"
         return "LIVE"
 
@@ -579,17 +596,16 @@ class LiveView:
         ms = self.markets.get(market) or MarketState()
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"{market:<5}", style="bold cyan")
-        conns, slots = ms.connections, ms.slots
-        if conns is None:
-            t.append(" ws -")
-        else:
-            want = slots if slots else conns
-            if conns >= want and conns > 0:
+        conns, want = ms.connections or 0, ms.slots or ms.connections or 0
+        match ms.ws_state():
+            case "up":
                 t.append(f" ws up {conns:.0f}/{want:.0f}", style="green")
-            elif conns > 0:
-                t.append(f" ws {conns:.0f}/{want:.0f}", style="yellow")
-            else:
-                t.append(f" ws down 0/{want:.0f}", style="bold red")
+            case "connecting":
+                t.append(f" ws connecting {conns:.0f}/{want:.0f}", style="yellow")
+            case "down":
+                t.append(f" ws down {conns:.0f}/{want:.0f}", style="bold red")
+            case _:
+                t.append(" ws -")
         t.append(f"  {fmt_rate(ms.frames.per_s()):>5} frames/s")
         if ms.rest_weight is None:
             t.append("  REST -")

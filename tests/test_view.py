@@ -263,6 +263,33 @@ def test_initial_sync_is_start_up_and_a_resync_is_trouble() -> None:
     assert "resyncs 1" in record(view, 3.0)[1]
 
 
+def test_connections_not_yet_opened_are_start_up_and_a_lost_one_is_trouble() -> None:
+    def ws(connections: int, slots: int, connects: int) -> list[Any]:
+        return scrape(
+            "# TYPE meltica_ws_connections gauge\n"
+            f'meltica_ws_connections{{market="usdm"}} {connections}\n'
+            "# TYPE meltica_ws_slots gauge\n"
+            f'meltica_ws_slots{{market="usdm"}} {slots}\n'
+            "# TYPE meltica_ws_connects_total counter\n"
+            f'meltica_ws_connects_total{{market="usdm"}} {connects}\n'
+        )
+
+    view = LiveView("t", now=0.0)
+    for conns, connects, state, status, shown in (
+        (0, 0, "connecting", "STARTING", "ws connecting 0/2"),
+        (1, 1, "connecting", "STARTING", "ws connecting 1/2"),
+        (2, 2, "up", "LIVE", "ws up 2/2"),
+        (1, 2, "down", "DEGRADED", "ws down 1/2"),  # one dropped
+        (2, 3, "up", "LIVE", "ws up 2/2"),  # and reconnected
+    ):
+        view.update_metrics(ws(conns, 2, connects), 0.0)
+        assert view.markets["usdm"].ws_state() == state
+        assert view.status() == status
+        lines = record(view, 0.0)
+        assert lines[0].split()[1] == status
+        assert next(x for x in lines if x.startswith("usdm")).split("  ")[1].strip() == shown
+
+
 def test_the_styles_tell_start_up_from_trouble() -> None:
     view = LiveView("t", now=0.0)
     view.update_metrics(metrics(books={("spot", "A"): (0, 0), ("spot", "B"): (0, 2)}), 0.0)
