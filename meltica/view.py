@@ -4,8 +4,9 @@
 
 - events (`observe`): the Data Bus events a consumer received (``demo``: an
   in-process bus consumer; ``top``: the gateway's ``/tail`` decoded with
-  ``meltica.wire.decode_lines``).  Only ``book_ticker``, fused ``book_snapshot``
-  (``source`` ``book`` / ``bbo``), ``trade`` and ``agg_trade`` are used, so both
+  ``meltica.wire.decode_lines``).  Only ``book_ticker``, ``book_snapshot`` (the
+  Conductor's fused ``book`` / ``bbo`` and partial-depth ``stream`` ones; not ``rest``
+  sync snapshots), ``trade`` and ``agg_trade`` are used, so both
   feeds give the same figures;
 - metrics (`update_metrics`): Prometheus metric families (``demo``: the
   engine's registry; ``top``: ``/metrics`` parsed by prometheus-client), for
@@ -409,7 +410,7 @@ class LiveView:
                 row = self.row(ev.market, ev.symbol)
                 self._top(row, ev.bid_price, ev.bid_qty, ev.ask_price, now)
             elif kind == "book_snapshot":
-                if ev.source not in ("book", "bbo"):
+                if ev.source == "rest":  # a sync step, maybe older than the live book
                     continue
                 bids, asks = ev.bids, ev.asks
                 if bids and asks:

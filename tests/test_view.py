@@ -226,13 +226,15 @@ def test_exact_decimals_apply_to_rows_that_appear_later() -> None:
     assert (row.price_digits, row.qty_digits, row.exact) == (1, 3, True)
 
 
-def test_fused_book_snapshots_give_the_top_of_book_rest_snapshots_do_not() -> None:
+def test_fused_and_partial_depth_snapshots_give_the_top_of_book_rest_ones_do_not() -> None:
     view = LiveView("t", now=0.0)
     view.observe(events(book("spot", "ETHUSDT", "3456.70", "3456.72", source="rest")), 1.0)
     assert ("spot", "ETHUSDT") not in view.rows
     view.observe(events(book("spot", "ETHUSDT", "3456.70", "3456.72")), 2.0)
     row = view.rows[("spot", "ETHUSDT")]
     assert (str(row.bid), str(row.ask), row.book_at) == ("3456.70", "3456.72", 2.0)
+    view.observe(events(book("spot", "ETHUSDT", "3456.71", "3456.73", source="stream")), 3.0)
+    assert (str(row.bid), str(row.ask), row.book_at) == ("3456.71", "3456.73", 3.0)
 
 
 # -- book states: start-up is not trouble
