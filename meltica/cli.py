@@ -316,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
-        # every command's help shows each option's default and an example (its epilog)
-        return sub.add_parser(name, parents=[common], formatter_class=_Help, **kw)
+        # every command's help shows each option's default and an example (its epilog);
+        # _Help keeps the epilog's indented lines as written, as RawDescription would
+        kw["formatter_class"] = _Help
+        return sub.add_parser(name, parents=[common], **kw)
 
     p = command(
         "normalize",
@@ -462,7 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-view", dest="view", action="store_false", help="no live view, summary only"
     )
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON (default: none)")
+    p.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        help="write the view's last frame at 80x24: SVG (.svg), HTML (.html), ANSI (.ans), "
+        "else text (default: none)",
+    )
     p.set_defaults(func=_cmd_demo)
+
+    from meltica.commands.top import add_parser as _add_top
+
+    _add_top(command)
 
     p = command(
         "replay",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -24,9 +25,12 @@ COMMANDS = _commands()
 
 
 def _examples(parser: argparse.ArgumentParser) -> list[str]:
+    """The example commands of the epilog (``example:`` or ``examples:``), each on one line
+    (a line ending with a backslash continues on the next)."""
     epilog = parser.epilog or ""
-    _, _, body = epilog.partition("example:\n")
-    assert body, f"{parser.prog}: no 'example:' in the epilog"
+    match = re.search(r"^examples?:\n", epilog, re.MULTILINE)
+    assert match, f"{parser.prog}: no 'example:' in the epilog"
+    body = re.sub(r"\\\n\s*", " ", epilog[match.end() :])
     return [line.strip() for line in body.splitlines() if line.startswith("  meltica-engine ")]
 
 
@@ -49,7 +53,7 @@ def test_every_option_has_help_with_its_default(name: str) -> None:
             action.default, bool
         ):
             # the value itself is shown, unless the help states its default in words
-            assert "(default: " in shown or "default)" in shown, shown
+            assert re.search(r"\(default:? |default\)", shown), shown
         checked += 1
     assert checked > 0
 
