@@ -45,7 +45,9 @@ def exported(text: str) -> dict[str, tuple[str, frozenset[str]]]:
     return out
 
 
-_ROW = re.compile(r"^\| `([a-z_:][a-z0-9_:]*)` \| (counter|gauge|histogram) \| ([^|]*) \| ([^|]*) \|")
+_ROW = re.compile(
+    r"^\| `([a-z_:][a-z0-9_:]*)` \| (counter|gauge|histogram) \| ([^|]*) \| ([^|]*) \|"
+)
 
 
 def documented() -> dict[str, tuple[str, frozenset[str]]]:

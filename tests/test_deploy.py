@@ -81,7 +81,7 @@ def test_dashboard_is_valid_and_queries_only_documented_metrics() -> None:
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
         grid = p["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, p["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, p["title"]
         if p["type"] != "row":
             assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
     used: set[str] = set()

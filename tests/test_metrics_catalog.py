@@ -28,7 +28,9 @@ def test_family_names_follow_the_prometheus_rules(name: str) -> None:
     fam = FAMILIES[name]
     assert re.fullmatch(r"[a-z][a-z0-9_]*", name)
     assert fam.kind in ("counter", "gauge", "histogram")
-    assert name.endswith("_total") == (fam.kind == "counter"), "counters and only they end in _total"
+    assert name.endswith("_total") == (fam.kind == "counter"), (
+        "counters and only they end in _total"
+    )
     assert "_ns" not in name.split("_total")[0].split("_") and not name.endswith("_ns")
     if fam.unit:
         assert name.removesuffix("_total").endswith("_" + fam.unit)
@@ -74,7 +76,9 @@ def test_the_bus_stats_of_a_real_bus_are_all_declared() -> None:
     groups = bus.group_stats()
     assert set(groups) == {"x"}
     kinds = {s.name: s.kind for s in stats_samples("bus_consumer", groups["x"], consumer="x")}
-    assert kinds["bus_consumer_lag"] == "gauge" and kinds["bus_consumer_delivered_total"] == "counter"
+    assert (
+        kinds["bus_consumer_lag"] == "gauge" and kinds["bus_consumer_delivered_total"] == "counter"
+    )
     c.close()
 
 

@@ -591,7 +591,7 @@ _DECLARED: tuple[Family, ...] = (
         (),
     ),
     # ---------------------------------------------------------------- NATS publisher
-    Family("nats_published_total", COUNTER, "", "Events taken into the JetStream publish window", ()),
+    Family("nats_published_total", COUNTER, "", "Events taken into the JetStream window", ()),
     Family("nats_acked_total", COUNTER, "", "JetStream publish acknowledgements received", ()),
     Family(
         "nats_duplicates_total",
