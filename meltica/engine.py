@@ -168,7 +168,7 @@ class Engine:
                 routes=self.add_routes,
             )
         # the per-stage latency histograms (docs/metrics.md)
-        self.exchange_latency = {
+        self.exchange_latency: dict[str, Histogram] = {
             m: histogram("exchange_latency_seconds", market=m) for m in self.markets
         }
         self.dispatcher.gate.event_latency = self.exchange_latency
