@@ -4,6 +4,7 @@ and what the Prometheus exposition makes of declared samples."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -112,3 +113,77 @@ def test_consumer_groups_keep_counting_after_members_leave() -> None:
     b.close()
     assert bus.group_stats()["tail"]["members"] == 0
     assert bus.group_stats()["tail"]["delivered"] == 4
+
+
+def _trade(market: str, ts_event: int | None, ts_recv: int, tid: int = 1) -> Any:
+    from meltica._core.events import event_from_wire
+
+    wire = {
+        "v": 1,
+        "venue": "binance",
+        "market": market,
+        "symbol": "AAA",
+        "kind": "trade",
+        "seq": tid,
+        "ts_recv": ts_recv,
+        "trade_id": tid,
+        "price": "1",
+        "qty": "1",
+        "side": "buy",
+    }
+    if ts_event is not None:
+        wire["ts_event"] = ts_event
+    return event_from_wire(wire)
+
+
+def test_gate_observes_exchange_latency_once_per_batch_per_market() -> None:
+    from meltica._core.dispatch import DispatchTable
+    from meltica.dispatcher._gate import Gate
+
+    passed: list[Any] = []
+    gate = Gate(DispatchTable(), passed.append)
+    spot = catalog.histogram("exchange_latency_seconds", market="spot")
+    gate.event_latency = {"spot": spot}
+    # the first event with an exchange time: 3 ms late; the second is not observed
+    gate.on_events([_trade("spot", None, 10_000_000), _trade("spot", 7_000_000, 10_000_000),
+                    _trade("spot", 1_000_000, 10_000_000)])  # fmt: skip
+    assert (spot.n, spot.total) == (1, pytest.approx(0.003))
+    gate.on_events([_trade("spot", 12_000_000, 10_000_000)])  # exchange clock ahead: 0
+    assert (spot.n, spot.counts[0]) == (2, 1)
+    gate.on_events([_trade("usdm", 1, 10_000_000)])  # no histogram for that market
+    gate.event_latency = None
+    gate.on_events([_trade("spot", 1, 10_000_000)])
+    assert spot.n == 2
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "conflate"])
+def test_delivery_latency_is_publish_stamp_to_read(policy: str) -> None:
+    now = [1_000_000]
+    bus = InMemoryDataBus(16, clock=lambda: now[0])
+    bus.latency = catalog.histogram("pipeline_latency_seconds")
+    hists: dict[str, Any] = {}
+    bus.delivery_latency = lambda g: hists.setdefault(
+        g, catalog.histogram("bus_delivery_latency_seconds", consumer=g)
+    )
+    c = bus.subscribe("c1", group="g", policy=policy)
+    other = bus.subscribe("c2", group="g", policy=policy)
+    bus.publish_batch([_trade("spot", None, 900_000)])  # published at 1.0 ms
+    now[0] = 1_500_000
+    bus.publish_batch([_trade("spot", None, 1_400_000, tid=2)])  # at 1.5 ms
+    now[0] = 4_000_000
+    assert len(c.poll(1)) == 1  # its first event was published 3 ms ago
+    h = hists["g"]
+    assert set(hists) == {"g"} and (h.n, h.total) == (1, pytest.approx(0.003))
+    second = c.poll()
+    if policy == "conflate":
+        # the first read folded both (one key) and delivered the latest, timed from
+        # the publish of the oldest it folded
+        assert second == [] and h.n == 1
+    else:
+        assert len(second) == 1
+        assert (h.n, h.total) == (2, pytest.approx(0.0055))  # the second: 2.5 ms
+    before_n, before_total = h.n, h.total
+    assert len(other.poll()) == 2  # the other member: from the first publish, 3 ms
+    assert (h.n, h.total - before_total) == (before_n + 1, pytest.approx(0.003))
+    assert c.poll() == [] and h.n == before_n + 1  # an empty read observes nothing
+    assert bus.latency.n == 2 and bus.latency.total == pytest.approx(0.0002)
