@@ -11,6 +11,8 @@
 #   a block cursor's unread slots are never overwritten (publish stops short)
 #   a lossy (drop_oldest / conflate) cursor is moved past a slot before that
 #   slot is overwritten, and what it lost is counted exactly (eviction)
+# Each slot also keeps the `stamp` its writer set before publishing (the bus's
+# publish time, for the consumers' delivery latency); the ring never reads a clock.
 # Pure computation: no asyncio, clocks or logging.  The bus owns wake-ups,
 # pause/resume (meltica/bus/_publish.pyx, compiled, on the per-batch path) and
 # gap-marker creation (meltica/bus/data.py).
