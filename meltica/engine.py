@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +42,7 @@ from meltica.dispatcher.dispatcher import Dispatcher
 from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
+from meltica.telemetry.catalog import histogram, sample, stats_samples
 from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
 from meltica.telemetry.tail import TailEndpoint
 
@@ -166,11 +167,15 @@ class Engine:
                 not_ready=self.not_ready,
                 routes=self.add_routes,
             )
-        self.pipeline_latency = Histogram(
-            "pipeline_latency_seconds",
-            "Local receive time to Data Bus publish, per batch (oldest event of the batch)",
-        )
+        # the per-stage latency histograms (docs/metrics.md)
+        self.exchange_latency: dict[str, Histogram] = {
+            m: histogram("exchange_latency_seconds", market=m) for m in self.markets
+        }
+        self.dispatcher.gate.event_latency = self.exchange_latency
+        self.pipeline_latency = histogram("pipeline_latency_seconds")
         self.bus.latency = self.pipeline_latency
+        self.delivery_latency: dict[str, Histogram] = {}
+        self.bus.delivery_latency = self._delivery_histogram
         # bus.backend nats: the shared NATS client and the JetStream publisher
         # (a block consumer of the ring), made in start()
         self.nats: NatsClient | None = None
@@ -432,119 +437,68 @@ class Engine:
         return out
 
     def histograms(self) -> Iterator[Histogram]:
+        """Every latency histogram (declared in meltica/telemetry/catalog.py)."""
+        yield from self.exchange_latency.values()
         yield self.pipeline_latency
+        yield from self.delivery_latency.values()
+        yield from self.rest.histograms()
+        yield from self.dispatcher.propagation.values()
+
+    def _delivery_histogram(self, group: str) -> Histogram:
+        h = self.delivery_latency.get(group)
+        if h is None:
+            h = self.delivery_latency[group] = histogram(
+                "bus_delivery_latency_seconds", consumer=group
+            )
+        return h
 
     def samples(self) -> Iterator[Sample]:
-        """Every counter and gauge, read at scrape time."""
+        """Every counter and gauge, read at scrape time; each family is declared
+        (type, unit, HELP, labels) in meltica/telemetry/catalog.py."""
+        yield sample("build_info", 1, version=__version__)
         for market, manager in self.managers.items():
-            for name, value in manager.stats().items():
-                if name != "disconnects":  # exported per reason below
-                    yield _sample(
-                        f"ws_{name}", value, "WebSocket connection manager", market=market
-                    )
-            yield from _by_reason(
-                "ws_disconnects",
-                "WebSocket disconnects of open connections, by reason",
-                manager.disconnects_by_reason(),
-                market=market,
-            )
-            yield from _by_reason(
-                "ws_parse_rejects",
-                "WebSocket frames the parser rejected, by error reason",
-                manager.parse_rejects(),
-                market=market,
-            )
+            yield from stats_samples("ws", manager.stats(), market=market)
+            for reason, n in manager.disconnects_by_reason().items():
+                yield sample("ws_disconnects_total", n, market=market, reason=reason)
+            for reason, n in manager.parse_rejects().items():
+                yield sample("ws_parse_rejects_total", n, market=market, reason=reason)
         yield from self.rest.samples()
-        for dname, dvalue in self.dispatcher.stats().items():
-            if dvalue is not None:
-                yield _sample(f"dispatch_{dname}", dvalue, "Dispatcher and dispatch table")
-        yield from _by_reason(
-            "dispatch_dropped",
-            "Events the dispatch table dropped, by reason (see docs/control-plane.md)",
-            self.table.drops(),
-        )
+        yield from stats_samples("dispatch", self.dispatcher.stats())
+        for reason, n in self.table.drops().items():
+            yield sample("dispatch_dropped_total", n, reason=reason)
         cstat = self.conductor.status()
-        for name, value in cstat["counters"].items():
-            yield _sample(f"conductor_{name}", value, "Conductor")
+        yield from stats_samples("conductor", cstat["counters"])
         for hook, reasons in cstat["hook_errors"].items():
-            yield from _by_reason(
-                "analytics_hook_errors",
-                "Analytics hook calls whose output was dropped (raised, bad_output)",
-                reasons,
-                hook=hook,
-            )
+            for reason, n in reasons.items():
+                yield sample("analytics_hook_errors_total", n, hook=hook, reason=reason)
+        now = time.time_ns()
         for key, inst in cstat["instruments"].items():
             market, symbol = key.split(":", 1)
-            for name in (
-                "gaps",
-                "resyncs",
-                "refetches",
-                "buffer_overflows",
-                "crossed",
-                "snapshot_errors",
-                "snapshot_backoffs",
-            ):
-                if name in inst:
-                    yield _sample(
-                        f"book_{name}",
-                        inst[name],
-                        "Order book sync events",
-                        kind="counter",
-                        market=market,
-                        symbol=symbol,
-                    )
-            yield _sample(
-                "book_snapshot_retry_streak",
-                inst.get("retry_streak", 0),
-                "Snapshot attempts in a row that did not sync the book (0 once live)",
-                kind="gauge",
-                market=market,
-                symbol=symbol,
+            yield from stats_samples(
+                "book", {k: inst[k] for k in _BOOK_STATS}, market=market, symbol=symbol
             )
-            yield _sample(
-                "book_live",
-                1 if inst.get("state") == "live" else 0,
-                "1 while the book is live",
-                kind="gauge",
-                market=market,
-                symbol=symbol,
-            )
-        for name, value in self.bus.stats().items():
-            yield _sample(f"bus_{name}", value, "In-memory Data Bus")
-        for consumer in self.bus.consumers():
-            for cname, cvalue in consumer.stats().items():
-                if isinstance(cvalue, int | float):
-                    yield _sample(
-                        f"bus_consumer_{cname}",
-                        cvalue,
-                        "Data Bus consumer (delivered, dropped, conflated, lag)",
-                        consumer=consumer.name,
-                    )
-        for name, value in self.store.stats().items():
-            yield _sample(f"snapshot_{name}", value, "SnapshotStore")
-        for name, value in self.tail.stats().items():
-            yield _sample(
-                f"tail_{name}",
-                value,
-                "/tail streams (open now; opened, rejected as bad requests, aborted at shutdown)",
-                kind="gauge" if name == "open" else "counter",
-            )
+            live = inst.get("state") == "live"
+            yield sample("book_live", int(live), market=market, symbol=symbol)
+            # age: since the local receive of the newest update in the book's last
+            # published output (grows while a live book gets no updates)
+            book = self.conductor.book(market, symbol)
+            fused = book.last_fused if book is not None else None
+            if live and fused is not None and fused.ts_recv > 0:
+                age = max(0, now - fused.ts_recv) / 1e9
+                yield sample("book_age_seconds", age, market=market, symbol=symbol)
+        yield from stats_samples("bus", self.bus.stats())
+        for group, gstats in self.bus.group_stats().items():
+            yield from stats_samples("bus_consumer", gstats, consumer=group)
+        yield from stats_samples("snapshot", self.store.stats())
+        yield from stats_samples("tail", self.tail.stats())
         if self.nats_bus is not None:
-            yield from _nats_samples(self.nats_bus)
-        transports: list[tuple[str, dict[str, int]]] = [
-            ("control", self.control.stats()),
-            ("control_http", self.control_http.stats()),
-        ]
+            yield from stats_samples("nats", self.nats_bus.stats())
+            for reason, n in self.nats_bus.dropped.items():
+                yield sample("nats_dropped_total", n, reason=reason)
+        yield from stats_samples("control", self.control.stats())
+        yield from stats_samples("control_http", self.control_http.stats())
         if self.control_nats is not None:
-            transports.append(("control_nats", self.control_nats.stats()))
-        for prefix, stats in transports:
-            for name, value in stats.items():
-                yield _sample(
-                    f"{prefix}_{name}",
-                    value,
-                    "Control Bus and its transports (docs/control-plane.md)",
-                    kind="gauge" if name in ("pending", "max_pending", "in_flight") else "counter",
-                )
+            yield from stats_samples("control_nats", self.control_nats.stats())
 
     # ------------------------------------------------------------ tail endpoint
 
@@ -555,65 +509,14 @@ class Engine:
         self.control_http.add_routes(app)
 
 
-_NATS_GAUGES = frozenset(("window_depth", "window_capacity", "connected"))
-
-
-def _nats_samples(pub: NatsPublisher) -> Iterator[Sample]:
-    for name, value in pub.stats().items():
-        yield _sample(
-            f"nats_{name}",
-            value,
-            "JetStream Data Bus publisher (docs/nats.md)",
-            kind="gauge" if name in _NATS_GAUGES else "counter",
-        )
-    yield from _by_reason(
-        "nats_dropped",
-        "Events the JetStream publisher dropped (outage_policy drop), by reason",
-        pub.dropped,
-    )
-
-
-# Stats whose name says "current level" are gauges; everything else counts up.
-_GAUGE_HINTS = (
-    "depth",
-    "lag",
-    "connections",
-    "streams",
-    "paused",
-    "slots",
-    "capacity",
-    "consumers",
-    "budget",
-    "window",
-    "queue",
-    "rotating",
-    "last_",
-    "max_",
-    "instruments",
-    "routes",
-    "server_weight",
-    "failed",
-    "entries",
+# the per-instrument counters and gauges of Conductor.status() that are exported
+_BOOK_STATS = (
+    "gaps",
+    "resyncs",
+    "refetches",
+    "buffer_overflows",
+    "crossed",
+    "snapshot_errors",
+    "snapshot_backoffs",
+    "retry_streak",
 )
-
-
-def _sample(
-    name: str,
-    value: float,
-    help_text: str,
-    *,
-    kind: str | None = None,
-    **labels: str,
-) -> Sample:
-    if kind is None:
-        kind = "gauge" if any(h in name for h in _GAUGE_HINTS) else "counter"
-    return Sample(name, kind, help_text, float(value), tuple(sorted(labels.items())))
-
-
-def _by_reason(
-    name: str, help_text: str, counts: Mapping[str, int], **labels: str
-) -> Iterator[Sample]:
-    """One counter family labelled by ``reason`` (plus ``labels``), from a mapping
-    of reason to count."""
-    for reason, count in counts.items():
-        yield _sample(name, count, help_text, kind="counter", reason=reason, **labels)

@@ -68,8 +68,8 @@ METRIC_NAMES: Final[Mapping[str, str]] = {
     "ws_connections": "meltica_ws_connections",  # open connections
     "ws_slots": "meltica_ws_slots",  # connections the manager wants open
     "ws_connects": "meltica_ws_connects_total",  # connections opened since start
-    "rest_weight": "meltica_rest_window_weight",  # REST weight used in the current window
-    "rest_budget": "meltica_rest_budget",  # the gateway's REST weight budget per window
+    "rest_weight": "meltica_rest_weight_window",  # REST weight used in the current window
+    "rest_budget": "meltica_rest_weight_budget",  # the gateway's REST weight budget per window
     # gateway
     "bus_published": "meltica_bus_published_total",  # events onto the Data Bus
     "consumer_lag": "meltica_bus_consumer_lag",  # per consumer: events not yet read

@@ -290,7 +290,7 @@ def test_engine_exports_hook_errors_per_hook_and_reason() -> None:
         await settle()
         cond.on_events([delta("AAA", 102, 102)])
         await cond.stop()
-        return [s for s in engine.samples() if s.name == "analytics_hook_errors"]
+        return [s for s in engine.samples() if s.name == "analytics_hook_errors_total"]
 
     samples = run(scenario)
     got = {dict(s.labels)["hook"] + ":" + dict(s.labels)["reason"]: s.value for s in samples}

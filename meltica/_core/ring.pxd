@@ -11,6 +11,8 @@
 #   a block cursor's unread slots are never overwritten (publish stops short)
 #   a lossy (drop_oldest / conflate) cursor is moved past a slot before that
 #   slot is overwritten, and what it lost is counted exactly (eviction)
+# Each slot also keeps the `stamp` its writer set before publishing (the bus's
+# publish time, for the consumers' delivery latency); the ring never reads a clock.
 # Pure computation: no asyncio, clocks or logging.  The bus owns wake-ups,
 # pause/resume (meltica/bus/_publish.pyx, compiled, on the per-batch path) and
 # gap-marker creation (meltica/bus/data.py).
@@ -43,6 +45,7 @@ cdef class Cursor:
     cdef readonly int64_t conflated    # matching events superseded (conflate)
     cdef readonly int64_t seen         # matching events delivered + dropped
     cdef readonly int64_t gaps         # gap episodes taken (markers made)
+    cdef readonly int64_t read_stamp   # stamp of the first event of the last read (0: none)
     # pending gap (drop_oldest): ordinals in `seen` numbering, 0 = none
     cdef readonly int64_t gap_from
     cdef readonly int64_t gap_to
@@ -55,6 +58,8 @@ cdef class Cursor:
 
 cdef class Ring:
     cdef PyObject **slots              # capacity entries, NULL or owned refs
+    cdef int64_t *stamps               # capacity entries: `stamp` when the slot was written
+    cdef public int64_t stamp          # set by the writer before publish (its publish time)
     cdef readonly int64_t capacity     # power of two
     cdef int64_t mask                  # capacity - 1
     cdef readonly int64_t head         # position of the next write

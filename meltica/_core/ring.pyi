@@ -21,6 +21,7 @@ class Cursor:
     conflated: int
     seen: int
     gaps: int
+    read_stamp: int
     gap_from: int
     gap_to: int
     def __init__(
@@ -43,6 +44,7 @@ class Ring:
     published: int
     evicted: int
     last_kinds: int
+    stamp: int
     cursors: list[Cursor]
     def __init__(self, capacity: int) -> None: ...
     def attach(self, c: Cursor) -> None: ...

@@ -118,6 +118,9 @@ cdef class Ring:
         self.slots = <PyObject **>calloc(<size_t>capacity, sizeof(PyObject *))
         if self.slots == NULL:
             raise MemoryError()
+        self.stamps = <int64_t *>calloc(<size_t>capacity, sizeof(int64_t))
+        if self.stamps == NULL:
+            raise MemoryError()
         self.capacity = capacity
         self.mask = capacity - 1
         self.cursors = []
@@ -129,6 +132,8 @@ cdef class Ring:
                 Py_XDECREF(self.slots[i])
             free(self.slots)
             self.slots = NULL
+        free(self.stamps)
+        self.stamps = NULL
 
     cdef inline object at(self, int64_t p):
         return <object>self.slots[p & self.mask]
@@ -265,6 +270,7 @@ cdef class Ring:
         for i in range(n_write):
             ob = PyList_GET_ITEM(batch, i)
             slot = &self.slots[(self.head + i) & self.mask]
+            self.stamps[(self.head + i) & self.mask] = self.stamp
             old = slot[0]
             Py_INCREF(<object>ob)
             slot[0] = ob
@@ -291,7 +297,10 @@ cdef class Ring:
         cdef Py_ssize_t k
         if not c.attached or max_n <= 0:
             return out
+        c.read_stamp = 0
         if c.policy == POLICY_CONFLATE and (c.latest or head - c.pos > max_n):
+            if c.pos < head:
+                c.read_stamp = self.stamps[c.pos & self.mask]
             for p in range(c.pos, head):
                 ev = self.at(p)
                 if c.matches(ev):
@@ -314,6 +323,8 @@ cdef class Ring:
             ev = self.at(p)
             p += 1
             if c.matches(ev):
+                if not PyList_GET_SIZE(out):
+                    c.read_stamp = self.stamps[(p - 1) & self.mask]
                 out.append(ev)
                 if PyList_GET_SIZE(out) >= max_n:
                     break

@@ -101,12 +101,12 @@ cdef class Publisher:
             return wall_ns()
         return self.clock()
 
-    cdef int _observe(self, int64_t ts_recv) except -1:
+    cdef int _observe(self, int64_t ts_recv, int64_t now) except -1:
         cdef double s
         cdef Py_ssize_t lo = 0, hi = self._n_bounds, mid
         cdef object h = self._histogram
         cdef list counts
-        cdef int64_t d = self._now() - ts_recv
+        cdef int64_t d = now - ts_recv
         s = (d if d > 0 else 0) / 1e9
         if h is None:
             self._latency.observe(s)
@@ -131,11 +131,16 @@ cdef class Publisher:
         cdef Ring ring = self.ring
         cdef Py_ssize_t n = PyList_GET_SIZE(batch), written, w
         cdef uint64_t kinds
+        cdef int64_t now
         cdef object first
         if self._latency is not None and n:
+            # one clock read per batch: the publish latency, and the stamp the
+            # ring keeps per slot for the consumers' delivery latency
+            now = self._now()
+            ring.stamp = now
             first = batch[0]
             if isinstance(first, Event) and (<Event>first).ts_recv > 0:
-                self._observe((<Event>first).ts_recv)
+                self._observe((<Event>first).ts_recv, now)
         written = ring.publish(batch)
         kinds = ring.last_kinds if written else 0
         while written < n:

@@ -58,6 +58,9 @@ class LatencyObserver(Protocol):
     def observe(self, seconds: float, count: int = 1) -> None: ...
 
 
+_GROUP_COUNTERS = ("delivered", "dropped", "conflated", "gaps", "wakeups")
+
+
 class BusError(MelticaError):
     """A Data Bus consumer cannot be served."""
 
@@ -113,6 +116,7 @@ class DataBus(Protocol):
         symbols: Iterable[str] | None = None,
         policy: str | None = None,
         capacity: int | None = None,
+        group: str | None = None,
     ) -> Consumer: ...
 
     def stats(self) -> dict[str, int]: ...
@@ -137,8 +141,19 @@ def _kind_mask(kinds: Iterable[str] | None) -> int:
 class RingConsumer:
     """A consumer of `InMemoryDataBus` (made by `InMemoryDataBus.subscribe`)."""
 
-    def __init__(self, bus: InMemoryDataBus, name: str, cursor: Cursor, batch_size: int) -> None:
+    def __init__(
+        self,
+        bus: InMemoryDataBus,
+        name: str,
+        cursor: Cursor,
+        batch_size: int,
+        group: str | None = None,
+        delivery: LatencyObserver | None = None,
+    ) -> None:
         self.name = name
+        # metrics aggregate consumers by group (every /tail stream is group "tail")
+        self.group = name if group is None else group
+        self.delivery = delivery
         self.policy = POLICIES[cursor.policy]
         self.batch_size = batch_size
         self.wakeups = 0
@@ -178,7 +193,14 @@ class RingConsumer:
                 to_seq=gap[1],
             )
             out = [marker, *self._bus._pub.read(cursor, n - 1)]
+        if self.delivery is not None and cursor.read_stamp:
+            self._observe(cursor.read_stamp)
         return out
+
+    def _observe(self, stamp: int) -> None:
+        """Publish -> delivery latency of a read: its first event's publish stamp."""
+        d = self._bus._clock() - stamp
+        self.delivery.observe(d / 1e9 if d > 0 else 0.0)  # type: ignore[union-attr]
 
     async def next_batch(self, max_n: int | None = None) -> list[Event]:
         """Events in publish order, waiting until at least one is there.
@@ -192,6 +214,8 @@ class RingConsumer:
         while True:
             if self._error is None and not cursor.gap_from:
                 out = pub.read(cursor, n)  # poll() when it has nothing rare to do
+                if out and self.delivery is not None and cursor.read_stamp:
+                    self._observe(cursor.read_stamp)
             else:
                 out = self.poll(max_n)
             if out:
@@ -318,6 +342,11 @@ class InMemoryDataBus:
         self.resumes = 0
         self.overflows = 0
         self._consumers: dict[str, RingConsumer] = {}
+        # `delivery_latency(group)`, when set (the engine sets it), gives the
+        # observer of the publish -> delivery latency of that consumer group
+        self.delivery_latency: Callable[[str], LatencyObserver] | None = None
+        # counters of the consumers that left, per group (group counters stay monotonic)
+        self._gone: dict[str, dict[str, int]] = {}
 
     @property
     def clock(self) -> Callable[[], int]:
@@ -395,8 +424,13 @@ class InMemoryDataBus:
         symbols: Iterable[str] | None = None,
         policy: str | None = None,
         capacity: int | None = None,
+        group: str | None = None,
     ) -> RingConsumer:
         """A new consumer that sees events published from now on.
+
+        `group` names the consumer in metrics (default: `name`); consumers of
+        one group share their series, so many short-lived consumers (``/tail``
+        streams) do not make a series each.
 
         `kinds`, `markets`, `symbols` filter (None: all; symbols are compared
         upper case).  `capacity` is how many ring positions it may lag
@@ -426,14 +460,40 @@ class InMemoryDataBus:
             low,
         )
         self._ring.attach(cursor)
-        consumer = RingConsumer(self, name, cursor, self.batch_size)
+        group = name if group is None else group
+        delivery = None if self.delivery_latency is None else self.delivery_latency(group)
+        consumer = RingConsumer(self, name, cursor, self.batch_size, group, delivery)
         self._consumers[name] = consumer
         return consumer
+
+    def group_stats(self) -> dict[str, dict[str, int]]:
+        """Per consumer group: members attached, counters (of members past and
+        present: delivered, dropped, conflated, gaps, wakeups), and the largest
+        lag and capacity of the members attached."""
+        out: dict[str, dict[str, int]] = {
+            g: {"members": 0, **gone, "lag": 0, "capacity": 0} for g, gone in self._gone.items()
+        }
+        for consumer in self._consumers.values():
+            st = consumer.stats()
+            g = out.setdefault(
+                consumer.group,
+                {"members": 0, **dict.fromkeys(_GROUP_COUNTERS, 0), "lag": 0, "capacity": 0},
+            )
+            g["members"] += 1
+            for key in _GROUP_COUNTERS:
+                g[key] += st[key]
+            g["lag"] = max(g["lag"], st["lag"])
+            g["capacity"] = max(g["capacity"], st["capacity"])
+        return out
 
     def consumers(self) -> list[RingConsumer]:
         return list(self._consumers.values())
 
     def _detach(self, consumer: RingConsumer) -> None:
+        st = consumer.stats()
+        gone = self._gone.setdefault(consumer.group, dict.fromkeys(_GROUP_COUNTERS, 0))
+        for key in _GROUP_COUNTERS:
+            gone[key] += st[key]
         self._ring.detach(consumer._cursor)
         self._pub.unwait(consumer)
         if self._consumers.get(consumer.name) is consumer:

@@ -28,6 +28,8 @@ from meltica._core.dispatch import DispatchTable
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher._gate import Gate
 from meltica.errors import MelticaError
+from meltica.telemetry.catalog import histogram
+from meltica.telemetry.metrics import Histogram
 
 __all__ = [
     "BookTracker",
@@ -218,9 +220,13 @@ class Dispatcher:
         )
         self.last_propagation_ns: int | None = None
         self.max_propagation_ns = 0
+        # op -> control_propagation_seconds histogram (subscribe, unsubscribe)
+        self.propagation: dict[str, Histogram] = {}
         # the hot path, compiled: filter a batch through the table and pass
         # what stays on, once, with no Python frame (meltica/dispatcher/_gate.pyx)
-        self.on_events: Callable[[builtins.list[Any]], None] = Gate(table, downstream).on_events
+        # the compiled per-batch path; the engine sets gate.event_latency
+        self.gate = Gate(table, downstream)
+        self.on_events: Callable[[builtins.list[Any]], None] = self.gate.on_events
 
     # ------------------------------------------------------------ control plane
 
@@ -582,6 +588,10 @@ class Dispatcher:
         if propagated:
             self.last_propagation_ns = elapsed
             self.max_propagation_ns = max(self.max_propagation_ns, elapsed)
+            h = self.propagation.get(req.op)
+            if h is None:
+                h = self.propagation[req.op] = histogram("control_propagation_seconds", op=req.op)
+            h.observe(elapsed / 1e9)
         return ControlReply(req.request_id, True, None, result, elapsed)
 
     def _reject(self, req: ControlRequest, error: str) -> ControlReply:

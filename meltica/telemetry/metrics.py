@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -34,13 +40,19 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One metric value: ``kind`` is ``counter`` or ``gauge``; ``name`` without prefix."""
+    """One metric value of a family declared in `meltica.telemetry.catalog`.
+
+    ``kind`` is ``counter`` or ``gauge``; ``name`` is without the ``meltica_``
+    prefix (counters end in ``_total``); ``unit`` is the base unit the name ends
+    with (``seconds``, ``bytes``) or "" for counts.  Any exporter (Prometheus
+    here, OpenTelemetry elsewhere) can read these fields alone."""
 
     name: str
     kind: str
     help: str
     value: float
     labels: tuple[tuple[str, str], ...] = ()
+    unit: str = ""
 
 
 @dataclass
@@ -51,6 +63,8 @@ class Histogram:
     help: str
     labels: tuple[tuple[str, str], ...] = ()
     buckets: Sequence[float] = LATENCY_BUCKETS
+    unit: str = "seconds"
+    kind: str = "histogram"
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
     n: int = 0
@@ -66,16 +80,23 @@ class Histogram:
 
 
 def _families(samples: Iterable[Sample], histograms: Iterable[Histogram]) -> Iterator[Metric]:
-    grouped: dict[str, tuple[str, str, list[Sample]]] = {}
+    grouped: dict[str, list[Sample]] = {}
     for s in samples:
-        grouped.setdefault(s.name, (s.kind, s.help, []))[2].append(s)
-    for name, (kind, help_text, group) in grouped.items():
-        label_names = [k for k, _ in group[0].labels]
+        grouped.setdefault(s.name, []).append(s)
+    for name, group in grouped.items():
+        first = group[0]
+        label_names = [k for k, _ in first.labels]
         fam: CounterMetricFamily | GaugeMetricFamily
-        if kind == "counter":
-            fam = CounterMetricFamily(PREFIX + name, help_text, labels=label_names)
+        if first.kind == "counter":
+            # prometheus-client takes the name without _total and adds it back
+            fam = CounterMetricFamily(
+                PREFIX + name.removesuffix("_total"),
+                first.help,
+                labels=label_names,
+                unit=first.unit,
+            )
         else:
-            fam = GaugeMetricFamily(PREFIX + name, help_text, labels=label_names)
+            fam = GaugeMetricFamily(PREFIX + name, first.help, labels=label_names, unit=first.unit)
         for s in group:
             fam.add_metric([v for _, v in s.labels], s.value)
         yield fam
@@ -83,7 +104,9 @@ def _families(samples: Iterable[Sample], histograms: Iterable[Histogram]) -> Ite
     for h in histograms:
         by_name.setdefault(h.name, []).append(h)
     for name, hs in by_name.items():
-        hfam = HistogramMetricFamily(PREFIX + name, hs[0].help, labels=[k for k, _ in hs[0].labels])
+        hfam = HistogramMetricFamily(
+            PREFIX + name, hs[0].help, labels=[k for k, _ in hs[0].labels], unit=hs[0].unit
+        )
         for h in hs:
             cumulative, acc = [], 0
             for bound, c in zip([*h.buckets, math.inf], h.counts, strict=True):
@@ -128,6 +151,10 @@ class MetricsServer:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
+        # process_* (CPU, memory, file descriptors), python_gc_*, python_info
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.host = host
         self.port = port
         self._ready = ready

@@ -81,6 +81,7 @@ class TailEndpoint:
             markets=markets,
             symbols=symbols,
             policy="drop_oldest",
+            group="tail",  # one metrics series for every /tail stream
         )
         self.opened += 1
         self._open[consumer] = request

@@ -40,7 +40,8 @@ from meltica._core.events import BookDepth
 from meltica._core.parser import PARSE_REASONS, FrameParser
 from meltica.errors import ConfigError, MelticaError, ParseError
 from meltica.log import fields
-from meltica.telemetry.metrics import Sample
+from meltica.telemetry import catalog
+from meltica.telemetry.metrics import Histogram, Sample
 
 if TYPE_CHECKING:
     from meltica.config import BinanceConfig
@@ -375,6 +376,8 @@ class BinanceRest:
         self._ssl = _check_ssl(ssl_context)
         self._trace_configs = list(trace_configs)
         self._clock = clock
+        # (market, endpoint) -> latency histogram; endpoints are the keys of _PATHS
+        self._latency: dict[tuple[str, str], Histogram] = {}
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._seq = itertools.count()
@@ -494,6 +497,7 @@ class BinanceRest:
             "window_weight": st.estimate(),
             "server_weight": st.last_server_weight,
             "budget": st.budget,
+            "weight_limit": st.cfg.weight_limit_per_minute,
             "queue_depth": sum(1 for *_, fut in st.heap if not fut.done()),
             "outstanding": st.outstanding,
             "in_flight": st.in_flight,
@@ -501,27 +505,20 @@ class BinanceRest:
         }
 
     def samples(self) -> Iterator[Sample]:
-        """The counters as telemetry ``Sample``s (``meltica_rest_*``, label ``market``)."""
-        gauges = {"window_weight", "server_weight", "budget", "queue_depth", "outstanding"}
-        gauges |= {"in_flight"}
+        """The counters as telemetry ``Sample``s (``meltica_rest_*``, label ``market``;
+        declared in meltica/telemetry/catalog.py)."""
         for market in self._markets:
-            labels = (("market", market),)
-            for key, value in self.stats(market).items():
-                if key == "bans":
-                    continue
-                kind = "gauge" if key in gauges else "counter"
-                name = f"rest_{key}" + ("_total" if kind == "counter" else "")
-                yield Sample(name, kind, f"Binance REST {key.replace('_', ' ')}", value, labels)
+            yield from catalog.stats_samples("rest", self.stats(market), market=market)
             rejects = self._markets[market].parser.rejects
             for reason in PARSE_REASONS:
-                yield Sample(
-                    "rest_parse_rejects_total",
-                    "counter",
-                    "Binance REST depth snapshot bodies the parser rejected, by error reason",
-                    rejects.get(reason, 0),
-                    (*labels, ("reason", reason)),
+                yield catalog.sample(
+                    "rest_parse_rejects_total", rejects.get(reason, 0), market=market, reason=reason
                 )
-        yield Sample("rest_bans_total", "counter", "Binance REST 418 bans", self._bans)
+        yield catalog.sample("rest_bans_total", self._bans)
+
+    def histograms(self) -> Iterator[Histogram]:
+        """Request latency per market and endpoint (send to whole body read)."""
+        yield from self._latency.values()
 
     # -- request path
 
@@ -566,7 +563,7 @@ class BinanceRest:
                     deadline = self._clock() + self.retry_deadline_s
                 attempt += 1
                 try:
-                    answer = await self._send(st, url, params, weight)
+                    answer = await self._send(st, endpoint, url, params, weight)
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     if isinstance(exc, TimeoutError):
                         st.timeouts += 1
@@ -662,16 +659,27 @@ class BinanceRest:
         if window == st.window:  # a count from an earlier window says nothing about this one
             st.seen_used = max(st.seen_used, used)
 
-    async def _send(self, st: _Market, url: str, params: Mapping[str, str], weight: int) -> _Answer:
+    async def _send(
+        self, st: _Market, endpoint: str, url: str, params: Mapping[str, str], weight: int
+    ) -> _Answer:
         st.requests += 1
         try:
             session = self._open_session()
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+            t0 = time.perf_counter()
             async with session.get(url, params=params, timeout=timeout) as resp:
                 body = await resp.read()
+                self._observe_latency(st.name, endpoint, time.perf_counter() - t0)
                 return _Answer(resp.status, resp.headers, body)
         finally:
             self._release(st, weight)
+
+    def _observe_latency(self, market: str, endpoint: str, seconds: float) -> None:
+        h = self._latency.get((market, endpoint))
+        if h is None:
+            h = catalog.histogram("rest_request_duration_seconds", market=market, endpoint=endpoint)
+            self._latency[(market, endpoint)] = h
+        h.observe(seconds)
 
     def _release(self, st: _Market, weight: int) -> None:
         st.in_flight -= 1
