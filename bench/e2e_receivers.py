@@ -245,6 +245,11 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     if rss:
         samples.append((frames, perf() - t_ready, rss_bytes()))
     await engine.stop()
+    if engine.otel is not None:  # tracing on (bench_e2e.py part "tracing")
+        result["otel"] = {
+            s.name + "".join(f"{{{v}}}" for _, v in s.labels): s.value
+            for s in engine.otel.samples()
+        }
     elapsed = max(1e-9, t_last - t_first)
     # the manager's frame count includes control replies and server pings
     received = int(stats.get("frames", 0)) - int(stats.get("replies", 0))
@@ -255,6 +260,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         elapsed_s=round(elapsed, 4),
         frames_per_s=round((received - 1) / elapsed, 1),
         parse_errors=int(stats.get("parse_errors", 0)),
+        batches=int(stats.get("batches", 0)),
         reconnects=int(stats.get("reconnects", 0)),
         gaps=sum(int(i.get("gaps", 0)) for i in instruments.values()),
         resyncs=sum(int(i.get("resyncs", 0)) for i in instruments.values()),

@@ -33,6 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -287,20 +288,23 @@ class BatchTracer:
     and stage times and ends it at the bus publish.
     """
 
-    def __init__(self, tracer: Tracer, market: str, *, after: Callable[[], None] | None = None):
+    def __init__(self, tracer: Tracer, market: str) -> None:
         self._tracer = tracer
         self.market = market
         self.sampled = 0  # batches traced
-        self._after = after
+        self.spent_ns = 0  # time spent in begin and end (perf_counter_ns)
 
     def begin(self, t_recv_ns: int) -> tuple[Span, str]:
+        t0 = perf_counter_ns()
         span = self._tracer.start_span(
             "meltica.batch",
             kind=SpanKind.CONSUMER,
             start_time=t_recv_ns,
             attributes={"meltica.market": self.market},
         )
-        return span, traceparent_of(span.get_span_context())
+        tp = traceparent_of(span.get_span_context())
+        self.spent_ns += perf_counter_ns() - t0
+        return span, tp
 
     def end(
         self,
@@ -312,6 +316,7 @@ class BatchTracer:
         frames: int,
         nbytes: int,
     ) -> None:
+        t0 = perf_counter_ns()
         t_recv_ns = getattr(span, "start_time", None) or t_handoff_ns
         span.set_attributes(
             {
@@ -327,8 +332,7 @@ class BatchTracer:
         span.add_event("published", timestamp=t_published_ns)
         span.end(end_time=t_published_ns)
         self.sampled += 1
-        if self._after is not None:
-            self._after()
+        self.spent_ns += perf_counter_ns() - t0
 
 
 # ------------------------------------------------------------------ metrics bridge
@@ -448,7 +452,6 @@ class Otel:
         self._samples: Callable[[], Iterable[Sample]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batch_tracers: list[BatchTracer] = []
-        self.on_batch_published: Callable[[], None] | None = None
 
     # -- pieces handed to components
 
@@ -548,6 +551,12 @@ class Otel:
             "counter",
             "Listener batches sampled for a span (telemetry.trace_sample_ratio)",
             float(sum(bt.sampled for bt in self.batch_tracers)),
+        )
+        yield Sample(
+            "otel_batch_span_seconds",
+            "counter",
+            "Time the listeners spent making the spans of sampled batches (begin and end)",
+            sum(bt.spent_ns for bt in self.batch_tracers) / 1e9,
         )
         for outcome, value in (("ok", c.metric_exports), ("failed", c.metric_failures)):
             yield Sample(
