@@ -296,6 +296,15 @@ def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict
         "budget": TRACING_BUDGETS,
         "pass": {k: ratios[k] >= TRACING_BUDGETS[k] and not failed for k in ratios},
         "sink": sink_counts,
+        # the direct cost, free of the rounds' noise: time the listeners spent
+        # making batch spans, as a share of the round's elapsed time
+        "span_cost_share": _median(
+            [
+                x["otel"].get("otel_batch_span_seconds", 0.0) / x["elapsed_s"]
+                for x in runs["default"]
+                if x.get("ok") and x.get("otel") and x.get("elapsed_s")
+            ]
+        ),
         "sampled_batches": sum(
             x.get("otel", {}).get("otel_batches_sampled", 0) for x in runs["default"]
         ),
@@ -510,6 +519,11 @@ def table(report: dict[str, Any]) -> str:
                 f"| {tr['ratio'][name]:.3f} (÷ tracing off) | ≥ {TRACING_BUDGETS[name]:.2f} "
                 f"| {_yes(tr['pass'][name])} |"
             )
+        lines.append(
+            f"| time spent making batch spans at the default ratio, share of the round "
+            f"(median; {tr['sampled_batches']:.0f} of {tr['batches']:,} batches sampled) | - "
+            f"| {100 * tr['span_cost_share']:.3f} % | - | - | - |"
+        )
     rss = report.get("rss")
     if rss and "drift_pct" in rss:
         lines.append(
