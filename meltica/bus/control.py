@@ -93,10 +93,11 @@ class InProcessControlBus:
             reply = await self._request(req)
         span.set_attribute("meltica.ok", reply.ok)
         span.add_event("reply")
-        if id(span) in HELD_SPANS:
-            HELD_SPANS.discard(id(span))  # ends at the first event (the Dispatcher)
-        else:
+        watch = HELD_SPANS.pop(id(span), None)
+        if watch is None:
             end_span(span, error=None if reply.ok else reply.error)
+        else:  # the Dispatcher watches for the first event: the span ends with that watch
+            watch.add_done_callback(lambda _: span.end())
         return reply
 
     async def _request(self, req: ControlRequest) -> ControlReply:

@@ -510,9 +510,9 @@ class Dispatcher:
         return added
 
     def _first_event(self, span: Any, routes: builtins.list[RouteKey]) -> None:
-        """End ``span`` when the first event of any of ``routes`` has passed the
-        table (polled: only traced requests do this), or after the ack timeout."""
-        HELD_SPANS.add(id(span))
+        """Watch for the first event of any of ``routes`` through the table (polled:
+        only traced requests do this), for at most the ack timeout; it is an event
+        of ``span``, which the requester ends once this watch is done."""
         keys = list(dict.fromkeys(routes))
 
         def delivered() -> int:
@@ -531,15 +531,14 @@ class Dispatcher:
                 while loop.time() < deadline:
                     if delivered():
                         seen = True
+                        span.add_event("first_event")
                         break
                     await asyncio.sleep(0.005)
             finally:
-                if seen:
-                    span.add_event("first_event")
                 span.set_attribute("meltica.first_event", seen)
-                span.end()
 
         task = asyncio.get_running_loop().create_task(wait(), name="control-first-event")
+        HELD_SPANS[id(span)] = task
         self._waits.add(task)
         task.add_done_callback(self._waits.discard)
 

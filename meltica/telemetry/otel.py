@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
@@ -40,7 +42,12 @@ from urllib.parse import urlsplit
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -249,6 +256,38 @@ class _CountingExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+class _CountingMetricExporter(MetricExporter):
+    """Counts metric export rounds by outcome (the reader ignores the result)."""
+
+    def __init__(self, inner: MetricExporter, counts: _Counts) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._counts = counts
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        with self._counts.lock:
+            if result is MetricExportResult.SUCCESS:
+                self._counts.metric_exports += 1
+            else:
+                self._counts.metric_failures += 1
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
 class _BoundedProcessor(SpanProcessor):
     """A `BatchSpanProcessor` behind an admission count: a span finding
     ``capacity`` spans queued is dropped here (counted, no log line per span)."""
@@ -389,6 +428,51 @@ def _unit_of(name: str) -> str:
     return "1"
 
 
+# ------------------------------------------------------------------ exporter logs
+
+
+class _OncePerInterval(logging.Filter):
+    """Lets one record through per interval; counts the others and says so in
+    the next one.  Failed exports are counted (otel_spans_total, ...): a collector
+    that stays down must not write a log line per attempt."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._next = 0.0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self.interval_s
+        if self.suppressed:
+            record.msg = (
+                f"{record.msg} [and {self.suppressed} more OpenTelemetry export messages "
+                f"in the last {self.interval_s:g} s; failures are counted in "
+                "meltica_otel_spans_total and meltica_otel_metric_exports_total]"
+            )
+            self.suppressed = 0
+        return True
+
+
+_EXPORT_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.sdk._shared_internal",
+)
+
+
+def _quiet_exporter_logs() -> None:
+    for name in _EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OncePerInterval) for f in logger.filters):
+            logger.addFilter(_OncePerInterval())
+
+
 # ------------------------------------------------------------------ the whole
 
 
@@ -419,6 +503,7 @@ class Otel:
         # resolve() already read OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
         self.resource = Resource(attrs)
         self.counts = _Counts(settings.queue_size)
+        _quiet_exporter_logs()
         if span_exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -445,7 +530,7 @@ class Otel:
             )
         # collected on demand (see _metrics_loop): no reader thread of its own
         self.reader = PeriodicExportingMetricReader(
-            metric_exporter, export_interval_millis=math.inf
+            _CountingMetricExporter(metric_exporter, self.counts), export_interval_millis=math.inf
         )
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader])
         self.bridge = _MetricsBridge(self.meter_provider.get_meter("meltica", __version__))
@@ -496,12 +581,12 @@ class Otel:
             return
         self.bridge.update(list(self._samples()))
         try:
+            # the exporter's outcome is counted by _CountingMetricExporter
             await asyncio.to_thread(self.reader.collect, _EXPORT_TIMEOUT_S * 1000)
-        except Exception as exc:  # exporter errors are logged and counted, never raised
-            self.counts.metric_failures += 1
-            log.debug("OTLP metrics export failed: %s", exc)
-        else:
-            self.counts.metric_exports += 1
+        except Exception as exc:  # a collection error: logged and counted, never raised
+            with self.counts.lock:
+                self.counts.metric_failures += 1
+            log.debug("OTLP metrics collection failed: %s", exc)
 
     async def stop(self) -> None:
         """A last metrics export and span flush (bounded), then shut down."""

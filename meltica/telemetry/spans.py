@@ -10,6 +10,7 @@ context, the form the ``trace`` field of an event and the NATS
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,9 +28,10 @@ __all__ = [
     "traceparent_of",
 ]
 
-# ids of spans a callee took over (it ends them later): whoever started such a
-# span must not end it (the control request span, which ends at the first event)
-HELD_SPANS: set[int] = set()
+# Spans whose end waits for something a callee watches: span id -> the
+# callee's task.  Whoever started such a span ends it when that task is done,
+# not before (the control request span, which ends at the first event).
+HELD_SPANS: dict[int, asyncio.Future[Any]] = {}
 
 
 def traceparent_of(ctx: SpanContext) -> str:

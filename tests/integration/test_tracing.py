@@ -240,6 +240,8 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         counts = otel_counts(engine)
         assert counts["otel_spans{exported}"] == len(spans)
         assert counts["otel_spans{dropped}"] == 0 and counts["otel_spans{failed}"] == 0
+        assert counts["otel_metric_exports{ok}"] >= 1
+        assert counts["otel_metric_exports{failed}"] == 0
 
     run(scenario)
 
@@ -251,7 +253,9 @@ def _dead_port() -> int:
     return port  # closed: connecting is refused
 
 
-def test_a_collector_that_is_down_costs_only_counted_drops() -> None:
+def test_a_collector_that_is_down_costs_only_counted_drops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     source = SyntheticMarket(markets=("spot",), symbols_per_market=2, seed=3)
 
     async def scenario() -> None:
@@ -263,6 +267,7 @@ def test_a_collector_that_is_down_costs_only_counted_drops() -> None:
             f"telemetry.otlp_endpoint=http://127.0.0.1:{_dead_port()}",
             "telemetry.trace_sample_ratio=1.0",
             "telemetry.trace_queue_size=16",
+            "telemetry.otlp_metrics_interval_s=0.2",
         )
         events = Collector(engine, "all")
         try:
@@ -286,6 +291,11 @@ def test_a_collector_that_is_down_costs_only_counted_drops() -> None:
         final = otel_counts(engine)
         assert final["otel_spans{dropped}"] > 0
         assert final["otel_spans{exported}"] == 0
+        assert final["otel_metric_exports{failed}"] >= 1
+        # the failures are counted, not logged per attempt: a line per exporter per minute
+        noisy = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+        per_logger = {r.name: sum(1 for x in noisy if x.name == r.name) for r in noisy}
+        assert noisy and max(per_logger.values()) == 1, per_logger
 
     run(scenario)
 
