@@ -201,6 +201,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     first_e = 0
     next_sample = 0
     t_first = t_last = t_ready = 0.0
+    cpu_first = cpu_last = 0.0  # the process's CPU time (all threads) at those instants
     pauses: GcPauses | None = None
     perf = time.perf_counter
     now_ns = time.time_ns
@@ -220,6 +221,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
                 now = now_ns()
                 if not t_first and any(ev.kind in FRAME_KINDS for ev in batch):
                     t_first = perf()  # the first exchange data, not the connection_state
+                    cpu_first = time.process_time()
                 events += len(batch)
                 for ev in batch:
                     if ev.seq == SENTINEL_TRADE_ID and ev.kind == "trade":
@@ -237,6 +239,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
                     samples.append((frames, perf() - t_ready, rss_bytes()))
                     next_sample = frames + every
             t_last = perf()
+            cpu_last = time.process_time()
     except Exception as exc:  # a failed round (timeout, ConsumerOverflow, ...) keeps its stats
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     stats = engine.managers[MARKET].stats()
@@ -258,6 +261,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         frames=received,
         events=events,
         elapsed_s=round(elapsed, 4),
+        cpu_s=round(cpu_last - cpu_first, 4),
         frames_per_s=round((received - 1) / elapsed, 1),
         parse_errors=int(stats.get("parse_errors", 0)),
         batches=int(stats.get("batches", 0)),
