@@ -324,6 +324,13 @@ def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict
                 if x.get("ok") and x.get("otel") and x.get("elapsed_s")
             ]
         ),
+        "export_cpu_share": _median(
+            [
+                x["otel"].get("otel_span_export_cpu_seconds", 0.0) / x["elapsed_s"]
+                for x in runs["default"]
+                if x.get("ok") and x.get("otel") and x.get("elapsed_s")
+            ]
+        ),
         "sampled_batches": sum(
             x.get("otel", {}).get("otel_batches_sampled", 0) for x in runs["default"]
         ),
@@ -549,6 +556,10 @@ def table(report: dict[str, Any]) -> str:
             f"| time spent making batch spans at the default ratio, share of the round "
             f"(median; {tr['sampled_batches']:.0f} of {tr['batches']:,} batches sampled) | - "
             f"| {100 * tr['span_cost_share']:.3f} % | - | - | - |"
+        )
+        lines.append(
+            "| CPU time of the span export thread at the default ratio, share of the round "
+            f"(median) | - | {100 * tr['export_cpu_share']:.3f} % | - | - | - |"
         )
     rss = report.get("rss")
     if rss and "drift_pct" in rss:
