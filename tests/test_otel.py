@@ -4,6 +4,10 @@ sampling decision, and the W3C trace context helpers (docs/tracing.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -284,3 +288,19 @@ def test_a_traced_batch_stamps_what_the_pipeline_added() -> None:
         assert extra and extra[0].trace == "00-" + f"{1:032x}-{1:016x}-01"
 
     run(main)
+
+
+def test_run_with_a_bad_otel_variable_fails_at_start_naming_it() -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MELTICA_"))}
+    env.update(PYTHONPATH=str(root), OTEL_TRACES_SAMPLER="sometimes")
+    proc = subprocess.run(
+        [sys.executable, "-m", "meltica", "run", "--duration", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "OTEL_TRACES_SAMPLER: expected one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
