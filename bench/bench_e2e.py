@@ -324,13 +324,21 @@ def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict
                 if x.get("ok") and x.get("otel") and x.get("elapsed_s")
             ]
         ),
-        "export_cpu_share": _median(
-            [
-                x["otel"].get("otel_span_export_cpu_seconds", 0.0) / x["elapsed_s"]
-                for x in runs["default"]
-                if x.get("ok") and x.get("otel") and x.get("elapsed_s")
-            ]
-        ),
+        # CPU of the export thread and the metric rounds, share of the round, per config
+        "export_cpu_share": {
+            k: _median(
+                [
+                    (
+                        x["otel"].get("otel_span_export_cpu_seconds", 0.0)
+                        + x["otel"].get("otel_metrics_cpu_seconds", 0.0)
+                    )
+                    / x["elapsed_s"]
+                    for x in runs[k]
+                    if x.get("ok") and x.get("otel") and x.get("elapsed_s")
+                ]
+            )
+            for k in ("default", "zero")
+        },
         "sampled_batches": sum(
             x.get("otel", {}).get("otel_batches_sampled", 0) for x in runs["default"]
         ),
@@ -557,9 +565,11 @@ def table(report: dict[str, Any]) -> str:
             f"(median; {tr['sampled_batches']:.0f} of {tr['batches']:,} batches sampled) | - "
             f"| {100 * tr['span_cost_share']:.3f} % | - | - | - |"
         )
+        share = tr["export_cpu_share"]
         lines.append(
-            "| CPU time of the span export thread at the default ratio, share of the round "
-            f"(median) | - | {100 * tr['export_cpu_share']:.3f} % | - | - | - |"
+            "| CPU time of span export and OTLP metric rounds, share of the round (median; "
+            f"ratio 0: {100 * share['zero']:.3f} %) | - | {100 * share['default']:.3f} % "
+            "| - | - | - |"
         )
     rss = report.get("rss")
     if rss and "drift_pct" in rss:
