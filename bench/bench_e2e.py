@@ -23,7 +23,8 @@ per round (bench/e2e_sender.py, bench/e2e_receivers.py):
    throughput rounds as in part 1 with OpenTelemetry off (no endpoint), on at
    the default ``telemetry.trace_sample_ratio`` (0.01), and on at ratio 0,
    the three interleaved in every round (the order rotates), exporting to an
-   OTLP/HTTP sink in its own process that decodes and counts the spans.
+   OTLP/HTTP sink in its own process that decodes and counts the spans (the
+   start-up spans are flushed before the data starts, as subscribing is done).
    Budgets: median over rounds of (on ÷ off) >= 0.97, of (ratio 0 ÷ off)
    >= 0.99, both within the same round.  Beside them: the gateway process's
    CPU time per round (all threads, so the export thread too), off ÷ on per

@@ -209,6 +209,10 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         reply = await engine.subscribe_streams(MARKET, info["streams"])
         if not reply.ok:
             raise RuntimeError(f"subscribe failed: {reply.error}")
+        if engine.otel is not None:
+            # start-up spans (exchangeInfo, snapshots, the subscribe) go out before the
+            # data, as subscribing itself does: the round measures the steady state
+            await asyncio.to_thread(engine.otel.provider.force_flush, 10_000)
         t_ready = perf()
         pauses = GcPauses()
         if rss:
