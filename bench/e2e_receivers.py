@@ -185,6 +185,14 @@ def _engine(mode: str, info: dict[str, Any], extra: list[str]) -> Any:
     return Engine(load_config(None, env={}, overrides=overrides), subscribe_on_start=False)
 
 
+def _otel_counters(engine: Any) -> dict[str, float]:
+    return {
+        s.name + "".join(f"{{{v}}}" for _, v in s.labels): s.value
+        for s in engine.otel.samples()
+        if s.kind == "counter"
+    }
+
+
 async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[str, Any]) -> None:
     engine = _engine(mode, info, list(p.get("overrides", [])))
     consumer = engine.bus.subscribe("bench", policy="block")
@@ -202,6 +210,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     next_sample = 0
     t_first = t_last = t_ready = 0.0
     cpu_first = cpu_last = 0.0  # the process's CPU time (all threads) at those instants
+    otel_start: dict[str, float] = {}
     pauses: GcPauses | None = None
     perf = time.perf_counter
     now_ns = time.time_ns
@@ -213,6 +222,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
             # start-up spans (exchangeInfo, snapshots, the subscribe) go out before the
             # data, as subscribing itself does: the round measures the steady state
             await asyncio.to_thread(engine.otel.provider.force_flush, 10_000)
+            otel_start = _otel_counters(engine)
         t_ready = perf()
         pauses = GcPauses()
         if rss:
@@ -252,11 +262,9 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     if rss:
         samples.append((frames, perf() - t_ready, rss_bytes()))
     await engine.stop()
-    if engine.otel is not None:  # tracing on (bench_e2e.py part "tracing")
-        result["otel"] = {
-            s.name + "".join(f"{{{v}}}" for _, v in s.labels): s.value
-            for s in engine.otel.samples()
-        }
+    if engine.otel is not None:  # tracing on (bench_e2e.py part "tracing"): this round's
+        end = _otel_counters(engine)
+        result["otel"] = {k: v - otel_start.get(k, 0.0) for k, v in end.items()}
     elapsed = max(1e-9, t_last - t_first)
     # the manager's frame count includes control replies and server pings
     received = int(stats.get("frames", 0)) - int(stats.get("replies", 0))
