@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.faults import FaultPlan
 from meltica.replay.synthetic import SyntheticMarket
+from meltica.telemetry.otel import _EXPORT_LOGGERS, _OncePerInterval
 from meltica.wire import encode
 
 # the OTEL_* variables win over telemetry.*: none may leak in from the shell
@@ -257,6 +259,11 @@ def test_a_collector_that_is_down_costs_only_counted_drops(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     source = SyntheticMarket(markets=("spot",), symbols_per_market=2, seed=3)
+    # the exporter log limiter is per process: start this test with a fresh minute
+    for name in _EXPORT_LOGGERS:
+        for f in logging.getLogger(name).filters:
+            if isinstance(f, _OncePerInterval):
+                f._next = 0.0
 
     async def scenario() -> None:
         fake = FakeExchange(source, speed=4.0)
