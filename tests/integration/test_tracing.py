@@ -123,6 +123,7 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         [
             f"drop:market=spot,symbol={spot_a},at_frame=300,count=3",  # a gap: a resync
             "close:market=spot,connection=0,at_frame=700,code=1011",  # a dropped connection
+            "shutdown:market=spot,connection=1,at_frame=300",  # serverShutdown: a rotation
         ]
     )
 
@@ -155,6 +156,7 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
             )
             assert reply.ok, reply
             await events.wait_for(lambda e: e.kind == "agg_trade" and e.symbol == spot_b)
+            await events.wait_for(lambda e: e.kind == "connection_state" and e.state == "rotated")
             await wait_until(lambda: bool(receiver.metric_names), what="an OTLP metrics export")
         finally:
             await engine.stop()
@@ -232,6 +234,10 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         drops = receiver.named("ws.drop")
         assert drops and drops[0].attributes["meltica.market"] == "spot"
         assert drops[0].attributes["meltica.reason"]
+
+        rotations = receiver.named("ws.rotate")
+        assert rotations and rotations[0].attributes["meltica.reason"] == "server_shutdown"
+        assert rotations[0].status_code != 2, rotations[0]  # the new connection took over
 
         # the counters arrived as OTel metrics too, read from the same samples
         assert "meltica.ws_frames" in receiver.metric_names, sorted(receiver.metric_names)
