@@ -388,8 +388,10 @@ class _MetricsBridge:
     The snapshot is taken on the event loop (where the counters live), then
     the reader collects and exports in a worker thread; an instrument is
     made the first time its name appears (counter -> ObservableCounter,
-    anything else -> ObservableGauge), with the sample's help as its
-    description and its unit from the name's suffix.
+    anything else -> ObservableGauge), with the family's declared help as its
+    description and its declared unit in UCUM (``s``, ``By``, ``1``).  OTel
+    names counters without Prometheus' ``_total`` suffix: ``ws_frames_total``
+    on ``/metrics`` is the instrument ``meltica.ws_frames``.
     """
 
     def __init__(self, meter: Meter, prefix: str = "meltica.") -> None:
@@ -414,10 +416,13 @@ class _MetricsBridge:
         def observe(options: CallbackOptions, name: str = name) -> Iterable[Observation]:
             return [Observation(s.value, dict(s.labels)) for s in self._snapshot.get(name, ())]
 
-        unit = _unit_of(name)
+        unit = _UCUM.get(first.unit, first.unit or "1")
         if first.kind == "counter":
             self._meter.create_observable_counter(
-                self._prefix + name, [observe], unit=unit, description=first.help
+                self._prefix + name.removesuffix("_total"),
+                [observe],
+                unit=unit,
+                description=first.help,
             )
         else:
             self._meter.create_observable_gauge(
@@ -426,11 +431,8 @@ class _MetricsBridge:
         self.instruments += 1
 
 
-def _unit_of(name: str) -> str:
-    for suffix, unit in (("_seconds", "s"), ("_bytes", "By"), ("_ns", "ns")):
-        if name.endswith(suffix) or f"{suffix}_" in name:
-            return unit
-    return "1"
+# the catalogue's base units in UCUM, as OTel names them
+_UCUM: Final[Mapping[str, str]] = {"seconds": "s", "bytes": "By", "": "1"}
 
 
 # ------------------------------------------------------------------ exporter logs

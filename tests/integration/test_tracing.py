@@ -246,10 +246,10 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         assert max(v for _, v in frames) > 0
 
         counts = otel_counts(engine)
-        assert counts["otel_spans{exported}"] == len(spans)
-        assert counts["otel_spans{dropped}"] == 0 and counts["otel_spans{failed}"] == 0
-        assert counts["otel_metric_exports{ok}"] >= 1
-        assert counts["otel_metric_exports{failed}"] == 0
+        assert counts["otel_spans_total{exported}"] == len(spans)
+        assert counts["otel_spans_total{dropped}"] == 0 and counts["otel_spans_total{failed}"] == 0
+        assert counts["otel_metric_exports_total{ok}"] >= 1
+        assert counts["otel_metric_exports_total{failed}"] == 0
 
     run(scenario)
 
@@ -286,11 +286,11 @@ def test_a_collector_that_is_down_costs_only_counted_drops(
         try:
             await engine.start()
             await wait_until(
-                lambda: otel_counts(engine)["otel_spans{dropped}"] > 0,
+                lambda: otel_counts(engine)["otel_spans_total{dropped}"] > 0,
                 what="spans dropped at the full queue",
             )
             counts = otel_counts(engine)
-            assert counts["otel_spans{exported}"] == 0
+            assert counts["otel_spans_total{exported}"] == 0
             assert counts["otel_span_queue"] <= 16
             # the pipeline keeps running past the drops
             n = len(events.events)
@@ -302,9 +302,9 @@ def test_a_collector_that_is_down_costs_only_counted_drops(
             await events.close()
             await fake.stop()
         final = otel_counts(engine)
-        assert final["otel_spans{dropped}"] > 0
-        assert final["otel_spans{exported}"] == 0
-        assert final["otel_metric_exports{failed}"] >= 1
+        assert final["otel_spans_total{dropped}"] > 0
+        assert final["otel_spans_total{exported}"] == 0
+        assert final["otel_metric_exports_total{failed}"] >= 1
         # the failures are counted, not logged per attempt: a line per exporter per minute
         noisy = [r for r in caplog.records if r.name.startswith("opentelemetry")]
         per_logger = {r.name: sum(1 for x in noisy if x.name == r.name) for r in noisy}

@@ -44,7 +44,6 @@ from meltica.errors import ConfigError, MelticaError, ParseError
 from meltica.log import fields
 from meltica.telemetry import catalog
 from meltica.telemetry.metrics import Histogram, Sample
-from meltica.telemetry.metrics import Sample
 from meltica.telemetry.spans import end_span, start_span
 
 if TYPE_CHECKING:
