@@ -21,6 +21,7 @@ import nats
 import pytest
 from aio import run
 from brokers import NatsServer
+from bus_collector import Collector
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -52,35 +53,6 @@ _OTEL_VARS = (
 def _clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _OTEL_VARS:
         monkeypatch.delenv(name, raising=False)
-
-
-class Collector:
-    """A bus consumer task that keeps every event it receives."""
-
-    def __init__(self, engine: Engine, name: str) -> None:
-        self.consumer = engine.bus.subscribe(name)
-        self.events: list[Any] = []
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        async for batch in self.consumer:
-            self.events.extend(batch)
-
-    async def wait_for(self, pred: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for ev in self.events[seen:]:
-                if pred(ev):
-                    return ev
-            seen = len(self.events)
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no matching event within {timeout} s ({len(self.events)} seen)")
-
-    async def close(self) -> None:
-        self.consumer.close()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
 
 
 def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
