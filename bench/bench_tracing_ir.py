@@ -28,7 +28,7 @@ gateway runs under valgrind, a fresh process per run:
 Start-up (imports, config, exchangeInfo, snapshots, subscribing, and the
 start-up spans, which are flushed first as in bench_e2e) runs uninstrumented.
 Once the streams are subscribed the gateway turns instrumentation on and zeroes
-the counters through callgrind's client requests (a C shim of three functions,
+the counters through callgrind's client requests (a C shim of two functions,
 compiled at run time against ``<valgrind/callgrind.h>``), tells the orchestrator
 it is ready, and the sender starts.  At the sentinel trade it flushes the span
 processor (so every span that ended in the window is encoded and POSTed to the
