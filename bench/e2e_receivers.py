@@ -186,8 +186,9 @@ def _engine(mode: str, info: dict[str, Any], extra: list[str]) -> Any:
 
 
 def _otel_counters(engine: Any) -> dict[str, float]:
+    """The exporter's counters by name without ``_total`` (``otel_batches_sampled``)."""
     return {
-        s.name + "".join(f"{{{v}}}" for _, v in s.labels): s.value
+        s.name.removesuffix("_total") + "".join(f"{{{v}}}" for _, v in s.labels): s.value
         for s in engine.otel.samples()
         if s.kind == "counter"
     }
