@@ -30,9 +30,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.asyncio.retry import Retry
 
 from meltica import wire
 
@@ -228,9 +228,7 @@ class RedisSnapshotWriter:
         """Start the writer task.  An unreachable Redis does not fail this: the
         writer reports not connected (``not_ready``) and keeps trying."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="snapshot-redis"
-            )
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="snapshot-redis")
 
     async def stop(self) -> None:
         """Write what is pending once more (bounded by the timeout), then close."""
@@ -324,7 +322,9 @@ class RedisSnapshotWriter:
                 # a restarted Redis lost its script cache: load and send those again
                 await self._connect()
                 again = {
-                    k: ev for (k, ev), r in zip(batch.items(), results) if isinstance(r, NoScriptError)
+                    k: ev
+                    for (k, ev), r in zip(batch.items(), results, strict=True)
+                    if isinstance(r, NoScriptError)
                 }
                 redo = iter(await self._pipeline(again))
                 results = [next(redo) if isinstance(r, NoScriptError) else r for r in results]
@@ -336,7 +336,7 @@ class RedisSnapshotWriter:
         lag = self.lag_ns
         c = self.counters
         c["pipelines"] += 1
-        for ev, r in zip(batch.values(), results):
+        for ev, r in zip(batch.values(), results, strict=True):
             if isinstance(r, Exception):
                 c["errors"] += 1
                 if c["errors"] == 1:

@@ -624,9 +624,7 @@ _DECLARED: tuple[Family, ...] = (
         (),
     ),
     Family("snapshot_redis_pending", GAUGE, "", "Book states queued for Redis (one per key)", ()),
-    Family(
-        "snapshot_redis_queue_max", GAUGE, "", "Most keys the Redis write queue holds", ()
-    ),
+    Family("snapshot_redis_queue_max", GAUGE, "", "Most keys the Redis write queue holds", ()),
     Family("snapshot_redis_connected", GAUGE, "", "1 while Redis answers, else 0", ()),
     # ---------------------------------------------------------------- /tail
     Family("tail_open", GAUGE, "", "/tail streams open now", ()),
