@@ -22,6 +22,10 @@ Two measurements:
    each candidate goes; book states handled per second (the writer coalesces:
    states replaced in its queue before they were sent count as handled, and
    the Redis writes it actually made are shown too).
+3. **Hot-path cost**: what the batch path pays per batch with the Redis
+   backend, ``offer`` of a one-book batch (no task running, so it only
+   queues), ns per call, next to the in-memory store's compare-and-set of the
+   same state through its Python wrapper.
 
 Run from the repo root: ``python bench/bench_redis.py [--rounds 5] [--seconds 4]
 [--books 5] [--batches 4000]``.  Prints a Markdown table.
@@ -41,10 +45,12 @@ import time
 from pathlib import Path
 
 import uvloop
+from harness import measure
 
 from meltica import wire
 from meltica._core.events import BookDepth, event_from_wire
 from meltica.snapshot.redis_store import CAS_SCRIPT, RedisSnapshotWriter, redis_client
+from meltica.snapshot.store import MemorySnapshotStore
 
 DEPTH = 20
 
@@ -218,6 +224,28 @@ async def capacity(cand: str, url: str, batches: int, nbooks: int, r: int) -> di
     return {"states_per_s": batches * nbooks / elapsed, "redis_writes_per_s": written / elapsed}
 
 
+def hot_path_cost(rounds: int) -> dict[str, float]:
+    n = 20_000
+    book = Book(0).update()
+    ev = book.last_fused
+    assert ev is not None
+    w = RedisSnapshotWriter("redis://127.0.0.1:1/0", key_prefix="h", ttl_s=60, queue_max=10)
+    mem = MemorySnapshotStore(10)
+    batch = [book]
+    key = book.store_key
+
+    def offer() -> None:
+        for _ in range(n):
+            w.offer(batch)
+
+    def cas() -> None:
+        for v in range(1, n + 1):
+            mem.compare_and_set(key, v - 1 if v > 1 else None, v, ev)
+        mem.delete(key)
+
+    return measure({"offer": offer, "memory_cas": cas}, n, rounds=rounds)
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_redis(Path(tmp))
@@ -260,6 +288,11 @@ async def main(args: argparse.Namespace) -> None:
     for n in names:
         s = med(cap[n], "states_per_s")
         print(f"| {n} | {s:,.0f} | {med(cap[n], 'redis_writes_per_s'):,.0f} | {s / base:.2f}x |")
+    hot = hot_path_cost(max(args.rounds, 5))
+    print("\nHot-path cost per batch of one book (ns per call)\n")
+    print("| call | ns |\n|---|---|")
+    print(f"| writer.offer([book]) | {hot['offer']:.0f} |")
+    print(f"| MemorySnapshotStore.compare_and_set (Python wrapper) | {hot['memory_cas']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -264,13 +264,19 @@ class RedisSnapshotWriter:
     async def _run(self) -> None:
         backoff = self.retry_s
         while True:
+            probe = False
             if not self.pending:
-                with contextlib.suppress(TimeoutError):
+                # only an offer sets the event, and it leaves a state pending
+                self._wake.clear()
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.probe_s)
-            self._wake.clear()
+                except TimeoutError:
+                    probe = True
             try:
                 if self.pending:
                     await self._flush()
+                elif not probe:
+                    continue
                 elif not self.connected or self.sha is None:
                     await self._connect()
                 else:
