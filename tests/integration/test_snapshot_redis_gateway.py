@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 from aio import run
 from brokers import RedisServer
-from test_gateway import Collector, make_engine
+from bus_collector import Collector
+from test_gateway import make_engine
 
 from meltica import wire
 from meltica.replay.exchange import FakeExchange
