@@ -66,9 +66,7 @@ LogFormat = Literal["text", "json"]
 
 # Keys documented for backends this version does not have, per section class:
 # they accept only their default, so a value that would do nothing is an error.
-RESERVED: Final[Mapping[str, tuple[str, ...]]] = {
-    "SnapshotConfig": ("backend", "redis_url", "key_prefix"),
-}
+RESERVED: Final[Mapping[str, tuple[str, ...]]] = {}
 
 # Environment variables with the MELTICA_ prefix that belong to other tools.
 _NOT_CONFIG: Final = frozenset(("MELTICA_DEBUG", "MELTICA_CONFIG", "MELTICA_CAPTURES"))
@@ -491,16 +489,24 @@ class GatewayConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class SnapshotConfig(_Section):
-    """SnapshotStore backend and entry lifetime."""
+    """SnapshotStore backend and entry lifetime (docs/snapshot.md)."""
 
     backend: Backend = "memory"
     ttl_s: float = _f(60.0, _positive)
     redis_url: str = _f("redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"))
     key_prefix: str = _f("meltica", _non_empty)
     max_entries: int = _f(100_000, _between(1, 100_000_000))
+    redis_queue_max: int = _f(10_000, _between(1, 10_000_000))
+    redis_timeout_s: float = _f(1.0, _between(0.01, 60))
 
     def _check_together(self) -> None:
-        self._reserved("this version has only the in-memory SnapshotStore")
+        if self.backend == "redis":
+            from redis.asyncio.connection import parse_url
+
+            try:
+                parse_url(self.redis_url)
+            except ValueError as exc:
+                self._reject("redis_url", f"{exc}: {log.redact(self.redis_url)!r}")
 
 
 @dataclass(frozen=True, slots=True)

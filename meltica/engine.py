@@ -42,6 +42,7 @@ from meltica.dispatcher.dispatcher import Dispatcher
 from meltica.errors import MelticaError
 from meltica.log import root as _root_log
 from meltica.snapshot import MemorySnapshotStore
+from meltica.snapshot.redis_store import RedisSnapshotWriter
 from meltica.telemetry.catalog import histogram, sample, stats_samples
 from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
 from meltica.telemetry.otel import Otel, resolve
@@ -115,6 +116,20 @@ class Engine:
         self.store = MemorySnapshotStore(
             config.snapshot.max_entries, default_ttl_s=config.snapshot.ttl_s
         )
+        sc = config.snapshot
+        # snapshot.backend redis: the in-memory store above stays written from C;
+        # the writer copies each batch's book states to Redis off the hot path
+        self.redis_store: RedisSnapshotWriter | None = (
+            RedisSnapshotWriter(
+                sc.redis_url,
+                key_prefix=sc.key_prefix,
+                ttl_s=sc.ttl_s,
+                queue_max=sc.redis_queue_max,
+                timeout_s=sc.redis_timeout_s,
+            )
+            if sc.backend == "redis"
+            else None
+        )
         c = config.conductor
         self.conductor = Conductor(
             self.bus.publish_batch,
@@ -127,6 +142,7 @@ class Engine:
             snapshot_retry_max_s=c.snapshot_retry_max_s,
             snapshot_ttl_s=config.snapshot.ttl_s,
             analytics=c.analytics,
+            mirror=None if self.redis_store is None else self.redis_store.offer,
         )
         self.table = DispatchTable()
         self.managers: dict[str, ConnectionManager] = {}
@@ -259,6 +275,8 @@ class Engine:
         try:
             if self.config.bus.backend == "nats":
                 await self._start_nats()
+            if self.redis_store is not None:
+                await self.redis_store.start()
             for market in self.markets:
                 try:
                     await self.instruments.refresh(market)
@@ -327,6 +345,8 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.conductor.stop()
+        if self.redis_store is not None:
+            await self.redis_store.stop()
         if self.control_nats is not None:
             await self.control_nats.stop()
             self.control_nats = None
@@ -448,6 +468,8 @@ class Engine:
                 if inst.get("retry_in_s") is not None:
                     line += f", next snapshot in {inst['retry_in_s']:.1f} s"
             out.append(line)
+        if self.redis_store is not None:
+            out.extend(self.redis_store.not_ready())
         return out
 
     def histograms(self) -> Iterator[Histogram]:
@@ -504,6 +526,8 @@ class Engine:
         for group, gstats in self.bus.group_stats().items():
             yield from stats_samples("bus_consumer", gstats, consumer=group)
         yield from stats_samples("snapshot", self.store.stats())
+        if self.redis_store is not None:
+            yield from stats_samples("snapshot_redis", self.redis_store.stats())
         yield from stats_samples("tail", self.tail.stats())
         if self.nats_bus is not None:
             yield from stats_samples("nats", self.nats_bus.stats())

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from brokers import nats_server  # noqa: F401 - a fixture for every test module
+from brokers import nats_server, redis_server  # noqa: F401 - fixtures for every test module
 
 
 @pytest.fixture(scope="session")

@@ -16,5 +16,6 @@ class Flow:
         trade_hooks: bool,
         mem: Any = None,
         mem_ttl_ns: int = 0,
+        mirror: Callable[[list[Any]], None] | None = None,
     ) -> None: ...
     def on_events(self, batch: list[Any]) -> None: ...

@@ -32,6 +32,8 @@ cdef class Flow:
     trades exist; mem, mem_ttl_ns: the in-memory SnapshotStore and its entry
     TTL, written here through its C table (held) and its clock (read per
     batch); mem None: every store write goes through ``conductor._store_book``.
+    mirror: None, or called once per batch with the books fused in it (the
+    Redis writer's ``offer``: it queues their latest states, no I/O).
     """
     cdef object conductor
     cdef BookSet books
@@ -41,9 +43,10 @@ cdef class Flow:
     cdef object mem
     cdef object mem_table
     cdef int64_t mem_ttl_ns
+    cdef object mirror
 
     def __init__(self, conductor, BookSet books not None, downstream, dict counters not None,
-                 bint hooks, bint trade_hooks, mem=None, int64_t mem_ttl_ns=0):
+                 bint hooks, bint trade_hooks, mem=None, int64_t mem_ttl_ns=0, mirror=None):
         self.conductor = conductor
         self.books = books
         self.downstream = downstream
@@ -54,6 +57,7 @@ cdef class Flow:
         # the store's own table, never replaced (``table`` is a Python property)
         self.mem_table = None if mem is None else mem.table
         self.mem_ttl_ns = mem_ttl_ns
+        self.mirror = mirror
 
     def on_events(self, list batch not None):
         """Apply a batch, append fused/control/derived events, hand it downstream."""
@@ -85,13 +89,17 @@ cdef class Flow:
         it between two updates of a batch."""
         cdef list failed
         cdef object mem = self.mem
+        # the books fused in this batch (store_fused and take_fused swap the list)
+        cdef list fused = self.books.fused
         if mem is None:
             for book in self.books.take_fused():
                 self.conductor._store_book(book)
-            return 0
-        failed = []
-        self.counters["store_writes"] += self.books.store_fused(
-            self.mem_table, self.mem_ttl_ns, mem.clock(), failed)
-        if failed:
-            self.conductor._store_failed(failed)
+        else:
+            failed = []
+            self.counters["store_writes"] += self.books.store_fused(
+                self.mem_table, self.mem_ttl_ns, mem.clock(), failed)
+            if failed:
+                self.conductor._store_failed(failed)
+        if self.mirror is not None:
+            self.mirror(fused)
         return 0

@@ -146,6 +146,9 @@ class Conductor:
     an exponential backoff from the first up to the second, with jitter; the
     first stale one is refetched at once.  analytics: hooks or ``"pkg.mod:Name"`` paths.
     clock: ns wall clock for throttling and control-event times.
+    mirror: None, or called with the books whose latest snapshot was just
+    written to `store` (once per book per batch), e.g. the Redis writer's
+    ``offer``, which queues them for a second store off the hot path.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class Conductor:
         snapshot_retry_s: float = 0.5,
         snapshot_retry_max_s: float = 30.0,
         max_levels: int = 10000,
+        mirror: Callable[[list[OrderBook]], None] | None = None,
     ) -> None:
         if not 1 <= book_depth <= 5000:
             raise ValueError("book_depth must be in 1..5000")
@@ -183,6 +187,7 @@ class Conductor:
         self._retry_s = snapshot_retry_s
         self._retry_max_s = snapshot_retry_max_s
         self._max_levels = max_levels
+        self._mirror = mirror
         self.hooks: list[Hook] = [load_hook(h) for h in analytics]
         self._hooks_by_kind: dict[str, list[Hook]] = {}
         for h in self.hooks:
@@ -222,6 +227,7 @@ class Conductor:
             self._trade_hooks,
             self._mem,
             0 if self._mem is None else self._mem.ttl_ns(snapshot_ttl_s),
+            mirror,
         )
         # the per-batch path is compiled: the Dispatcher calls it with no
         # Python frame in between (see meltica/conductor/_flow.pyx)
@@ -443,6 +449,8 @@ class Conductor:
         """Fused outputs of `book` into `out`, and its snapshot into the store."""
         book.publish(out, self.book_depth)
         self._store_book(book)
+        if self._mirror is not None:
+            self._mirror([book])
 
     def _start_fetch(self, inst: Instrument) -> None:
         loop = asyncio.get_running_loop()

@@ -579,6 +579,53 @@ _DECLARED: tuple[Family, ...] = (
     Family(
         "snapshot_expired_total", COUNTER, "", "SnapshotStore entries removed after their TTL", ()
     ),
+    # ---------------------------------------------------------------- Redis SnapshotStore
+    Family(
+        "snapshot_redis_writes_total",
+        COUNTER,
+        "",
+        "Book states written to Redis (the compare-and-set script stored them)",
+        (),
+    ),
+    Family(
+        "snapshot_redis_refused_total",
+        COUNTER,
+        "",
+        "Redis writes refused because Redis held a newer version of the book",
+        (),
+    ),
+    Family(
+        "snapshot_redis_no_ops_total",
+        COUNTER,
+        "",
+        "Redis writes that found the same version stored (left unchanged)",
+        (),
+    ),
+    Family(
+        "snapshot_redis_errors_total",
+        COUNTER,
+        "",
+        "Redis pipelines, probes and single writes that failed (states kept and retried)",
+        (),
+    ),
+    Family(
+        "snapshot_redis_dropped_total",
+        COUNTER,
+        "",
+        "Book states dropped because the Redis write queue held snapshot.redis_queue_max keys",
+        (),
+    ),
+    Family("snapshot_redis_pipelines_total", COUNTER, "", "Redis write pipelines completed", ()),
+    Family(
+        "snapshot_redis_reconnects_total",
+        COUNTER,
+        "",
+        "Times Redis became reachable again after a failure",
+        (),
+    ),
+    Family("snapshot_redis_pending", GAUGE, "", "Book states queued for Redis (one per key)", ()),
+    Family("snapshot_redis_queue_max", GAUGE, "", "Most keys the Redis write queue holds", ()),
+    Family("snapshot_redis_connected", GAUGE, "", "1 while Redis answers, else 0", ()),
     # ---------------------------------------------------------------- /tail
     Family("tail_open", GAUGE, "", "/tail streams open now", ()),
     Family("tail_opened_total", COUNTER, "", "/tail streams opened", ()),
@@ -867,6 +914,11 @@ STATS: dict[str, dict[str, _Stat]] = {
     },
     "snapshot": _same(
         "snapshot", "entries max_entries", counters="sets mismatches refused expired"
+    ),
+    "snapshot_redis": _same(
+        "snapshot_redis",
+        "pending queue_max connected",
+        counters="writes refused no_ops errors dropped pipelines reconnects",
     ),
     "tail": _same("tail", "open", counters="opened rejected aborted"),
     "nats": {

@@ -116,10 +116,11 @@ def test_bad_log_levels_fail_with_one_line_naming_the_source(tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr
 
 
-def test_reserved_key_is_a_start_up_error_naming_it(gateway_overrides: list[str]) -> None:
-    proc = cli(["run", "--duration", "1", *gateway_overrides, "--set", "snapshot.backend=redis"])
+def test_bad_key_is_a_start_up_error_naming_it(gateway_overrides: list[str]) -> None:
+    bad = ["--set", "snapshot.backend=redis", "--set", "snapshot.redis_url=redis://h:70000/0"]
+    proc = cli(["run", "--duration", "1", *gateway_overrides, *bad])
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: snapshot.backend: "), proc.stderr
+    assert proc.stderr.startswith("error: snapshot.redis_url: "), proc.stderr
     assert "Traceback" not in proc.stderr
 
 

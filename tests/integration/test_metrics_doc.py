@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aio import run
-from brokers import NatsServer
+from brokers import NatsServer, RedisServer
 from otlp import OtlpReceiver
 from promtools import documented, exported, promtool
 
@@ -30,7 +30,7 @@ from meltica.replay.synthetic import SyntheticMarket
 from meltica.telemetry.catalog import FAMILIES
 
 
-async def _scrape(nats_url: str) -> str:
+async def _scrape(nats_url: str, redis_url: str) -> str:
     source = SyntheticMarket(markets=("spot", "usdm"), symbols_per_market=2, seed=11)
     fake = FakeExchange(source, speed=4.0)
     await fake.start()
@@ -50,6 +50,8 @@ async def _scrape(nats_url: str) -> str:
         f"nats.url={nats_url}",
         f"telemetry.otlp_endpoint={receiver.url}",
         "telemetry.otlp_metrics_interval_s=0.5",
+        "snapshot.backend=redis",
+        f"snapshot.redis_url={redis_url}",
     ]
     engine = Engine(load_config(None, env={}, overrides=overrides))
     tails: list[Any] = []
@@ -84,10 +86,13 @@ async def _scrape(nats_url: str) -> str:
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
     server = NatsServer(Path(tmp_path_factory.mktemp("nats")))
+    redis = RedisServer(Path(tmp_path_factory.mktemp("redis")))
     server.start()
     try:
-        return run(lambda: _scrape(server.url))
+        redis.start()
+        return run(lambda: _scrape(server.url, redis.url))
     finally:
+        redis.stop()
         server.stop()
 
 
