@@ -185,7 +185,7 @@ class GatewayControl:
         self._health = health
 
     async def handle(self, req: ControlRequest) -> ControlReply:
-        if req.op in _SHARDED_OPS and req.market is not None:
+        if req.op in _SHARDED_OPS and req.market in self.books.markets:
             refused = self._foreign(req)
             if refused is not None:
                 return refused
