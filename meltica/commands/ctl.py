@@ -19,7 +19,11 @@ Over NATS without ``--gateway``: ``list`` and ``status`` go to
 ``result.gateway``).  The other ops change one gateway: ctl asks
 ``meltica.control`` for ``status`` first and sends the request to the one
 gateway that answers; when several answer, it names them and exits 2 (choose
-one with ``--gateway``).
+one with ``--gateway``), unless the gateways are shards (``gateway.shard``):
+then the request goes to the shard owning its symbols.  A reply refused with
+``result.owner_shard`` (the request reached another shard) is resent to the
+gateway whose ``status`` names that shard.  ``book`` reads one book
+(``--symbol``, ``--depth``).
 """
 
 from __future__ import annotations
