@@ -19,6 +19,18 @@ per round (bench/e2e_sender.py, bench/e2e_receivers.py):
    frames (spot bookTicker has no event time; those frames are sent and
    processed but not timed).  HdrHistograms, first 10 % (>= 0.3 s) of each
    round left out.  Budget: gateway p99 <= 1.3 x raw p99.
+4. Tracing overhead (part ``tracing``, not in the default parts): gateway
+   throughput rounds as in part 1 with OpenTelemetry off (no endpoint), on at
+   the default ``telemetry.trace_sample_ratio`` (0.01), and on at ratio 0,
+   the three interleaved in every round (the order rotates), exporting to an
+   OTLP/HTTP sink in its own process that decodes and counts the spans (the
+   start-up spans are flushed before the data starts, as subscribing is done).
+   Budgets: median over rounds of (on ÷ off) >= 0.97, of (ratio 0 ÷ off)
+   >= 0.99, both within the same round.  Beside them: the gateway process's
+   CPU time per round (all threads, so the export thread too), off ÷ on per
+   round, which other load on a shared machine moves far less than wall-clock
+   throughput; and the time the listeners spent making batch spans, as a share
+   of the round.
 3. Memory: the gateway's RSS (/proc/self/statm) sampled ~200 times over a long
    run of a live synthetic market at "max" pacing; after the first 10 % of the
    frames (warm-up) every sample must stay within +-5 % of the first one.
@@ -82,6 +94,7 @@ KINDS = ("raw", "gateway")
 THROUGHPUT_BUDGET = 0.80
 LATENCY_BUDGET = 1.30
 RSS_BUDGET_PCT = 5.0
+TRACING_BUDGETS = {"default": 0.97, "zero": 0.99}  # throughput ÷ tracing off
 
 _ctx = mp.get_context("fork")  # the orchestrator holds no threads and imports little
 
@@ -121,7 +134,7 @@ class Bench:
     def round(self, kind: str, mode: str, serve: dict[str, Any], params: dict[str, Any]) -> Any:
         """One receiver process against a fresh exchange; its result plus the sender's stats."""
         info = _call(self.conn, ("serve", mode, serve), "ready", 60)
-        params = {**params, "overrides": self.overrides}
+        params = {**params, "overrides": [*self.overrides, *params.get("extra", ())]}
         parent, child = _ctx.Pipe()
         proc = _ctx.Process(target=receiver_main, args=(child, kind, mode, info, params))
         proc.start()
@@ -182,6 +195,155 @@ def part_throughput(bench: Bench, frames: int, rounds: int, timeout: float) -> d
         "budget": THROUGHPUT_BUDGET,
         "pass": ratio >= THROUGHPUT_BUDGET and not failed,
         "gateway_trouble": _trouble(runs["gateway"]),
+    }
+
+
+def _otlp_sink(conn: Connection) -> None:
+    """An OTLP/HTTP receiver (own process): decodes and counts spans and metric posts."""
+    import asyncio
+
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    counts = {"spans": 0, "trace_posts": 0, "metric_posts": 0}
+
+    async def traces(request: web.Request) -> web.Response:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(await request.read())
+        counts["trace_posts"] += 1
+        counts["spans"] += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def metrics(request: web.Request) -> web.Response:
+        await request.read()
+        counts["metric_posts"] += 1
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", traces)
+        app.router.add_post("/v1/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        conn.send(("ready", {"port": site._server.sockets[0].getsockname()[1]}))
+        loop = asyncio.get_running_loop()
+        while True:
+            if await loop.run_in_executor(None, conn.poll, 0.2):
+                msg = conn.recv()
+                if msg == "counts":
+                    conn.send(("counts", dict(counts)))
+                elif msg == "exit":
+                    break
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """Gateway throughput with tracing off / on at the default ratio / on at ratio 0."""
+    parent, child = _ctx.Pipe()
+    sink = _ctx.Process(target=_otlp_sink, args=(child,), daemon=True)
+    sink.start()
+    url = f"http://127.0.0.1:{_wait(parent, 'ready', 60)['port']}"
+    configs = {
+        "off": [],
+        "default": [f"telemetry.otlp_endpoint={url}"],
+        "zero": [f"telemetry.otlp_endpoint={url}", "telemetry.trace_sample_ratio=0"],
+    }
+    names = list(configs)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+    try:
+        for r in range(rounds):
+            order = names[r % 3 :] + names[: r % 3]
+            for name in order:
+                params = {"expected": frames + 1, "timeout_s": timeout, "extra": configs[name]}
+                res = bench.round("gateway", "throughput", {"frames": frames}, params)
+                runs[name].append(res)
+                otel = res.get("otel", {})
+                _log(
+                    f"tracing round {r} {name}: {_fmt_rate(res)}"
+                    + (
+                        f" sampled {otel.get('otel_batches_sampled', 0):.0f} batches, "
+                        f"{otel.get('otel_spans{exported}', 0):.0f} spans exported"
+                        if otel
+                        else ""
+                    )
+                )
+        parent.send("counts")
+        sink_counts = _wait(parent, "counts", 30)
+    finally:
+        parent.send("exit")
+        sink.join(10)
+        if sink.is_alive():
+            sink.kill()
+
+    def ratio(name: str) -> float:
+        vals = [
+            on["frames_per_s"] / off["frames_per_s"]
+            for on, off in zip(runs[name], runs["off"], strict=True)
+            if on.get("ok") and off.get("ok") and off["frames_per_s"]
+        ]
+        return round(_median(vals), 3)
+
+    def cpu_ratio(name: str) -> float:
+        # CPU seconds per frame, off ÷ on: the gateway's own work, less sensitive than
+        # wall time to what else the machine runs
+        vals = [
+            off["cpu_s"] / on["cpu_s"]
+            for on, off in zip(runs[name], runs["off"], strict=True)
+            if on.get("ok") and off.get("ok") and on.get("cpu_s") and off.get("cpu_s")
+        ]
+        return round(_median(vals), 3)
+
+    failed = sum(1 for k in names for x in runs[k] if not x.get("ok"))
+    ratios = {k: ratio(k) for k in ("default", "zero")}
+    cpu_ratios = {k: cpu_ratio(k) for k in ("default", "zero")}
+    return {
+        "frames_per_round": frames + 1,
+        "rounds": runs,
+        "median_frames_per_s": {
+            k: _median([x["frames_per_s"] for x in runs[k] if x.get("ok")]) for k in names
+        },
+        "ratio": ratios,
+        "cpu_ratio": cpu_ratios,
+        "median_cpu_s": {
+            k: _median([x["cpu_s"] for x in runs[k] if x.get("ok") and "cpu_s" in x]) for k in names
+        },
+        "budget": TRACING_BUDGETS,
+        "pass": {k: ratios[k] >= TRACING_BUDGETS[k] and not failed for k in ratios},
+        "sink": sink_counts,
+        # the direct cost, free of the rounds' noise: time the listeners spent
+        # making batch spans, as a share of the round's elapsed time
+        "span_cost_share": _median(
+            [
+                x["otel"].get("otel_batch_span_seconds", 0.0) / x["elapsed_s"]
+                for x in runs["default"]
+                if x.get("ok") and x.get("otel") and x.get("elapsed_s")
+            ]
+        ),
+        # CPU of the export thread and the metric rounds, share of the round, per config
+        "export_cpu_share": {
+            k: _median(
+                [
+                    (
+                        x["otel"].get("otel_span_export_cpu_seconds", 0.0)
+                        + x["otel"].get("otel_metrics_cpu_seconds", 0.0)
+                    )
+                    / x["elapsed_s"]
+                    for x in runs[k]
+                    if x.get("ok") and x.get("otel") and x.get("elapsed_s")
+                ]
+            )
+            for k in ("default", "zero")
+        },
+        "sampled_batches": sum(
+            x.get("otel", {}).get("otel_batches_sampled", 0) for x in runs["default"]
+        ),
+        "batches": sum(x.get("batches", 0) for x in runs["default"]),
     }
 
 
@@ -382,6 +544,34 @@ def table(report: dict[str, Any]) -> str:
                 f"| latency {q} at {int(rate):,} frames/s, µs (median of {p['latency_rounds']}) "
                 f"| {raw:,.0f} | {gw:,.0f} | {ratio} | {budget} | {ok} |"
             )
+    tr = report.get("tracing")
+    if tr:
+        m = tr["median_frames_per_s"]
+        for name, label in (("default", "on, default ratio 0.01"), ("zero", "on, ratio 0")):
+            lines.append(
+                f"| gateway throughput with tracing {label}, frames/s (median of "
+                f"{p['rounds']} rounds; off: {m['off']:,.0f}) | - | {m[name]:,.0f} "
+                f"| {tr['ratio'][name]:.3f} (÷ tracing off) | ≥ {TRACING_BUDGETS[name]:.2f} "
+                f"| {_yes(tr['pass'][name])} |"
+            )
+        c = tr["median_cpu_s"]
+        for name, label in (("default", "on, default ratio"), ("zero", "on, ratio 0")):
+            lines.append(
+                f"| gateway CPU seconds per round (all threads), tracing {label} "
+                f"(off: {c['off']:.3f} s) | - | {c[name]:.3f} s "
+                f"| {tr['cpu_ratio'][name]:.3f} (off ÷ on, per round) | - | - |"
+            )
+        lines.append(
+            f"| time spent making batch spans at the default ratio, share of the round "
+            f"(median; {tr['sampled_batches']:.0f} of {tr['batches']:,} batches sampled) | - "
+            f"| {100 * tr['span_cost_share']:.3f} % | - | - | - |"
+        )
+        share = tr["export_cpu_share"]
+        lines.append(
+            "| CPU time of span export and OTLP metric rounds, share of the round (median; "
+            f"ratio 0: {100 * share['zero']:.3f} %) | - | {100 * share['default']:.3f} % "
+            "| - | - | - |"
+        )
     rss = report.get("rss")
     if rss and "drift_pct" in rss:
         lines.append(
@@ -470,7 +660,9 @@ def plot(report: dict[str, Any], png: Path) -> list[Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per part")
-    ap.add_argument("--parts", default="throughput,latency,rss")
+    ap.add_argument(
+        "--parts", default="throughput,latency,rss", help="any of throughput,latency,rss,tracing"
+    )
     ap.add_argument("--frames", type=int, help="throughput frames per round")
     ap.add_argument("--rounds", type=int, help="throughput rounds (each runs both receivers)")
     ap.add_argument("--rates", default="10000,50000", help="latency rates, frames/s")
@@ -524,6 +716,8 @@ def main() -> int:
             report["throughput"] = part_throughput(bench, frames, rounds, args.timeout)
         if "latency" in parts:
             report["latency"] = part_latency(bench, rates, lat_s, lat_rounds, args.timeout)
+        if "tracing" in parts:
+            report["tracing"] = part_tracing(bench, frames, rounds, args.timeout)
         if "rss" in parts:
             report["rss"] = part_rss(bench, rss_frames, max(args.timeout, rss_frames / 5_000))
     finally:

@@ -185,6 +185,14 @@ def _engine(mode: str, info: dict[str, Any], extra: list[str]) -> Any:
     return Engine(load_config(None, env={}, overrides=overrides), subscribe_on_start=False)
 
 
+def _otel_counters(engine: Any) -> dict[str, float]:
+    return {
+        s.name + "".join(f"{{{v}}}" for _, v in s.labels): s.value
+        for s in engine.otel.samples()
+        if s.kind == "counter"
+    }
+
+
 async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[str, Any]) -> None:
     engine = _engine(mode, info, list(p.get("overrides", [])))
     consumer = engine.bus.subscribe("bench", policy="block")
@@ -201,6 +209,8 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     first_e = 0
     next_sample = 0
     t_first = t_last = t_ready = 0.0
+    cpu_first = cpu_last = 0.0  # the process's CPU time (all threads) at those instants
+    otel_start: dict[str, float] = {}
     pauses: GcPauses | None = None
     perf = time.perf_counter
     now_ns = time.time_ns
@@ -208,6 +218,11 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         reply = await engine.subscribe_streams(MARKET, info["streams"])
         if not reply.ok:
             raise RuntimeError(f"subscribe failed: {reply.error}")
+        if engine.otel is not None:
+            # start-up spans (exchangeInfo, snapshots, the subscribe) go out before the
+            # data, as subscribing itself does: the round measures the steady state
+            await asyncio.to_thread(engine.otel.provider.force_flush, 10_000)
+            otel_start = _otel_counters(engine)
         t_ready = perf()
         pauses = GcPauses()
         if rss:
@@ -220,6 +235,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
                 now = now_ns()
                 if not t_first and any(ev.kind in FRAME_KINDS for ev in batch):
                     t_first = perf()  # the first exchange data, not the connection_state
+                    cpu_first = time.process_time()
                 events += len(batch)
                 for ev in batch:
                     if ev.seq == SENTINEL_TRADE_ID and ev.kind == "trade":
@@ -237,6 +253,7 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
                     samples.append((frames, perf() - t_ready, rss_bytes()))
                     next_sample = frames + every
             t_last = perf()
+            cpu_last = time.process_time()
     except Exception as exc:  # a failed round (timeout, ConsumerOverflow, ...) keeps its stats
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     stats = engine.managers[MARKET].stats()
@@ -245,6 +262,9 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
     if rss:
         samples.append((frames, perf() - t_ready, rss_bytes()))
     await engine.stop()
+    if engine.otel is not None:  # tracing on (bench_e2e.py part "tracing"): this round's
+        end = _otel_counters(engine)
+        result["otel"] = {k: v - otel_start.get(k, 0.0) for k, v in end.items()}
     elapsed = max(1e-9, t_last - t_first)
     # the manager's frame count includes control replies and server pings
     received = int(stats.get("frames", 0)) - int(stats.get("replies", 0))
@@ -253,8 +273,10 @@ async def _gateway(conn: Connection, mode: str, info: dict[str, Any], p: dict[st
         frames=received,
         events=events,
         elapsed_s=round(elapsed, 4),
+        cpu_s=round(cpu_last - cpu_first, 4),
         frames_per_s=round((received - 1) / elapsed, 1),
         parse_errors=int(stats.get("parse_errors", 0)),
+        batches=int(stats.get("batches", 0)),
         reconnects=int(stats.get("reconnects", 0)),
         gaps=sum(int(i.get("gaps", 0)) for i in instruments.values()),
         resyncs=sum(int(i.get("resyncs", 0)) for i in instruments.values()),

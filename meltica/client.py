@@ -15,6 +15,14 @@ gateway publishes.  With a ``durable`` name the server remembers how far the
 consumer got: an event is acknowledged when the iterator is asked for the
 next one (or when the subscription closes cleanly), and a restarted consumer
 resumes right after the last event the previous one handed out.
+
+Tracing: a message with a ``traceparent`` header (an event of a batch the
+gateway sampled) gets a consumer span, ``meltica.consume``, from the moment
+it is handed out until the next event is asked for (or the subscription
+closes).  The span is a child of the gateway's batch span and carries a
+link to it, so one trace runs from the exchange's frame to this process.
+Spans go to the global OpenTelemetry tracer provider, or the one given to
+`connect`; with none configured they cost next to nothing and go nowhere.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, TracerProvider
 
 from meltica import log, wire
 from meltica._core.events import KIND_NAMES, MARKETS, VENUES, Event
@@ -37,6 +47,7 @@ from meltica.broker import BrokerError, subject_filter
 from meltica.broker import connect as broker_connect
 from meltica.config import Config, NatsConfig, load_config
 from meltica.errors import ConfigError, MessageDecodeError, WireError
+from meltica.telemetry.spans import parse_traceparent
 
 __all__ = ["Client", "Start", "Subscription", "connect"]
 
@@ -55,6 +66,7 @@ def connect(
     /,
     *,
     name: str = "meltica-client",
+    tracer_provider: TracerProvider | None = None,
     **nats_options: Any,
 ) -> Client:
     """A `Client` for NATS: ``async with connect(...) as c`` (or ``c = await connect(...)``
@@ -69,8 +81,11 @@ def connect(
     ``nats.<key>``.  The environment is not read.  Connecting (on ``await`` or
     ``async with``) to a server that cannot be reached or refuses the
     credentials is a BrokerError naming the key, as for the gateway.
+    ``tracer_provider``: where consumer spans go (default: the global one).
     """
-    return Client(_nats_config(url_or_config, nats_options), name=name)
+    return Client(
+        _nats_config(url_or_config, nats_options), name=name, tracer_provider=tracer_provider
+    )
 
 
 def _nats_config(
@@ -98,9 +113,16 @@ class Client:
     (acknowledging what durable ones handed out), then the connection.
     """
 
-    def __init__(self, cfg: NatsConfig, *, name: str = "meltica-client") -> None:
+    def __init__(
+        self,
+        cfg: NatsConfig,
+        *,
+        name: str = "meltica-client",
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.config = cfg
         self.name = name
+        self.tracer = trace.get_tracer("meltica.client", tracer_provider=tracer_provider)
         self.nats: NatsClient | None = None
         self._js: Any = None
         self._subs: list[Subscription] = []
@@ -282,6 +304,7 @@ class Subscription:
         self._consumer: str | None = None
         self._pending: deque[Msg] = deque()
         self._held: Msg | None = None  # the message of the event handed out last
+        self._span: Any = None  # the consumer span of the event handed out last
         self._closed = False
         #: stream sequence of the last event handed out (0: none yet)
         self.last_seq = 0
@@ -378,6 +401,7 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
+        self._end_span()
         with contextlib.suppress(ValueError):
             self._client._subs.remove(self)
         nc = self._client.nats
@@ -404,6 +428,8 @@ class Subscription:
     async def __anext__(self) -> Event:
         if self._sub is None:
             await self.open()
+        if self._span is not None:
+            self._end_span()
         held, self._held = self._held, None
         if held is not None:
             # the caller asks for the next event: it is done with the previous one
@@ -425,7 +451,33 @@ class Subscription:
             self.events += 1
             if self.durable is not None:
                 self._held = msg
+            headers = msg.headers
+            if headers:
+                parent = parse_traceparent(headers.get("traceparent"))
+                if parent is not None:
+                    self._start_span(msg, ev, seq, parent)
             return ev
+
+    def _start_span(self, msg: Msg, ev: Event, seq: int, parent: trace.SpanContext) -> None:
+        self._span = self._client.tracer.start_span(
+            "meltica.consume",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            kind=SpanKind.CONSUMER,
+            links=[Link(parent, {"meltica.link": "gateway batch"})],
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.durable or "",
+                "meltica.stream_seq": seq,
+                "meltica.key": ev.key,
+            },
+        )
+
+    def _end_span(self) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.end()
 
     async def _fetch(self) -> None:
         try:

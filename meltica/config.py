@@ -69,7 +69,6 @@ LogFormat = Literal["text", "json"]
 # they accept only their default, so a value that would do nothing is an error.
 RESERVED: Final[Mapping[str, tuple[str, ...]]] = {
     "SnapshotConfig": ("backend", "redis_url", "key_prefix"),
-    "TelemetryConfig": ("otlp_endpoint", "service_name", "trace_sample_ratio"),
 }
 
 # Environment variables with the MELTICA_ prefix that belong to other tools.
@@ -546,12 +545,12 @@ class TelemetryConfig(_Section):
     metrics_port: int = _f(9464, _between(0, 65535))
     # bearer token of POST /control; required whenever set (docs/control-plane.md)
     control_token: str | None = _f(None, _optional_file)
+    # OpenTelemetry over OTLP/HTTP (docs/tracing.md); the OTEL_* variables win
     otlp_endpoint: str | None = _f(None, _url("https", "http"))
     service_name: str = _f("meltica-engine", _non_empty)
     trace_sample_ratio: float = _f(0.01, _between(0, 1))
-
-    def _check_together(self) -> None:
-        self._reserved("this version exports no OpenTelemetry data")
+    trace_queue_size: int = _f(2048, _between(1, 1 << 20))
+    otlp_metrics_interval_s: float = _f(15.0, _between(0.1, 3600))
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from meltica.shard import parse_shard
 from meltica.snapshot import MemorySnapshotStore
 from meltica.telemetry.catalog import histogram, sample, stats_samples
 from meltica.telemetry.metrics import Histogram, MetricsServer, Sample, StatsCollector
+from meltica.telemetry.otel import Otel, resolve
 from meltica.telemetry.tail import TailEndpoint
 
 log = _root_log.getChild("engine")
@@ -160,6 +161,12 @@ class Engine:
             GatewayControl(self.dispatcher, self.books, self.shard, health=self.not_ready),
             gateway=self.gateway_id,
         )
+        # OpenTelemetry over OTLP/HTTP (docs/tracing.md): off without an endpoint
+        self.otel: Otel | None = None
+        otel_settings = resolve(config.telemetry)
+        if otel_settings.enabled:
+            self.otel = Otel(otel_settings, instance=self.gateway_id)
+            self.otel.attach(self)
         self.tail = TailEndpoint(self.bus)
         # the Control Bus on the shared NATS connection (bus.backend nats)
         self.control_nats: NatsControlResponder | None = None
@@ -269,6 +276,9 @@ class Engine:
                     raise StartupError(f"exchangeInfo for {market} failed: {exc}") from exc
             if self.metrics is not None:
                 await self.metrics.start()
+            if self.otel is not None:
+                await self.otel.start(self.samples)
+                log.info("OpenTelemetry export: %s", self.otel.settings.describe())
             log.info(
                 "meltica-engine %s starting: markets %s, %d symbols, metrics %s",
                 __version__,
@@ -339,6 +349,9 @@ class Engine:
         await self.tail.close()
         if self.metrics is not None:
             await self.metrics.stop()
+        self.dispatcher.cancel_waits()
+        if self.otel is not None:
+            await self.otel.stop()
         self._state = "stopped"
         log.info("stopped")
         if self._stopping is not None:
@@ -377,6 +390,7 @@ class Engine:
         venues = {getattr(self.config.binance.market(m), "venue", "binance") for m in self.markets}
         await ensure_stream(self.nats, self.config.nats, venues)
         self.nats_bus = NatsPublisher(self.nats, self.config.nats, self.bus)
+        self.nats_bus.tracer = self.otel.tracer if self.otel is not None else None
         await self.nats_bus.start()
 
     async def _stop_nats(self) -> None:
@@ -506,6 +520,8 @@ class Engine:
             yield from stats_samples("nats", self.nats_bus.stats())
             for reason, n in self.nats_bus.dropped.items():
                 yield sample("nats_dropped_total", n, reason=reason)
+        if self.otel is not None:
+            yield from self.otel.samples()
         yield from stats_samples("control", self.control.stats())
         yield from stats_samples("control_http", self.control_http.stats())
         if self.control_nats is not None:

@@ -467,9 +467,6 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
         ("snapshot.backend=redis", "only the in-memory SnapshotStore"),
         ("snapshot.redis_url=redis://10.0.0.1:6379/0", "only the in-memory SnapshotStore"),
         ("snapshot.key_prefix=other", "only the in-memory SnapshotStore"),
-        ("telemetry.otlp_endpoint=http://127.0.0.1:4318", "exports no OpenTelemetry data"),
-        ("telemetry.service_name=gw1", "exports no OpenTelemetry data"),
-        ("telemetry.trace_sample_ratio=0.5", "exports no OpenTelemetry data"),
     ],
 )
 def test_reserved_keys_refuse_non_default_values(override: str, why: str) -> None:
@@ -482,7 +479,7 @@ def test_reserved_keys_refuse_non_default_values(override: str, why: str) -> Non
 def test_reserved_keys_accept_their_defaults_spelled_out() -> None:
     cfg = load_config(
         env={"MELTICA_SNAPSHOT__BACKEND": "memory"},
-        overrides=["telemetry.trace_sample_ratio=0.01", "snapshot.key_prefix=meltica"],
+        overrides=["snapshot.key_prefix=meltica"],
     )
     assert cfg == default_config()
 

@@ -20,6 +20,10 @@ class FrameWindow:
     errors: int
     late: int
     republished: int
+    traced: int
+    trace_first: str | None
+    trace_first_seq: int
+    trace_last_seq: int
     def __init__(self, capacity: int, ack_prefix: bytes) -> None: ...
     @property
     def room(self) -> int: ...

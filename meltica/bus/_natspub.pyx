@@ -127,6 +127,13 @@ cdef class FrameWindow:
     cdef readonly int64_t errors       # error replies
     cdef readonly int64_t late         # acks for numbers no longer in the window
     cdef readonly int64_t republished  # frames handed out again by frames()
+    # sampled events (a trace field, so a traceparent header) taken in: their
+    # count, and of the last append call that took any, the first one's
+    # traceparent and publish number and the last one's publish number
+    cdef readonly int64_t traced
+    cdef readonly object trace_first
+    cdef readonly int64_t trace_first_seq
+    cdef readonly int64_t trace_last_seq
 
     def __cinit__(self, Py_ssize_t capacity, bytes ack_prefix not None):
         if capacity < 1:
@@ -185,6 +192,9 @@ cdef class FrameWindow:
         cdef int64_t seq
         cdef Py_ssize_t plen = len(self.ack_prefix)
         cdef const char *prefix = PyBytes_AS_STRING(self.ack_prefix)
+        cdef Py_ssize_t n_traced = 0
+        cdef Py_ssize_t first_traced = -1
+        cdef Py_ssize_t last_traced = -1
         if n <= 0:
             return b"", 0
         for i in range(n):
@@ -220,6 +230,10 @@ cdef class FrameWindow:
                 tp = NULL
                 if ev.trace is not None:
                     tp = PyUnicode_AsUTF8AndSize(ev.trace, &tlen)
+                    if n_traced == 0:
+                        first_traced = i
+                    last_traced = i
+                    n_traced += 1
                 hdr = 10 + 13 + klen + 2 + 2
                 if tlen:
                     hdr += 13 + tlen + 2
@@ -265,6 +279,11 @@ cdef class FrameWindow:
             slot = seq % self.capacity
             self._seq[slot] = seq
             self._bufs[slot] = buf
+        if n_traced:
+            self.traced += n_traced
+            self.trace_first = (<Event>events[first_traced]).trace
+            self.trace_first_seq = self.next_seq + first_traced
+            self.trace_last_seq = self.next_seq + last_traced
         self.next_seq += n
         self.unacked += n
         self.published += n

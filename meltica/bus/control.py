@@ -20,7 +20,10 @@ import logging
 from dataclasses import replace
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from meltica.control import ControlError, ControlReply, ControlRequest
+from meltica.telemetry.spans import HELD_SPANS, end_span, start_span
 
 __all__ = ["ControlBus", "ControlHandler", "InProcessControlBus"]
 
@@ -64,12 +67,40 @@ class InProcessControlBus:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # OpenTelemetry tracer, set by the engine when tracing is on: a span per
+        # request, from the request through the exchange's ack to the first event
+        self.tracer: Any = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "ok", "errors", "full", "timeouts", "crashes", "closed", "malformed"), 0
         )
 
     async def request(self, req: ControlRequest) -> ControlReply:
         """Serve one request; always returns a reply (errors are replies too)."""
+        span = start_span(
+            self.tracer,
+            f"control {req.op}",
+            attributes={
+                "meltica.request_id": req.request_id,
+                "meltica.op": req.op,
+                "meltica.market": req.market or "",
+                "meltica.symbols": list(req.symbols),
+                "meltica.channels": list(req.channels),
+            },
+        )
+        if span is None:
+            return await self._request(req)
+        with trace.use_span(span, end_on_exit=False):
+            reply = await self._request(req)
+        span.set_attribute("meltica.ok", reply.ok)
+        span.add_event("reply")
+        watch = HELD_SPANS.pop(id(span), None)
+        if watch is None:
+            end_span(span, error=None if reply.ok else reply.error)
+        else:  # the Dispatcher watches for the first event: the span ends with that watch
+            watch.add_done_callback(lambda _: span.end())
+        return reply
+
+    async def _request(self, req: ControlRequest) -> ControlReply:
         self.counters["requests"] += 1
         if self._closed:
             self.counters["closed"] += 1

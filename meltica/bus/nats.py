@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -37,6 +38,7 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.nuid import NUID
 from nats.protocol.parser import AWAITING_CONTROL_LINE, CRLF_SIZE, Parser
+from opentelemetry.trace import SpanKind
 
 from meltica._core.events import Control, Event
 from meltica.broker import CONTROL_SUBJECT, BrokerError, data_subjects
@@ -44,6 +46,7 @@ from meltica.bus._natspub import ACK_ERROR, AckReader, FrameWindow
 from meltica.bus.data import ConsumerClosed, InMemoryDataBus, RingConsumer
 from meltica.config import NatsConfig
 from meltica.localseq import LocalSeq
+from meltica.telemetry.spans import end_span, start_span
 
 __all__ = ["ACK_TIMEOUT_S", "GAP_REASON", "NatsPublisher", "ensure_stream"]
 
@@ -51,6 +54,8 @@ log = logging.getLogger("meltica.bus.nats")
 
 # an unacknowledged frame older than this is sent again (JetStream acks in ms)
 ACK_TIMEOUT_S: Final = 5.0
+# publish spans waiting for their acks, at most (older ones end unfollowed)
+_MAX_ACK_SPANS: Final = 256
 # how often the publisher checks ack timeouts and pending gap events
 TICK_S: Final = 0.2
 GAP_REASON: Final = "bus_outage"
@@ -257,6 +262,11 @@ class NatsPublisher:
         self._orig_process_msg: Callable[..., Awaitable[None]] | None = None
         self._splitter: _AckSplitter | None = None
         self._prev_cbs: tuple[Any, Any] = (None, None)
+        # OpenTelemetry tracer, set by the engine when tracing is on: a span per
+        # append that took sampled events, from the publish to JetStream's acks
+        self.tracer: Any = None
+        self._traced_seen = 0
+        self._ack_spans: deque[tuple[int, Any]] = deque()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -305,6 +315,8 @@ class NatsPublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(TICK_S, timeout_s))
         left = self.window.unacked
+        while self._ack_spans:
+            end_span(self._ack_spans.popleft()[1], error="not acknowledged by shutdown")
         if left or not self._drained():
             log.error(
                 "%d events not acknowledged by JetStream and %d unread at shutdown (after %.1fs)",
@@ -374,11 +386,44 @@ class NatsPublisher:
                 # open span holds dropped events only
                 self._drop(batch)
                 return
-        buf, taken = self.window.append(batch, self._clock())
+        window = self.window
+        buf, taken = window.append(batch, self._clock())
+        if window.traced != self._traced_seen:
+            self._traced_seen = window.traced
+            if self.tracer is not None:
+                self._trace_publish()
         if taken < len(batch):
             self._drop(batch[taken:])
         if taken and self._linked:
             self._write(buf)
+
+    def _trace_publish(self) -> None:
+        """A span from this publish of sampled events to their acks (a child of
+        the batch span their traceparent names)."""
+        w = self.window
+        span = start_span(
+            self.tracer,
+            "nats.publish",
+            kind=SpanKind.PRODUCER,
+            parent=w.trace_first,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "publish",
+                "meltica.nats.first_publish": w.trace_first_seq,
+                "meltica.nats.last_publish": w.trace_last_seq,
+                "meltica.nats.linked": self._linked,
+            },
+        )
+        if len(self._ack_spans) >= _MAX_ACK_SPANS:
+            _, oldest = self._ack_spans.popleft()
+            end_span(oldest, error="not followed: too many publish spans open")
+        self._ack_spans.append((w.trace_last_seq, span))
+
+    def _end_acked(self) -> None:
+        head = self.window.head
+        spans = self._ack_spans
+        while spans and spans[0][0] < head:
+            end_span(spans.popleft()[1], acked=True)
 
     def _write(self, buf: bytes) -> None:
         """Queue bytes on nats-py's outgoing buffer and wake its flusher."""
@@ -460,6 +505,8 @@ class NatsPublisher:
         self._after_ack()
 
     def _after_ack(self) -> None:
+        if self._ack_spans:
+            self._end_acked()
         if self.window.room >= min(self.batch_size, self.window.capacity):
             self._room.set()
         if self.window.unacked == 0:

@@ -16,10 +16,10 @@ async def run_gateway(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=args.set)
         apply_log_level(args, config)
+        engine = Engine(config)  # reads the OTEL_* variables (docs/tracing.md)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    engine = Engine(config)
     try:
         await engine.run(duration_s=args.duration)
     except BrokerError as exc:  # the broker's config keys: like any config error

@@ -14,12 +14,16 @@ unchanged and in order; fused and control events are appended; the batch goes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Derived, Event, Trade
@@ -31,6 +35,7 @@ from meltica.localseq import LocalSeq
 from meltica.log import fields
 from meltica.log import root as _root_log
 from meltica.snapshot.store import MemorySnapshotStore
+from meltica.telemetry.spans import end_span, start_span
 
 __all__ = ["Conductor", "Instrument", "SnapshotStoreLike", "State"]
 
@@ -94,6 +99,7 @@ class Instrument:
         self.sync_issue = ""
         self.retry_at: float | None = None
         self.backoffs = 0
+        self.span: Any = None  # the resync episode being traced (gap -> live)
 
     def status(self) -> dict[str, Any]:
         b = self.book
@@ -187,6 +193,9 @@ class Conductor:
         self._instruments: dict[tuple[str, str], Instrument] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_seq = LocalSeq()
+        # OpenTelemetry tracer, set by the engine when tracing is on: a span per
+        # resync episode, from the gap (or crossed book, or error) to live again
+        self.tracer: Any = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "batches",
@@ -258,6 +267,8 @@ class Conductor:
         self.books.remove(market, symbol)
         self._cancel(inst)
         inst.book.clear()
+        end_span(inst.span, error="untracked before it was live again")
+        inst.span = None
         return True
 
     def resync(self, market: str, symbol: str) -> bool:
@@ -373,6 +384,19 @@ class Conductor:
             )
             self._control(out, "resync_started", inst, seq, ts, reason)
             self._control(out, "stale", inst, seq, ts, reason, stale=True)
+            if self.tracer is not None:
+                end_span(inst.span, error="superseded")
+                inst.span = start_span(
+                    self.tracer,
+                    "book.resync",
+                    start_time=ts,
+                    attributes={
+                        "meltica.market": inst.market,
+                        "meltica.symbol": inst.symbol,
+                        "meltica.reason": reason,
+                        "meltica.seq": -1 if seq is None else seq,
+                    },
+                )
         inst.book.clear()
         inst.buffer.clear()
         if inst.flush is not None:
@@ -401,6 +425,9 @@ class Conductor:
             extra=fields(market=inst.market, symbol=inst.symbol),
         )
         self._control(out, "resync_done", inst, book.update_id, ts, reason)
+        if inst.span is not None:
+            end_span(inst.span, update_id=book.update_id, refetches=inst.refetches)
+            inst.span = None
         if was is State.RESYNCING:
             self._control(out, "stale", inst, book.update_id, ts, reason, stale=False)
         self._mark(book, out)
@@ -418,7 +445,13 @@ class Conductor:
         self._store_book(book)
 
     def _start_fetch(self, inst: Instrument) -> None:
-        task = asyncio.get_running_loop().create_task(self._sync(inst))
+        loop = asyncio.get_running_loop()
+        if inst.span is not None:
+            # the snapshot requests of a resync are children of its span
+            ctx = trace.set_span_in_context(inst.span)
+            task = loop.create_task(self._sync(inst), context=_copy_with(ctx))
+        else:
+            task = loop.create_task(self._sync(inst))
         inst.fetch = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -741,3 +774,14 @@ def _junk(obj: object, what: str = "the result") -> AnalyticsError:
     return AnalyticsError(
         f"{what} is {type(obj).__name__}, not None or an iterable of Derived: {obj!r:.200}"
     )
+
+
+def _copy_with(ctx: otel_context.Context) -> contextvars.Context:
+    """A copy of the current contextvars context with ``ctx`` attached (a
+    task created with it runs under that OpenTelemetry context)."""
+
+    def attach() -> contextvars.Context:
+        otel_context.attach(ctx)
+        return contextvars.copy_context()
+
+    return contextvars.copy_context().run(attach)

@@ -24,12 +24,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from meltica._core.dispatch import DispatchTable
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher._gate import Gate
 from meltica.errors import MelticaError
 from meltica.telemetry.catalog import histogram
 from meltica.telemetry.metrics import Histogram
+from meltica.telemetry.spans import HELD_SPANS
 
 __all__ = [
     "BookTracker",
@@ -219,6 +222,7 @@ class Dispatcher:
             ("requests", "failed", "rejected", "rollbacks", "rollback_errors", "batches"), 0
         )
         self.last_propagation_ns: int | None = None
+        self._waits: set[asyncio.Task[None]] = set()  # traced requests' first-event waits
         self.max_propagation_ns = 0
         # op -> control_propagation_seconds histogram (subscribe, unsubscribe)
         self.propagation: dict[str, Histogram] = {}
@@ -282,6 +286,12 @@ class Dispatcher:
                 return self._fail(req, f"subscribe failed at the exchange: {_describe(exc)}")
             for sym, ch, stream in new:
                 self._subs.setdefault((market, sym), {})[ch] = stream
+            span = trace.get_current_span()
+            if span.is_recording():
+                # a traced control request (meltica/bus/control.py): its span goes
+                # on to the first event of the new routes through the table
+                span.add_event("exchange_ack", {"meltica.streams": len(new)})
+                self._first_event(span, [r for r, _ in added_routes])
             return self._done(
                 req,
                 t0,
@@ -506,6 +516,44 @@ class Dispatcher:
             ]
         )
         return added
+
+    def _first_event(self, span: Any, routes: builtins.list[RouteKey]) -> None:
+        """Watch for the first event of any of ``routes`` through the table (polled:
+        only traced requests do this), for at most the ack timeout; it is an event
+        of ``span``, which the requester ends once this watch is done."""
+        keys = list(dict.fromkeys(routes))
+
+        def delivered() -> int:
+            total = 0
+            for key in keys:
+                entry = self.table.get(*key)
+                if entry is not None:
+                    total += entry["delivered"]
+            return total
+
+        async def wait() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._ack_timeout_s
+            seen = False
+            try:
+                while loop.time() < deadline:
+                    if delivered():
+                        seen = True
+                        span.add_event("first_event")
+                        break
+                    await asyncio.sleep(0.005)
+            finally:
+                span.set_attribute("meltica.first_event", seen)
+
+        task = asyncio.get_running_loop().create_task(wait(), name="control-first-event")
+        HELD_SPANS[id(span)] = task
+        self._waits.add(task)
+        task.add_done_callback(self._waits.discard)
+
+    def cancel_waits(self) -> None:
+        """End the first-event waits of traced requests (at shutdown)."""
+        for task in list(self._waits):
+            task.cancel()
 
     def _routes_remove(self, pairs: Iterable[tuple[RouteKey, str]]) -> None:
         """Take channels off their routes; routes left without a channel leave the table."""

@@ -731,6 +731,58 @@ _DECLARED: tuple[Family, ...] = (
         (),
     ),
     Family("control_nats_in_flight", GAUGE, "", "Control requests over NATS being handled now", ()),
+    # ---------------------------------------------------------------- OpenTelemetry export
+    # (exported only while OTLP is configured: docs/tracing.md)
+    Family(
+        "otel_spans_total",
+        COUNTER,
+        "",
+        "Spans by outcome: exported to the collector, failed (the export failed: "
+        "collector down, timeout) or dropped (the bounded queue was full)",
+        ("outcome",),
+    ),
+    Family(
+        "otel_span_queue",
+        GAUGE,
+        "",
+        "Spans queued for export now (at most telemetry.trace_queue_size)",
+        (),
+    ),
+    Family(
+        "otel_batches_sampled_total",
+        COUNTER,
+        "",
+        "Listener batches sampled for a span (telemetry.trace_sample_ratio)",
+        (),
+    ),
+    Family(
+        "otel_batch_span_seconds_total",
+        COUNTER,
+        "seconds",
+        "Time the listeners spent making the spans of sampled batches (begin and end)",
+        (),
+    ),
+    Family(
+        "otel_span_export_cpu_seconds_total",
+        COUNTER,
+        "seconds",
+        "CPU time the span export thread spent encoding and sending spans",
+        (),
+    ),
+    Family(
+        "otel_metrics_cpu_seconds_total",
+        COUNTER,
+        "seconds",
+        "CPU time of the OTLP metric rounds (reading the counters, collecting, exporting)",
+        (),
+    ),
+    Family(
+        "otel_metric_exports_total",
+        COUNTER,
+        "",
+        "OTLP metric export rounds by outcome (ok, failed)",
+        ("outcome",),
+    ),
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _DECLARED}

@@ -2,7 +2,8 @@
 
 One scrape of a real Engine: fake exchange (spot and USD-M over loopback), the Data
 Bus on a nats-server of our own (so the JetStream publisher and the NATS Control Bus
-export theirs), an analytics hook, and two ``/tail`` streams open.  Every family on
+export theirs), OTLP export to a receiver inside the test (so the exporter's own
+counters appear), an analytics hook, and two ``/tail`` streams open.  Every family on
 the page must be in the doc with the same type and labels, every family of the doc
 must be on the page, and ``promtool check metrics`` must find nothing to say.
 """
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from aio import run
 from brokers import NatsServer
+from otlp import OtlpReceiver
 from promtools import documented, exported, promtool
 
 from meltica.commands.common import local_overrides
@@ -32,6 +34,8 @@ async def _scrape(nats_url: str) -> str:
     source = SyntheticMarket(markets=("spot", "usdm"), symbols_per_market=2, seed=11)
     fake = FakeExchange(source, speed=4.0)
     await fake.start()
+    receiver = OtlpReceiver()
+    await receiver.start()
     overrides = [
         *local_overrides(
             {m: fake.ws_url(m) for m in source.markets},
@@ -44,6 +48,8 @@ async def _scrape(nats_url: str) -> str:
         'conductor.analytics=["meltica.conductor.analytics:Mid"]',
         "bus.backend=nats",
         f"nats.url={nats_url}",
+        f"telemetry.otlp_endpoint={receiver.url}",
+        "telemetry.otlp_metrics_interval_s=0.5",
     ]
     engine = Engine(load_config(None, env={}, overrides=overrides))
     tails: list[Any] = []
@@ -72,6 +78,7 @@ async def _scrape(nats_url: str) -> str:
     finally:
         await engine.stop()
         await fake.stop()
+        await receiver.stop()
 
 
 @pytest.fixture(scope="module")

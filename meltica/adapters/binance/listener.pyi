@@ -26,6 +26,8 @@ class FrameListener(WSListener):
     fragmented: int
     fragmented_refused: int
     last_recv_ns: int
+    sample_threshold: int
+    tracer: Any
     def __init__(
         self,
         parser: FrameParser,

@@ -23,6 +23,15 @@ fragments are skipped, so the buffer never holds more than that.
 The owner must provide ``on_reply(reply)``, ``on_parse_error(exc)``,
 ``on_ping(payload)``, ``on_close_frame(code, reason)`` and
 ``on_disconnected()``; see ``meltica/adapters/binance/ws_conn.py``.
+
+Tracing (docs/tracing.md): each hand-off draws one 64-bit number from a
+xorshift generator and compares it with ``sample_threshold`` (0 when tracing
+is off: nothing is drawn).  That draw is all an unsampled batch pays.  A
+sampled batch calls ``tracer.begin(t_recv_ns)`` (Python: starts the batch
+span, returns it and its W3C ``traceparent``), writes the ``traceparent``
+into the ``trace`` field of each event, hands the batch on, stamps the
+events the pipeline added to it (fused books, control events), and calls
+``tracer.end(...)`` with the stage times and counts.
 """
 
 cimport cython
@@ -108,6 +117,12 @@ cdef class FrameListener(WSListener):
     # the next frame opens a socket read (the last one ended at a frame
     # marked last_in_buffer): read the clock then
     cdef bint _read_start
+    # tracing: a batch is sampled when its draw (never 0) is <= the threshold
+    cdef public uint64_t sample_threshold
+    cdef public object tracer              # meltica.telemetry.otel.BatchTracer or None
+    cdef uint64_t _rng
+    cdef uint64_t _mark_frames             # frames / bytes at the last hand-off
+    cdef uint64_t _mark_bytes
 
     def __init__(self, parser, owner, sink, loop):
         self.parser = parser
@@ -125,6 +140,11 @@ cdef class FrameListener(WSListener):
         self.max_batch = 4096
         self._frag = None
         self._frag_skip = False
+        self.sample_threshold = 0
+        self.tracer = None
+        self._rng = (<uint64_t>wall_ns()) ^ (<uint64_t>id(self)) * <uint64_t>0x9E3779B97F4A7C15
+        if self._rng == 0:
+            self._rng = 0x2545F4914F6CDD1D
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
@@ -290,7 +310,60 @@ cdef class FrameListener(WSListener):
             else:
                 return
             self.batches += 1
+            if self.sample_threshold != 0 and self._draw() <= self.sample_threshold \
+                    and self.tracer is not None:
+                self._traced(batch)
+            else:
+                self.sink(batch)
+            self._mark_frames = self.frames
+            self._mark_bytes = self.bytes
+
+    cdef inline uint64_t _draw(self) noexcept:
+        """xorshift64: the next pseudo-random draw (never 0)."""
+        cdef uint64_t x = self._rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self._rng = x
+        return x
+
+    cdef _traced(self, list batch):
+        """Hand on a sampled batch inside its span (the module docstring)."""
+        cdef Py_ssize_t n_in = len(batch)
+        cdef Py_ssize_t i
+        cdef int64_t t_recv = self.last_recv_ns
+        cdef int64_t t_handoff = wall_ns()
+        cdef uint64_t frames = self.frames - self._mark_frames
+        cdef uint64_t nbytes = self.bytes - self._mark_bytes
+        cdef object item
+        cdef str tp
+        if n_in and isinstance(batch[0], Event):
+            t_recv = (<Event>batch[0]).ts_recv
+        tracer = self.tracer
+        try:
+            span, tp = tracer.begin(t_recv)
+        except BaseException as exc:  # noqa: B036 -- tracing must never stop the data
+            self._loop.call_exception_handler(
+                {"message": "FrameListener tracer.begin failed", "exception": exc})
             self.sink(batch)
+            return
+        for i in range(n_in):
+            item = batch[i]
+            if isinstance(item, Event):
+                (<Event>item).trace = tp
+        try:
+            self.sink(batch)
+        finally:
+            # what the pipeline added to the batch (fused books, control events)
+            for i in range(len(batch)):
+                item = batch[i]
+                if isinstance(item, Event) and (<Event>item).trace is None:
+                    (<Event>item).trace = tp
+            try:
+                tracer.end(span, t_handoff, wall_ns(), n_in, len(batch), frames, nbytes)
+            except BaseException as exc:  # noqa: B036
+                self._loop.call_exception_handler(
+                    {"message": "FrameListener tracer.end failed", "exception": exc})
 
     def flush_now(self):
         """Deliver what is collected at once, paused or not (before swapping the sink)."""

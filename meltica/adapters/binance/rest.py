@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from meltica._core.events import BookDepth
 from meltica._core.parser import PARSE_REASONS, FrameParser
@@ -42,6 +44,7 @@ from meltica.errors import ConfigError, MelticaError, ParseError
 from meltica.log import fields
 from meltica.telemetry import catalog
 from meltica.telemetry.metrics import Histogram, Sample
+from meltica.telemetry.spans import end_span, start_span
 
 if TYPE_CHECKING:
     from meltica.config import BinanceConfig
@@ -346,6 +349,8 @@ class BinanceRest:
     ) -> None:
         if not markets:
             raise ConfigError("BinanceRest: no markets")
+        # OpenTelemetry tracer, set by the engine when tracing is on: one span per request
+        self.tracer: Any = None
         if request_timeout_s <= 0 or retry_deadline_s < 0:
             raise ConfigError("BinanceRest: request_timeout_s > 0 and retry_deadline_s >= 0")
         if not 0 < backoff_initial_s <= backoff_max_s:
@@ -531,6 +536,39 @@ class BinanceRest:
     async def _request(
         self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
     ) -> bytes:
+        span = start_span(
+            self.tracer,
+            f"rest {endpoint}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "meltica.market": st.name,
+                "meltica.symbol": params.get("symbol", ""),
+                "meltica.rest.weight": weight,
+                "meltica.rest.urgent": urgent,
+                "http.request.method": "GET",
+            },
+        )
+        if span is None:
+            return await self._scheduled(st, endpoint, params, weight, urgent)
+        with trace.use_span(span, end_on_exit=False):
+            try:
+                body = await self._scheduled(st, endpoint, params, weight, urgent)
+            except BaseException as exc:
+                span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
+                status = getattr(exc, "status", None)
+                if isinstance(status, int):
+                    span.set_attribute("http.response.status_code", status)
+                end_span(span, error=exc)
+                raise
+        span.set_attributes(
+            {"http.response.status_code": 200, "meltica.rest.server_weight": st.last_server_weight}
+        )
+        end_span(span)
+        return body
+
+    async def _scheduled(
+        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+    ) -> bytes:
         if self._closed:
             raise RestClosed("BinanceRest closed")
         if weight > st.budget:
@@ -575,6 +613,10 @@ class BinanceRest:
                     cause = None
                     self._observe(st, window, answer.headers)
                     status = answer.status
+                    if self.tracer is not None:
+                        trace.get_current_span().add_event(
+                            "response", {"http.response.status_code": status, "attempt": attempt}
+                        )
                     if status == 200:
                         return answer.body
                     failure = f"HTTP {status}"

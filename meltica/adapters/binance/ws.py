@@ -30,6 +30,7 @@ from meltica.adapters.binance.ws_overlap import Overlap, Residual
 from meltica.errors import MelticaError, ParseError
 from meltica.localseq import LocalSeq
 from meltica.log import fields
+from meltica.telemetry.spans import end_span, start_span
 
 __all__ = ["ConnectionManager", "ManagerStopped", "SubscribeError", "stream_route"]
 
@@ -214,6 +215,11 @@ class ConnectionManager:
         # frames rejected, by error reason (the parser's, and the listener's own
         # refusals of fragmented messages)
         self._parse_rejects: dict[str, int] = dict.fromkeys(PARSE_REASONS, 0)
+        # tracing (meltica/telemetry/otel.py; the engine sets these when it is on):
+        # connection lifecycle spans, and each new listener's batch sampling
+        self.tracer: Any = None
+        self.batch_tracer: Any = None
+        self.sample_threshold = 0
 
     # ------------------------------------------------------------ public surface
 
@@ -430,6 +436,8 @@ class ConnectionManager:
             next_id=self._next_id,
         )
         conn.listener.max_batch = self.max_batch
+        conn.listener.sample_threshold = self.sample_threshold
+        conn.listener.tracer = self.batch_tracer
         conn.last_activity = self._clock()
         track: list[set[str] | None] = [None] * _N_KINDS
         for kind in KIND_IDS.values():
@@ -475,17 +483,30 @@ class ConnectionManager:
             await asyncio.sleep(wait)
         self._connects.record(self._clock())
         self._counters["connects"] += 1
+        span = start_span(
+            self.tracer,
+            "ws.connect",
+            attributes={
+                "meltica.market": self.market,
+                "meltica.connection": conn.name,
+                "url.full": conn.url,
+            },
+        )
         try:
             await conn.connect(self.ack_timeout_s)
         except asyncio.CancelledError:
+            end_span(span, error="cancelled")
             conn.abort("cancelled", "stopping")
             raise
         except Exception as exc:  # OSError, TimeoutError, picows handshake errors
+            end_span(span, error=exc)
             self._counters["connect_failures"] += 1
             log.info(
                 "%s: connect to %s failed: %s", conn.name, conn.url, exc, extra=self._fields(conn)
             )
             conn.abort(f"connect failed: {type(exc).__name__}", "connect_failed")
+        else:
+            end_span(span)
 
     # ------------------------------------------------------------ Connection callbacks
 
@@ -561,6 +582,20 @@ class ConnectionManager:
         lived = self._clock() - conn.opened_at if conn.opened_at else 0.0
         if conn.opened_at:
             label = conn.reason_label or "error"
+            if self.tracer is not None:
+                end_span(
+                    start_span(
+                        self.tracer,
+                        "ws.drop",
+                        attributes={
+                            "meltica.market": self.market,
+                            "meltica.connection": conn.name,
+                            "meltica.reason": label,
+                            "meltica.detail": reason,
+                            "meltica.lived_s": lived,
+                        },
+                    )
+                )
             self._counters["disconnects"] += 1
             self._disconnects[label] = self._disconnects.get(label, 0) + 1
             level = logging.INFO if label in _PLANNED else logging.WARNING
@@ -629,7 +664,27 @@ class ConnectionManager:
         new = self._new_conn(slot, overlap.on_new)
         slot.incoming, slot.overlap = new, overlap
         self._control("rotating", old.name, reason)
-        self._spawn(self._rotation(slot, old, new, overlap), f"ws-rotate-{slot.name}")
+        span = start_span(
+            self.tracer,
+            "ws.rotate",
+            attributes={
+                "meltica.market": self.market,
+                "meltica.connection": old.name,
+                "meltica.reason": reason,
+            },
+        )
+        self._spawn(self._traced_rotation(slot, old, new, overlap, span), f"ws-rotate-{slot.name}")
+
+    async def _traced_rotation(
+        self, slot: _Slot, old: Connection, new: Connection, overlap: Overlap, span: Any
+    ) -> None:
+        try:
+            await self._rotation(slot, old, new, overlap)
+        except BaseException as exc:
+            end_span(span, error=exc)
+            raise
+        rotated = slot.active is new or slot.incoming is new
+        end_span(span, error=None if rotated else "rotation failed", new_connection=new.name)
 
     async def _rotation(
         self, slot: _Slot, old: Connection, new: Connection, overlap: Overlap
