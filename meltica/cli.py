@@ -568,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "ctl",
-        help="send a control request (subscribe, unsubscribe, list, status, resync) to a gateway",
+        help="send a control request (subscribe, unsubscribe, list, status, resync, book) to a "
+        "gateway",
         description="Send one control request to a running gateway over NATS (--nats) or its "
         "HTTP server (--url, the default) and print the reply as JSON.  The config (--config, "
         "MELTICA_* variables, --set) gives the NATS connection (the nats section: url, "
@@ -577,17 +578,24 @@ def build_parser() -> argparse.ArgumentParser:
         "1 error reply, 2 unreachable, bad usage or bad config.",
         epilog="example:\n  meltica-engine ctl subscribe --market usdm --symbols btcusdt,ethusdt "
         "--channels agg_trade,book_ticker,depth\n"
-        "  meltica-engine ctl status --nats nats://127.0.0.1:4222",
+        "  meltica-engine ctl status --nats nats://127.0.0.1:4222\n"
+        "  meltica-engine ctl book --market usdm --symbol BTCUSDT --depth 5",
     )
     _config_args(p)
     p.add_argument(
         "op",
-        choices=("subscribe", "unsubscribe", "list", "status", "resync"),
+        choices=("subscribe", "unsubscribe", "list", "status", "resync", "book"),
         help="the request",
     )
     p.add_argument("--market", choices=MARKETS, help="the market of --symbols (default: none)")
     p.add_argument(
         "--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (default: none)"
+    )
+    p.add_argument("--symbol", help="one symbol (book), e.g. BTCUSDT (default: none)")
+    p.add_argument(
+        "--depth",
+        type=_positive_int,
+        help="book: levels per side to show (default: every level the gateway keeps)",
     )
     p.add_argument(
         "--channels",

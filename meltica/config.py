@@ -30,6 +30,7 @@ import yaml
 from meltica import log
 from meltica.adapters.binance import streams as vocabulary
 from meltica.errors import ConfigError
+from meltica.shard import parse_shard
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -433,6 +434,14 @@ def _nats_token(value: str | None) -> str | None:
     return None
 
 
+def _shard(value: str) -> str | None:
+    try:
+        parse_shard(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _nats_urls(values: tuple[str, ...]) -> str | None:
     for value in values:
         problem = _url("nats", "tls")(value)
@@ -485,6 +494,8 @@ class GatewayConfig(_Section):
 
     # None: the host name, made a valid subject token, at start-up
     id: str | None = _f(None, _nats_token)
+    # "i/n": shard i of n (meltica/shard.py, docs/deployment.md)
+    shard: str = _f("0/1", _shard)
 
 
 @dataclass(frozen=True, slots=True)

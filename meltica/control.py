@@ -18,7 +18,7 @@ from meltica.errors import MelticaError
 
 __all__ = ["OPS", "ControlError", "ControlReply", "ControlRequest", "Op"]
 
-Op = Literal["subscribe", "unsubscribe", "list", "resync", "status"]
+Op = Literal["subscribe", "unsubscribe", "list", "resync", "status", "book"]
 OPS: Final[tuple[str, ...]] = get_args(Op)
 
 _ids = itertools.count(1)
@@ -59,7 +59,8 @@ class ControlRequest:
 
     ``market``, ``symbols`` and ``channels`` are what ``subscribe`` / ``unsubscribe``
     act on (every symbol x every channel); ``list``, ``status`` and ``resync`` use the
-    ones they need.  ``request_id`` ties the reply to the request.
+    ones they need; ``book`` reads the book of one symbol, cut to ``depth`` levels a
+    side (None: all it keeps).  ``request_id`` ties the reply to the request.
     """
 
     op: Op
@@ -67,6 +68,7 @@ class ControlRequest:
     symbols: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
     request_id: str = field(default_factory=_new_id)
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -74,22 +76,27 @@ class ControlRequest:
         # lists from callers become tuples, so requests stay hashable and immutable
         object.__setattr__(self, "symbols", tuple(self.symbols))
         object.__setattr__(self, "channels", tuple(self.channels))
+        if self.depth is not None and (type(self.depth) is not int or self.depth < 1):
+            raise ControlError(f"control field 'depth' must be an integer >= 1, got {self.depth!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "op": self.op,
             "market": self.market,
             "symbols": list(self.symbols),
             "channels": list(self.channels),
             "request_id": self.request_id,
         }
+        if self.depth is not None:
+            d["depth"] = self.depth
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ControlRequest:
         """Rebuild a request from its JSON form; ControlError if it is not one."""
         if not isinstance(d, dict):
             raise ControlError(f"control request must be an object, got {type(d).__name__}")
-        unknown = set(d) - {"op", "market", "symbols", "channels", "request_id"}
+        unknown = set(d) - {"op", "market", "symbols", "channels", "request_id", "depth"}
         if unknown:
             raise ControlError(f"unknown control request field(s): {', '.join(sorted(unknown))}")
         op = d.get("op")
@@ -102,6 +109,7 @@ class ControlRequest:
             symbols=_str_tuple(d, "symbols"),
             channels=_str_tuple(d, "channels"),
             request_id=request_id if request_id is not None else _new_id(),
+            depth=d.get("depth"),
         )
 
 

@@ -40,7 +40,9 @@ from meltica.config import Config, Market
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher.dispatcher import Dispatcher
 from meltica.errors import MelticaError
+from meltica.gateway import BookQuery, GatewayControl
 from meltica.log import root as _root_log
+from meltica.shard import parse_shard
 from meltica.snapshot import MemorySnapshotStore
 from meltica.snapshot.redis_store import RedisSnapshotWriter
 from meltica.telemetry.catalog import histogram, sample, stats_samples
@@ -166,7 +168,15 @@ class Engine:
             # frames go straight to the Dispatcher: one Python call less per batch
             manager.set_sink(self.dispatcher.on_events)
         self.gateway_id = gateway_id(config.gateway)
-        self.control = InProcessControlBus(self.dispatcher, gateway=self.gateway_id)
+        # gateway.shard: the symbols this gateway subscribes and answers for (meltica/shard.py)
+        self.shard = parse_shard(config.gateway.shard)
+        self.books = BookQuery(
+            self.conductor, self.store, self.markets, self.shard, gateway=self.gateway_id
+        )
+        self.control = InProcessControlBus(
+            GatewayControl(self.dispatcher, self.books, self.shard, health=self.not_ready),
+            gateway=self.gateway_id,
+        )
         # OpenTelemetry over OTLP/HTTP (docs/tracing.md): off without an endpoint
         self.otel: Otel | None = None
         otel_settings = resolve(config.telemetry)
@@ -307,13 +317,14 @@ class Engine:
             if self._subscribe_on_start:
                 for market in self.markets:
                     m = self.config.binance.market(market)
-                    log.debug("subscribing %s: %s x %s", market, m.symbols, m.streams)
+                    mine = tuple(s for s in m.symbols if self.shard.owns(market, s))
+                    if not mine:
+                        log.info("%s: no configured symbol in shard %s", market, self.shard)
+                        continue
+                    log.debug("subscribing %s: %s x %s", market, mine, m.streams)
                     reply = await self.request(
                         ControlRequest(
-                            "subscribe",
-                            market=market,
-                            symbols=tuple(m.symbols),
-                            channels=tuple(m.streams),
+                            "subscribe", market=market, symbols=mine, channels=tuple(m.streams)
                         )
                     )
                     if not reply.ok:
@@ -544,9 +555,11 @@ class Engine:
 
     def add_routes(self, app: web.Application) -> None:
         """``GET /tail?kind=..&market=..&symbol=..``: bus events as wire JSON lines;
-        ``POST /control``: the Control Bus (meltica.bus.control_http)."""
+        ``POST /control``: the Control Bus (meltica.bus.control_http);
+        ``GET /book/<market>/<SYMBOL>?depth=N``: the latest book (meltica.gateway)."""
         self.tail.add_routes(app)
         self.control_http.add_routes(app)
+        self.books.add_routes(app)
 
 
 # the per-instrument counters and gauges of Conductor.status() that are exported

@@ -147,7 +147,7 @@ def test_request_json() -> None:
             "request_id": "r2",
             "ok": False,
             "error": "unknown control op 'explode' (known: subscribe, unsubscribe, list, resync, "
-            "status)",
+            "status, book)",
             "result": {},
             "propagation_ns": None,
         }

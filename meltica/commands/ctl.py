@@ -19,7 +19,11 @@ Over NATS without ``--gateway``: ``list`` and ``status`` go to
 ``result.gateway``).  The other ops change one gateway: ctl asks
 ``meltica.control`` for ``status`` first and sends the request to the one
 gateway that answers; when several answer, it names them and exits 2 (choose
-one with ``--gateway``).
+one with ``--gateway``), unless the gateways are shards (``gateway.shard``):
+then the request goes to the shard owning its symbols.  A reply refused with
+``result.owner_shard`` (the request reached another shard) is resent to the
+gateway whose ``status`` names that shard.  ``book`` reads one book
+(``--symbol``, ``--depth``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from meltica.broker import BrokerError, connect, control_subject
 from meltica.config import Config, NatsConfig, config_to_dict, load_config
 from meltica.control import ControlError, ControlReply, ControlRequest, Op
 from meltica.errors import ConfigError, MelticaError
+from meltica.shard import Shard, shard_of
 
 __all__ = ["CtlError", "build_request", "run_ctl"]
 
@@ -50,7 +55,10 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "resync": ("market", "symbols"),
     "list": (),
     "status": (),
+    "book": ("market", "symbols"),
 }
+# ops that name symbols: a gateway of another shard answers with the owning shard
+_SHARDED = ("subscribe", "unsubscribe", "resync", "book")
 
 
 class CtlError(MelticaError, ConnectionError):
@@ -67,6 +75,16 @@ def build_request(args: argparse.Namespace) -> ControlRequest:
     """The request the command line asks for (CtlError naming the option when wrong)."""
     op: Op = args.op
     symbols, channels = _split(args.symbols), _split(args.channels)
+    symbol = getattr(args, "symbol", None)
+    if symbol is not None:
+        if symbols:
+            raise CtlError("give --symbol or --symbols, not both")
+        symbols = _split(symbol)
+    depth = getattr(args, "depth", None)
+    if depth is not None and op != "book":
+        raise CtlError("--depth goes with book")
+    if op == "book" and len(symbols) > 1:
+        raise CtlError("book reads one book: give one --symbol")
     given = {"market": args.market, "symbols": symbols, "channels": channels}
     missing = [f"--{name}" for name in _NEEDS[op] if not given[name]]
     if missing:
@@ -85,7 +103,9 @@ def build_request(args: argparse.Namespace) -> ControlRequest:
                 f"--channels: unknown {args.market} channel(s) {', '.join(wrong)} "
                 f"(known: {streams.channel_list(args.market)})"
             )
-    return ControlRequest(op, market=args.market, symbols=symbols, channels=channels)
+    if op == "book" and channels:
+        raise CtlError("book takes no --channels")
+    return ControlRequest(op, market=args.market, symbols=symbols, channels=channels, depth=depth)
 
 
 def _reply(data: bytes, source: str) -> dict[str, Any]:
@@ -170,20 +190,61 @@ def nats_config(args: argparse.Namespace, config: Config) -> NatsConfig:
         raise CtlError(f"--nats: {exc}") from None
 
 
+def _owner_of(req: ControlRequest, found: list[dict[str, Any]]) -> str | None:
+    """The shard ("i/n") that owns every symbol of ``req``, when the gateways in
+    ``found`` (status replies) are shards of one count n > 1; else None."""
+    counts = {str(r["result"].get("shard", "0/1")).split("/")[-1] for r in found}
+    if req.op not in _SHARDED or req.market is None or not req.symbols or len(counts) != 1:
+        return None
+    n = int(counts.pop()) if all(c.isdigit() for c in counts) else 1
+    if n < 2:
+        return None
+    owners = {str(Shard(shard_of(req.market, s, n), n)) for s in req.symbols}
+    if len(owners) > 1:
+        raise CtlError(
+            f"--symbols span shards {', '.join(sorted(owners))}: send one request per shard"
+        )
+    return owners.pop()
+
+
+def _gateways_of(shard: str, found: list[dict[str, Any]]) -> list[str]:
+    return [str(r["result"].get("gateway")) for r in found if r["result"].get("shard") == shard]
+
+
+async def _route(nc: Client, args: argparse.Namespace, req: ControlRequest, reply: Any) -> Any:
+    """``reply`` from a gateway of another shard: resend ``req`` to the gateway that
+    answers ``status`` with the owning shard (one line on stderr says where)."""
+    owner = reply["result"].get("owner_shard") if isinstance(reply, dict) else None
+    if reply["ok"] or not isinstance(owner, str):
+        return reply
+    found = await _gather(nc, ControlRequest("status"), args.wait)
+    ids = _gateways_of(owner, found)
+    if not ids:
+        raise CtlError(f"{reply['error']}; no gateway of shard {owner} answers")
+    print(f"routed to gateway {ids[0]} (shard {owner})", file=sys.stderr)
+    return await _request(nc, control_subject(ids[0]), req, args.timeout)
+
+
 async def _over_nats(args: argparse.Namespace, config: Config, req: ControlRequest) -> Any:
     nc = await connect(nats_config(args, config), name="meltica-ctl")
     try:
         if args.gateway is not None:
-            return await _request(nc, control_subject(args.gateway), req, args.timeout)
+            reply = await _request(nc, control_subject(args.gateway), req, args.timeout)
+            return await _route(nc, args, req, reply)
         if req.op in ("list", "status"):
             return await _gather(nc, req, args.wait)
         found = await _gather(nc, ControlRequest("status"), args.wait)
         ids = [str(r["result"].get("gateway")) for r in found]
+        owner = _owner_of(req, found)
+        if owner is not None:
+            # the gateways are shards: the one owning the symbols takes the request
+            ids = _gateways_of(owner, found) or ids
         if len(ids) > 1:
             raise CtlError(
                 f"{len(ids)} gateways answer ({', '.join(ids)}): choose one with --gateway"
             )
-        return await _request(nc, control_subject(ids[0]), req, args.timeout)
+        reply = await _request(nc, control_subject(ids[0]), req, args.timeout)
+        return await _route(nc, args, req, reply)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()

@@ -242,7 +242,9 @@ class Dispatcher:
             "list": self.list,
             "resync": self.resync,
             "status": self.status,
-        }[req.op]
+        }.get(req.op)
+        if handler is None:  # book: the gateway's (meltica.gateway.GatewayControl)
+            return self._reject(req, f"{req.op} is not served here (a gateway serves it)")
         return await handler(req)
 
     async def subscribe(self, req: ControlRequest) -> ControlReply:

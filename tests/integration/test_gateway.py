@@ -100,30 +100,35 @@ def test_gateway_end_to_end_with_faults_and_runtime_control() -> None:
                 e.symbol == spot_b and e.kind == "book_ticker" for e in events.events[at:]
             )  # the other book kept flowing
 
-            # the dropped usdm connection: data flows again afterwards
-            await events.wait_for(
-                lambda e: (
-                    e.kind == "connection_state"
-                    and e.market == "usdm"
-                    and e.state in ("disconnected", "reconnecting")
+            # the dropped usdm connection: data flows again afterwards.  Positions are
+            # taken by identity from the event found, never from len(): the reconnect
+            # (0.05 s) can land before the test polls again.  The reconnect's own
+            # "connected" comes first (frames read before the drop may still be in
+            # flight after the "disconnected" event, so data alone proves nothing).
+            def position(ev: Any) -> int:
+                return next(i for i, e in enumerate(events.events) if e is ev)
+
+            dropped = position(
+                await events.wait_for(
+                    lambda e: (
+                        e.kind == "connection_state"
+                        and e.market == "usdm"
+                        and e.state in ("disconnected", "reconnecting")
+                    )
                 )
             )
-            n = len(events.events)
-            # the reconnect's own "connected" (frames read before the drop may still be
-            # in flight after the "disconnected" event, so data alone proves nothing)
-            await events.wait_for(
-                lambda e: (
-                    e.kind == "connection_state"
-                    and e.market == "usdm"
-                    and e.state == "connected"
-                    and events.events.index(e) >= n
+            back = position(
+                await events.wait_for(
+                    lambda e: (
+                        e.kind == "connection_state"
+                        and e.market == "usdm"
+                        and e.state == "connected"
+                        and position(e) > dropped
+                    )
                 )
             )
-            n = len(events.events)
             await events.wait_for(
-                lambda e: (
-                    e.market == "usdm" and e.kind == "book_ticker" and events.events.index(e) >= n
-                )
+                lambda e: e.market == "usdm" and e.kind == "book_ticker" and position(e) > back
             )
             stats = engine.managers["usdm"].stats()
             assert stats["connects"] >= 3, stats  # /public, /market, and the reconnect
