@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from aio import run
