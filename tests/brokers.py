@@ -52,11 +52,15 @@ class NatsServer:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        cluster: tuple[str, int, list[int]] | None = None,
     ) -> None:
+        """``cluster``: (cluster name, this node's route port, every node's route port)."""
         self.binary = _need("nats-server")
         self.store = store
+        store.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.user, self.password, self.token = user, password, token
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store / "nats-server.log"
 
@@ -68,6 +72,11 @@ class NatsServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
         args += ["-sd", str(self.store / "js"), "-l", str(self.log)]
+        if self.cluster is not None:
+            name, route, routes = self.cluster
+            args += ["--cluster_name", name, "--server_name", f"{name}-{route}"]
+            args += ["--cluster", f"nats://127.0.0.1:{route}"]
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)]
         if self.token:
             args += ["--auth", self.token]
         elif self.user:
@@ -112,6 +121,12 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def nats_cluster(root: Path, n: int = 3) -> list[NatsServer]:
+    """`n` JetStream nodes of one cluster on loopback, routes between them (not started)."""
+    routes = [free_port() for _ in range(n)]
+    return [NatsServer(root / f"node{i}", cluster=("meltica", routes[i], routes)) for i in range(n)]
 
 
 @pytest.fixture

@@ -1,0 +1,112 @@
+"""The Data Bus on a 3-node NATS cluster (three ``nats-server -js`` on loopback, routes
+between them) with the stream at ``nats.replicas: 3``: ``replay`` publishes a real
+capture, and the node the gateway is connected to is ``kill -9``-ed mid-replay.
+
+The reference is the replay's own output: every event the in-memory bus accepted
+(its ``block`` consumer writes them all). The stream, read back from a surviving
+node, must hold exactly those keys, each once; and every trade id of the capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import nats
+from brokers import NatsServer, nats_cluster
+from test_failover import capture_trade_ids
+from test_nats_bus import (
+    CAPTURE,
+    HANG_GUARD_S,
+    check_messages,
+    read_lines,
+    replay_cmd,
+    report_of,
+    stream_messages,
+    wait_for_messages,
+)
+
+
+async def wait_for_jetstream(urls: list[str]) -> None:
+    """Until every node answers JetStream requests (the meta leader is elected)."""
+    deadline = time.monotonic() + 60
+    for url in urls:
+        nc = await nats.connect(url)
+        try:
+            while True:
+                try:
+                    await nc.jetstream().account_info()
+                    break
+                except nats.errors.Error:
+                    assert time.monotonic() < deadline, f"JetStream never ready on {url}"
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+
+async def stream_replicas(url: str) -> tuple[int, int]:
+    """(configured replicas, replicas the cluster reports besides the leader)."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info("MELTICA")
+        assert info.cluster is not None
+        return info.config.num_replicas or 0, len(info.cluster.replicas or [])
+    finally:
+        await nc.close()
+
+
+def test_cluster_of_three_loses_a_node_mid_replay_and_loses_or_duplicates_nothing(
+    captures_dir: Path, tmp_path: Path
+) -> None:
+    nodes = nats_cluster(tmp_path, 3)
+    out = tmp_path / "events.jsonl"
+    proc = None
+    try:
+        for node in nodes:
+            node.start()
+        asyncio.run(wait_for_jetstream([n.url for n in nodes]))
+        first, *others = nodes
+        servers = "[" + ",".join(n.url for n in others) + "]"
+        proc = subprocess.Popen(
+            replay_cmd(
+                captures_dir / CAPTURE,
+                out,
+                first.url,
+                "--speed",
+                "40",
+                "--set",
+                "nats.replicas=3",
+                "--set",
+                f"nats.servers={servers}",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        asyncio.run(wait_for_messages(others[0].url, 20_000))
+        assert asyncio.run(stream_replicas(others[0].url)) == (3, 2)
+        first.kill()  # the node the gateway is connected to
+        _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+        assert proc.returncode == 0, stderr[-3000:]
+        report = report_of(out)
+        assert report["nats"]["disconnects"] >= 1, report["nats"]
+        assert report["nats"]["lost"] == 0
+        bus = [e["key"] for e in read_lines(out)]
+        streamed = check_messages(asyncio.run(stream_messages(others[1].url)))
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for node in nodes:
+            node.stop()
+    keys = Counter(e["key"] for e in streamed)
+    repeated = [k for k, n in keys.items() if n > 1]
+    assert not repeated, f"duplicated in the stream: {repeated[:5]}"
+    assert set(keys) == set(bus) and len(bus) == len(set(bus)), (
+        f"lost {len(set(bus) - set(keys))}, extra {len(set(keys) - set(bus))}"
+    )
+    trades = [e["trade_id"] for e in streamed if e["kind"] == "trade"]
+    assert Counter(trades) == Counter(capture_trade_ids(captures_dir / CAPTURE))
