@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import nats
-from brokers import NatsServer, nats_cluster
+from brokers import nats_cluster
 from test_failover import capture_trade_ids
 from test_nats_bus import (
     CAPTURE,
