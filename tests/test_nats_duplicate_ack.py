@@ -1,6 +1,8 @@
-"""JetStream's duplicate acks as nats-server writes them: ``{"stream":"S", "seq":N,"duplicate": true}``
-(a space after the colon). The ack reader counts them as duplicates whatever the white space, and
-only when the value is ``true``; then a real server's duplicate is counted end to end."""
+"""JetStream's duplicate acks as nats-server writes them:
+``{"stream":"S", "seq":N,"duplicate": true}`` (a space after the colon).
+
+The ack reader counts them as duplicates whatever the white space, and only when
+the value is ``true``; a real server's duplicate ack is counted too."""
 
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ from meltica.replay.source import CaptureSource
 CAPTURE = "hftbacktest/examples/usdm/btcusdt_20240808.gz"  # 344 s, 94k frames
 SPEED = "20"  # ~17 s of replay: long enough to kill and restart a gateway inside it
 HANG_GUARD_S = 300
+FAKE_CMD = (sys.executable, "-m", "meltica", "--log-level", "WARNING", "fake-exchange")
 CONTROL_KINDS = frozenset({"gap", "resync_started", "resync_done", "stale", "connection_state"})
 
 
@@ -67,8 +68,7 @@ def fake_exchange(
     """``fake-exchange CAPTURE ARGS``: yields (process, usdm ws url, rest url)."""
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "meltica", "--log-level", "WARNING", "fake-exchange"]
-            + [str(capture), *args],
+            [*FAKE_CMD, str(capture), *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
