@@ -14,8 +14,10 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import nats
+import pytest
 from brokers import nats_cluster
 from test_failover import capture_trade_ids
 from test_nats_bus import (
@@ -47,20 +49,36 @@ async def wait_for_jetstream(urls: list[str]) -> None:
             await nc.close()
 
 
-async def stream_replicas(url: str) -> tuple[int, int]:
-    """(configured replicas, replicas the cluster reports besides the leader)."""
+async def stream_replicas(url: str) -> tuple[int, int, str]:
+    """(configured replicas, replicas besides the leader, the leader's server name)."""
     nc = await nats.connect(url)
     try:
         info = await nc.jetstream().stream_info("MELTICA")
         assert info.cluster is not None
-        return info.config.num_replicas or 0, len(info.cluster.replicas or [])
+        replicas = info.config.num_replicas or 0
+        return replicas, len(info.cluster.replicas or []), info.cluster.leader or ""
     finally:
         await nc.close()
 
 
+def read_stream(url: str) -> list[Any]:
+    """The whole stream; JetStream requests may time out while the remaining two nodes
+    elect a new leader, so they are retried (a hang guard, not a wall-time assertion)."""
+    for _ in range(20):
+        try:
+            return asyncio.run(stream_messages(url))
+        except nats.errors.TimeoutError:
+            time.sleep(1)
+    raise AssertionError(f"the stream could not be read from {url}")
+
+
+@pytest.mark.parametrize("victim", ["gateway_node", "stream_leader"])
 def test_cluster_of_three_loses_a_node_mid_replay_and_loses_or_duplicates_nothing(
-    captures_dir: Path, tmp_path: Path
+    captures_dir: Path, tmp_path: Path, victim: str
 ) -> None:
+    """``gateway_node``: the node the gateway is connected to (it reconnects to another
+    and resends what was unacknowledged); ``stream_leader``: the stream's leader (the
+    remaining two elect a new one; the gateway's connection may stay up)."""
     nodes = nats_cluster(tmp_path, 3)
     out = tmp_path / "events.jsonl"
     proc = None
@@ -86,16 +104,24 @@ def test_cluster_of_three_loses_a_node_mid_replay_and_loses_or_duplicates_nothin
             stderr=subprocess.PIPE,
             text=True,
         )
-        asyncio.run(wait_for_messages(others[0].url, 20_000))
-        assert asyncio.run(stream_replicas(others[0].url)) == (3, 2)
-        first.kill()  # the node the gateway is connected to
+        asyncio.run(wait_for_messages(first.url, 20_000))
+        replicas, followers, leader = asyncio.run(stream_replicas(first.url))
+        assert (replicas, followers) == (3, 2)
+        if victim == "gateway_node":
+            # nats-py picks one of the URLs at random; its connection is meltica-<gateway id>
+            (node,) = [n for n in nodes if any(c.startswith("meltica-") for c in n.client_names())]
+        else:
+            (node,) = [n for n in nodes if n.server_name == leader]
+        node.kill()
+        alive = [n for n in nodes if n is not node]
         _, stderr = proc.communicate(timeout=HANG_GUARD_S)
         assert proc.returncode == 0, stderr[-3000:]
         report = report_of(out)
-        assert report["nats"]["disconnects"] >= 1, report["nats"]
+        if victim == "gateway_node":
+            assert report["nats"]["disconnects"] >= 1, report["nats"]
         assert report["nats"]["lost"] == 0
         bus = [e["key"] for e in read_lines(out)]
-        streamed = check_messages(asyncio.run(stream_messages(others[1].url)))
+        streamed = check_messages(read_stream(alive[0].url))
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
