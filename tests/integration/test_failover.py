@@ -269,6 +269,9 @@ def test_hot_hot_pair_kill_9_one_gateway_every_trade_once(
     repeated = [k for k, n in Counter(identity(e) for e in exchange).items() if n > 1]
     assert not repeated, f"{len(repeated)} exchange events twice, e.g. {repeated[:5]}"
     assert kinds["book_delta"] > 1000 and kinds["book_ticker"] > 1000, kinds
+    # the control kinds are each gateway's own, as documented: both initial syncs are there
+    synced = [e for e in events if e["kind"] == "resync_done" and e["reason"] == "synced"]
+    assert len(synced) >= 2 and len({e["key"] for e in synced}) == len(synced), synced
     # 3. the consumer client's book snapshots never go back in update id
     snaps = asyncio.run(client_book_snapshots(nats_server.url, kinds["book_snapshot"]))
     last: dict[tuple[str, str], int] = defaultdict(int)
