@@ -158,6 +158,7 @@ async def _serve_fake_exchange(args: argparse.Namespace) -> int:
         faults=faults,
         ws_ports={k: v for k, v in ws_ports.items() if v},
         rest_port=args.rest_port,
+        subscribers=args.subscribers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -390,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--exit-when-done", action="store_true", help="stop when the capture is exhausted"
+    )
+    p.add_argument(
+        "--subscribers",
+        type=_positive_int,
+        default=1,
+        help="start the replay once every stream has this many subscribed connections "
+        "(default: 1, the first subscription)",
     )
     p.set_defaults(func=_cmd_fake_exchange)
 

@@ -8,12 +8,14 @@ the tests that need it skip on a workstation and fail with ``CI=true``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,13 +54,22 @@ class NatsServer:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        cluster: tuple[str, int, list[int]] | None = None,
     ) -> None:
+        """``cluster``: (cluster name, this node's route port, every node's route port)."""
         self.binary = _need("nats-server")
         self.store = store
+        store.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.user, self.password, self.token = user, password, token
+        self.cluster = cluster
+        self.monitor_port = free_port() if cluster is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store / "nats-server.log"
+
+    @property
+    def server_name(self) -> str:
+        return f"{self.cluster[0]}-{self.cluster[1]}" if self.cluster else ""
 
     @property
     def url(self) -> str:
@@ -68,6 +79,12 @@ class NatsServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
         args += ["-sd", str(self.store / "js"), "-l", str(self.log)]
+        if self.cluster is not None:
+            name, route, routes = self.cluster
+            args += ["--cluster_name", name, "--server_name", self.server_name]
+            args += ["--cluster", f"nats://127.0.0.1:{route}"]
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)]
+            args += ["-m", str(self.monitor_port)]
         if self.token:
             args += ["--auth", self.token]
         elif self.user:
@@ -99,6 +116,14 @@ class NatsServer:
         except OSError:
             return "(no log)"
 
+    def client_names(self) -> list[str]:
+        """The names of the clients connected to this node now (cluster nodes: from its
+        monitoring port)."""
+        assert self.monitor_port is not None, "only cluster nodes have a monitoring port"
+        url = f"http://127.0.0.1:{self.monitor_port}/connz"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return [c.get("name", "") for c in json.loads(resp.read())["connections"] or []]
+
     def kill(self) -> None:
         """SIGKILL, and wait for the process to be gone."""
         if self.proc is not None and self.proc.poll() is None:
@@ -112,6 +137,12 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def nats_cluster(root: Path, n: int = 3) -> list[NatsServer]:
+    """`n` JetStream nodes of one cluster on loopback, routes between them (not started)."""
+    routes = [free_port() for _ in range(n)]
+    return [NatsServer(root / f"node{i}", cluster=("meltica", routes[i], routes)) for i in range(n)]
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ cdef bytes _KEY_FIELD = b',"key":"'
 cdef bytes _HDR_LINE = b"NATS/1.0\r\n"
 cdef bytes _MSG_ID = b"Nats-Msg-Id: "
 cdef bytes _TRACE = b"traceparent: "
-cdef bytes _DUPLICATE_KEY = b'"duplicate":true'
+# nats-server writes `"duplicate": true` (with a space); JSON allows any white space
+cdef bytes _DUPLICATE_KEY = b'"duplicate":'
 cdef bytes _ERROR_KEY = b'"error"'
 
 # Scratch buffers: every call holds the GIL from the first byte written to the
@@ -336,7 +337,7 @@ cdef class FrameWindow:
         self.unacked -= 1
         self.acked += 1
         cdef int code = _STORED
-        if _find(d, dn, _DUPLICATE_KEY):
+        if _is_duplicate(d, dn):
             self.duplicates += 1
             code = _DUPLICATE
         while self.head < self.next_seq and self._seq[self.head % self.capacity] != self.head:
@@ -375,6 +376,20 @@ cdef bint _find(const char *d, Py_ssize_t n, bytes needle) noexcept:
     for i in range(n - m + 1):
         if d[i] == p[0] and memcmp(d + i, p, m) == 0:
             return True
+    return False
+
+
+cdef bint _is_duplicate(const char *d, Py_ssize_t n) noexcept:
+    """The ack says ``"duplicate": true`` (any white space after the colon)."""
+    cdef Py_ssize_t m = PyBytes_GET_SIZE(_DUPLICATE_KEY)
+    cdef const char *p = PyBytes_AS_STRING(_DUPLICATE_KEY)
+    cdef Py_ssize_t i, j
+    for i in range(n - m + 1):
+        if d[i] == p[0] and memcmp(d + i, p, m) == 0:
+            j = i + m
+            while j < n and (d[j] == b" " or d[j] == b"\t" or d[j] == b"\n" or d[j] == b"\r"):
+                j += 1
+            return n - j >= 4 and memcmp(d + j, b"true", 4) == 0
     return False
 
 

@@ -36,6 +36,10 @@ class FakeExchange:
     speed: None = as fast as clients read; 1.0 = recorded time; N = N times faster.
     start: "first_subscribe" (the timeline waits for a subscription), "now", or
     "manual" (it waits for `begin()`: a client subscribes everything first).
+    subscribers: with "first_subscribe", the timeline waits until every stream the
+    source serves has this many subscribed connections (default 1: the first
+    subscription), so that N clients, e.g. a hot-hot pair of gateways, receive the
+    same frames from the first one on.
     ws_options / rest_options: passed to each WsServer / the RestServer.
     """
 
@@ -51,7 +55,10 @@ class FakeExchange:
         rest_port: int = 0,
         ws_options: dict[str, Any] | None = None,
         rest_options: dict[str, Any] | None = None,
+        subscribers: int = 1,
     ) -> None:
+        if subscribers < 1:
+            raise ValueError("subscribers must be at least 1")
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for max)")
         if start not in ("first_subscribe", "now", "manual"):
@@ -60,6 +67,7 @@ class FakeExchange:
         self.speed = speed
         self.faults = faults or FaultPlan()
         self._start_mode = start
+        self._subscribers = subscribers
         self._subscribed = asyncio.Event()
         self.finished = asyncio.Event()
         ws_options = dict(ws_options or {})
@@ -127,8 +135,14 @@ class FakeExchange:
     # -- timeline
 
     def _on_subscribe(self, market: str, streams: set[str]) -> None:
-        if self._start_mode == "first_subscribe":
-            self._subscribed.set()
+        if self._start_mode != "first_subscribe":
+            return
+        if self._subscribers > 1:
+            for server in self.ws.values():
+                for stream in server.known_streams or ():
+                    if server.subscriber_count(stream) < self._subscribers:
+                        return
+        self._subscribed.set()
 
     def begin(self) -> None:
         """Start the timeline now (any start mode; idempotent)."""

@@ -855,6 +855,10 @@ class WsServer:
             for conn in blocked:
                 await conn.writable.wait()
 
+    def subscriber_count(self, stream: str) -> int:
+        """How many open connections receive ``stream``."""
+        return len(self._by_stream.get(stream, ()))
+
     def subscribed(self) -> set[str]:
         """Streams some open connection would receive (restricted to known_streams, if set)."""
         streams = set(self._by_stream)
