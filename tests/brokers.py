@@ -8,15 +8,13 @@ the tests that need it skip on a workstation and fail with ``CI=true``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +37,55 @@ def _need(binary: str) -> str:
     return path
 
 
-class NatsServer:
+class _ServerProcess:
+    """A server binary run by a test: its process, its log, SIGKILL and stop."""
+
+    name = "server"
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def _launch(self, args: list[str], up: Callable[[], bool], timeout_s: float) -> None:
+        """Start `args` and wait until `up()` (a probe of the port) says it answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): {self._tail()}")
+            try:
+                if up():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not come up on {self.url}: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the process to be gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class NatsServer(_ServerProcess):
     """One ``nats-server -js`` process on 127.0.0.1.
 
     ``user``/``password`` or ``token`` turn on authentication.  ``kill()`` sends
@@ -54,54 +100,32 @@ class NatsServer:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
-        cluster: tuple[str, int, list[int]] | None = None,
     ) -> None:
-        """``cluster``: (cluster name, this node's route port, every node's route port)."""
         self.binary = _need("nats-server")
         self.store = store
         store.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.user, self.password, self.token = user, password, token
-        self.cluster = cluster
-        self.monitor_port = free_port() if cluster is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log = store / "nats-server.log"
-
-    @property
-    def server_name(self) -> str:
-        return f"{self.cluster[0]}-{self.cluster[1]}" if self.cluster else ""
+        self.name = "nats-server"
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
         args += ["-sd", str(self.store / "js"), "-l", str(self.log)]
-        if self.cluster is not None:
-            name, route, routes = self.cluster
-            args += ["--cluster_name", name, "--server_name", self.server_name]
-            args += ["--cluster", f"nats://127.0.0.1:{route}"]
-            args += ["--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)]
-            args += ["-m", str(self.monitor_port)]
         if self.token:
             args += ["--auth", self.token]
         elif self.user:
             args += ["--user", self.user, "--pass", self.password or ""]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited ({self.proc.returncode}): {self._tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if s.recv(4096).startswith(b"INFO ") and self._jetstream_ready():
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"nats-server did not come up on {self.url}: {self._tail()}")
+
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(4096).startswith(b"INFO ") and self._jetstream_ready()
+
+        self._launch(args, up, timeout_s)
 
     def _jetstream_ready(self) -> bool:
         try:
@@ -109,40 +133,6 @@ class NatsServer:
         except OSError:
             return False
         return "Server is ready" in text.rsplit("Starting nats-server", 1)[-1]
-
-    def _tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
-
-    def client_names(self) -> list[str]:
-        """The names of the clients connected to this node now (cluster nodes: from its
-        monitoring port)."""
-        assert self.monitor_port is not None, "only cluster nodes have a monitoring port"
-        url = f"http://127.0.0.1:{self.monitor_port}/connz"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return [c.get("name", "") for c in json.loads(resp.read())["connections"] or []]
-
-    def kill(self) -> None:
-        """SIGKILL, and wait for the process to be gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def nats_cluster(root: Path, n: int = 3) -> list[NatsServer]:
-    """`n` JetStream nodes of one cluster on loopback, routes between them (not started)."""
-    routes = [free_port() for _ in range(n)]
-    return [NatsServer(root / f"node{i}", cluster=("meltica", routes[i], routes)) for i in range(n)]
 
 
 @pytest.fixture
@@ -156,7 +146,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
-class RedisServer:
+class RedisServer(_ServerProcess):
     """One ``redis-server`` on 127.0.0.1 with no persistence, its files in `dir`.
 
     ``kill()`` sends SIGKILL; ``start()`` again reuses the port (the data is
@@ -167,52 +157,24 @@ class RedisServer:
         self.binary = _need("redis-server")
         self.dir = dir
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log = dir / "redis-server.log"
+        self.name = "redis-server"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
         args += ["--dir", str(self.dir), "--save", "", "--appendonly", "no"]
         args += ["--logfile", str(self.log), "--daemonize", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited ({self.proc.returncode}): {self._tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not come up on {self.url}: {self._tail()}")
 
-    def _tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
 
-    def kill(self) -> None:
-        """SIGKILL, and wait for the process to be gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self._launch(args, up, timeout_s)
 
 
 @pytest.fixture
