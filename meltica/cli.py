@@ -582,12 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
         "HTTP server (--url, the default) and print the reply as JSON.  The config (--config, "
         "MELTICA_* variables, --set) gives the NATS connection (the nats section: url, "
         "credentials, TLS) and the HTTP bearer token (telemetry.control_token); NATS is used "
-        "only with --nats, whose URL, when given, replaces nats.url.  Exit status: 0 ok, "
+        "only with --nats, whose URL, when given, replaces nats.url.  Several --url: ctl "
+        "routes to the shard that owns the symbols.  Exit status: 0 ok, "
         "1 error reply, 2 unreachable, bad usage or bad config.",
         epilog="example:\n  meltica-engine ctl subscribe --market usdm --symbols btcusdt,ethusdt "
         "--channels agg_trade,book_ticker,depth\n"
         "  meltica-engine ctl status --nats nats://127.0.0.1:4222\n"
-        "  meltica-engine ctl book --market usdm --symbol BTCUSDT --depth 5",
+        "  meltica-engine ctl book --market usdm --symbol BTCUSDT --depth 5\n"
+        "  meltica-engine ctl resync --market usdm --symbols ethusdt "
+        "--url http://10.0.0.1:9464 --url http://10.0.0.2:9464",
     )
     _config_args(p)
     p.add_argument(
@@ -622,8 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--url",
-        default="http://127.0.0.1:9464",
-        help="the gateway's HTTP server",
+        action="append",
+        help="a gateway's HTTP server; repeat it for shards: list and status ask every URL, "
+        "other ops go to the URL whose status names the shard owning --symbols, and a "
+        "request refused with owner_shard is resent to that shard's URL "
+        "(default: http://127.0.0.1:9464)",
     )
     p.add_argument(
         "--gateway",

@@ -24,11 +24,20 @@ then the request goes to the shard owning its symbols.  A reply refused with
 ``result.owner_shard`` (the request reached another shard) is resent to the
 gateway whose ``status`` names that shard.  ``book`` reads one book
 (``--symbol``, ``--depth``).
+
+Over HTTP ``--url`` is repeatable.  With one URL the request goes there.  With
+several, ``list`` and ``status`` go to every URL and the replies are printed
+as a JSON list; the other ops first ask every URL for ``status`` and go to the
+one gateway that answers, or, when the gateways are shards, to the URL whose
+``status`` names the shard owning the request's symbols.  A reply refused
+with ``result.owner_shard`` is resent to the URL whose ``status`` names that
+shard; when no given URL does, ctl stops with one ``error:`` line (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import sys
@@ -46,7 +55,9 @@ from meltica.control import ControlError, ControlReply, ControlRequest, Op
 from meltica.errors import ConfigError, MelticaError
 from meltica.shard import Shard, shard_of
 
-__all__ = ["CtlError", "build_request", "run_ctl"]
+__all__ = ["DEFAULT_URL", "CtlError", "build_request", "run_ctl"]
+
+DEFAULT_URL = "http://127.0.0.1:9464"
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_UNREACHABLE = 0, 1, 2
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -121,17 +132,14 @@ def _print(value: Any) -> None:
     sys.stdout.flush()
 
 
-async def _over_http(
-    args: argparse.Namespace, config: Config, req: ControlRequest
+async def _post(
+    session: aiohttp.ClientSession, base: str, req: ControlRequest, token: str | None
 ) -> dict[str, Any]:
-    url = args.url.rstrip("/") + "/control"
-    token = args.token or config.telemetry.control_token
+    """``req`` to ``POST <base>/control``; the reply (CtlError when unreachable)."""
+    url = base.rstrip("/") + "/control"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session,
-            session.post(url, json=req.to_dict(), headers=headers) as resp,
-        ):
+        async with session.post(url, json=req.to_dict(), headers=headers) as resp:
             body = await resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         detail = str(exc) or type(exc).__name__
@@ -140,6 +148,106 @@ async def _over_http(
         return _reply(body, url)
     except CtlError:
         raise CtlError(f"{url} answered {resp.status}, not a control reply") from None
+
+
+def _shard_of_reply(reply: dict[str, Any]) -> str:
+    return str(reply["result"].get("shard", "?"))
+
+
+def _described(urls: list[str], found: dict[str, dict[str, Any] | str]) -> str:
+    """``URL (gateway ID, shard i/n)`` or ``URL (unreachable)`` for each URL."""
+    parts = []
+    for url in urls:
+        got = found[url]
+        if isinstance(got, str):
+            parts.append(f"{url} (unreachable)")
+        elif not got["ok"]:
+            parts.append(f"{url} (status refused: {got['error']})")
+        else:
+            parts.append(
+                f"{url} (gateway {got['result'].get('gateway')}, shard {_shard_of_reply(got)})"
+            )
+    return ", ".join(parts)
+
+
+async def _over_http(args: argparse.Namespace, config: Config, req: ControlRequest) -> Any:
+    urls = list(dict.fromkeys(args.url or [DEFAULT_URL]))
+    token = args.token or config.telemetry.control_token
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        if len(urls) == 1:
+            reply = await _post(session, urls[0], req, token)
+            _resend_to(reply, urls[0], {urls[0]: reply}, urls)  # raises when refused
+            return reply
+        if req.op in ("list", "status"):
+            replies = await asyncio.gather(*(_post(session, u, req, token) for u in urls))
+            return sorted(replies, key=lambda r: str(r["result"].get("gateway", "")))
+        found = await _http_status(session, urls, token)
+        answered = {u: r for u, r in found.items() if not isinstance(r, str) and r["ok"]}
+        if not answered:
+            raise CtlError(f"no gateway answers status: {_described(urls, found)}")
+        targets = list(answered)
+        owner = _owner_of(req, list(answered.values()))
+        if owner is not None:
+            # the gateways are shards: the URL of the one owning the symbols takes it
+            targets = [u for u, r in answered.items() if r["result"].get("shard") == owner]
+            if not targets:
+                raise CtlError(
+                    f"no --url is a gateway of shard {owner}, which owns "
+                    f"{req.market}:{','.join(req.symbols)} (asked: {_described(urls, found)})"
+                )
+        if len(targets) > 1:
+            raise CtlError(
+                f"{len(targets)} gateways answer ({_described(targets, found)}): "
+                "give one --url (or the owning shard's)"
+            )
+        reply = await _post(session, targets[0], req, token)
+        owner_url = _resend_to(reply, targets[0], found, urls)
+        if owner_url is None:
+            return reply
+        gw = found[owner_url]
+        assert not isinstance(gw, str)
+        print(
+            f"routed to {owner_url} (gateway {gw['result'].get('gateway')}, "
+            f"shard {_shard_of_reply(gw)})",
+            file=sys.stderr,
+        )
+        reply = await _post(session, owner_url, req, token)
+        _resend_to(reply, owner_url, {owner_url: reply}, [owner_url])  # once: never a loop
+        return reply
+
+
+async def _http_status(
+    session: aiohttp.ClientSession, urls: list[str], token: str | None
+) -> dict[str, dict[str, Any] | str]:
+    """Each URL's ``status`` reply, or why it could not be had (a string)."""
+
+    async def one(url: str) -> dict[str, Any] | str:
+        try:
+            return await _post(session, url, ControlRequest("status"), token)
+        except CtlError as exc:
+            return str(exc)
+
+    return dict(zip(urls, await asyncio.gather(*(one(u) for u in urls)), strict=True))
+
+
+def _resend_to(
+    reply: dict[str, Any], url: str, found: dict[str, dict[str, Any] | str], urls: list[str]
+) -> str | None:
+    """None when ``reply`` stands; for a reply refused with ``owner_shard``, the
+    URL (of ``found``'s status replies) of that shard, CtlError when none is."""
+    owner = reply["result"].get("owner_shard")
+    if reply["ok"] or not isinstance(owner, str):
+        return None
+    for u, r in found.items():
+        if u != url and not isinstance(r, str) and r["ok"] and r["result"].get("shard") == owner:
+            return u
+    others = [u for u in urls if u != url]
+    asked = f"; asked {_described(others, found)}" if others else ""
+    raise CtlError(
+        f"{url}: {reply['error']}; no --url given is a gateway of shard {owner}{asked} "
+        "(add the owner's URL with another --url)"
+    )
 
 
 async def _request(nc: Client, subject: str, req: ControlRequest, timeout: float) -> dict[str, Any]:

@@ -14,10 +14,12 @@ import sys
 from typing import Any
 
 import aiohttp
+import pytest
 from aio import run
 from brokers import NatsServer
 
 from meltica.commands.common import local_overrides
+from meltica.commands.ctl import CtlError, _resend_to
 from meltica.config import load_config
 from meltica.control import ControlRequest
 from meltica.engine import Engine
@@ -225,6 +227,99 @@ def test_two_shards_on_one_nats_server(tmp_path: Any) -> None:
         server.stop()
 
 
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_ctl_over_http_routes_to_the_owning_shard() -> None:
+    """Two gateways (memory bus), east on shard 0/2 and west on 1/2, each with its
+    own HTTP server; ctl is given both URLs and finds the owner from status."""
+    source = SyntheticMarket(markets=("spot",), symbols_per_market=6, seed=3)
+    symbols = source.symbols("spot")
+    mine = {i: [s for s in symbols if shard_of("spot", s, 2) == i] for i in (0, 1)}
+    assert mine[0] and mine[1], mine
+    east_sym, west_sym = mine[0][0], mine[1][0]
+
+    async def scenario() -> None:
+        fake = FakeExchange(source, speed=2.0)
+        await fake.start()
+        engines: list[Engine] = []
+        try:
+            east = make_engine(fake, symbols, "gateway.id=east", "gateway.shard=0/2")
+            west = make_engine(fake, symbols, "gateway.id=west", "gateway.shard=1/2")
+            engines += [east, west]
+            await east.start()
+            await west.start()
+            assert east.metrics is not None and west.metrics is not None
+            e_url, w_url = east.metrics.url, west.metrics.url
+            both = ["--url", w_url, "--url", e_url]
+
+            # status asks every URL: a list sorted by gateway
+            code, out, err = await ctl("status", *both)
+            assert code == 0, err
+            replies = json.loads(out)
+            assert [r["result"]["gateway"] for r in replies] == ["east", "west"]
+            assert [r["result"]["shard"] for r in replies] == ["0/2", "1/2"]
+
+            # a book of west's shard, east's URL first: ctl goes to west straight away
+            await wait_live(west, west_sym)
+            code, out, err = await ctl(
+                "book", "--market", "spot", "--symbol", west_sym, "--url", e_url, "--url", w_url
+            )
+            assert code == 0, err
+            assert "routed" not in err
+            book = json.loads(out)["result"]
+            assert book["gateway"] == "west" and book["symbol"] == west_sym
+            assert book["state"] == "live" and book["snapshot"]["bids"]
+
+            # changes go to the owner too, whichever order the URLs come in
+            unsub = ["--market", "spot", "--symbols", west_sym, "--channels", "trade"]
+            code, out, err = await ctl("unsubscribe", *unsub, "--url", e_url, "--url", w_url)
+            assert code == 0, err
+            assert json.loads(out)["result"]["gateway"] == "west"
+            assert west.dispatcher.subscriptions()[("spot", west_sym)] == {"book_ticker", "depth"}
+            code, out, err = await ctl("subscribe", *unsub, *both)
+            assert code == 0, err
+            assert west.dispatcher.subscriptions()[("spot", west_sym)] == set(STREAMS)
+            code, out, err = await ctl("resync", "--market", "spot", "--symbols", east_sym, *both)
+            assert code == 0, err
+            assert json.loads(out)["result"]["gateway"] == "east"
+            # symbols of both shards in one request: ctl says to split it
+            code, out, err = await ctl(
+                "resync", "--market", "spot", "--symbols", f"{east_sym},{west_sym}", *both
+            )
+            assert code == 2 and out == "" and "span shards 0/2, 1/2" in _one_error_line(err)
+
+            # only east's URL: east refuses west's symbol, and no URL given owns it
+            code, out, err = await ctl("resync", "--market", "spot", "--symbols", west_sym,
+                                       "--url", e_url)  # fmt: skip
+            assert code == 2 and out == ""
+            line = _one_error_line(err)
+            assert "no --url given is a gateway of shard 1/2" in line and e_url in line
+            # east's URL and one where nothing listens: the owner is not among them
+            nowhere = w_url.rsplit(":", 1)[0] + ":1"
+            code, out, err = await ctl(
+                "resync", "--market", "spot", "--symbols", west_sym, "--url", e_url,
+                "--url", nowhere, "--timeout", "5",
+            )  # fmt: skip
+            assert code == 2 and out == ""
+            line = _one_error_line(err)
+            assert "no --url is a gateway of shard 1/2" in line
+            assert f"{nowhere} (unreachable)" in line and "gateway east, shard 0/2" in line
+            # nothing was changed on either gateway by the refused requests
+            assert all(("spot", s) not in east.dispatcher.subscriptions() for s in mine[1])
+            assert west.dispatcher.subscriptions()[("spot", west_sym)] == set(STREAMS)
+        finally:
+            for engine in engines:
+                await engine.stop()
+            await fake.stop()
+
+    run(scenario, timeout=240)
+
+
 # What the union test compares: the keys (docs/wire-format.md) of the exchange events,
 # which are functions of exchange fields only (trade id, update ids).  Fused book
 # snapshots are left out (their update ids depend on when each gateway's REST
@@ -300,3 +395,31 @@ def test_disjoint_shards_union_equals_one_gateway() -> None:
         assert {k.split(":")[2] for k in keyset} == {
             s for s in symbols if Shard(index, 2).owns("spot", s)
         }
+
+
+def test_ctl_http_resends_a_refusal_to_the_url_of_the_owner_shard() -> None:
+    """The fallback behind the status-based choice (a gateway whose shard changed
+    since its status was read): the refusal's owner_shard picks the URL to resend to."""
+
+    def status(gateway: str, shard: str) -> dict[str, Any]:
+        return {"ok": True, "error": None, "result": {"gateway": gateway, "shard": shard}}
+
+    refused = {
+        "ok": False,
+        "error": "not this gateway's shard (0/2): spot:X -> shard 1/2",
+        "result": {"shard": "0/2", "owner_shard": "1/2", "gateway": "east"},
+    }
+    found: dict[str, Any] = {
+        "http://a": status("east", "0/2"),
+        "http://b": "cannot reach http://b/control: refused",
+        "http://c": status("west", "1/2"),
+    }
+    urls = list(found)
+    assert _resend_to(refused, "http://a", found, urls) == "http://c"
+    assert _resend_to(status("east", "0/2"), "http://a", found, urls) is None  # ok: stands
+    plain = {"ok": False, "error": "unknown symbol", "result": {"gateway": "east"}}
+    assert _resend_to(plain, "http://a", found, urls) is None  # not a shard refusal
+    del found["http://c"]
+    with pytest.raises(CtlError, match="no --url given is a gateway of shard 1/2") as err:
+        _resend_to(refused, "http://a", found, urls[:2])
+    assert "http://b (unreachable)" in str(err.value)
