@@ -490,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve CAPTURE from a local fake Binance, subscribe the gateway to its "
         "symbols and streams and write every Data Bus event as wire JSON.  A summary table "
         "goes to stdout (to stderr when stdout carries the events or the JSON report); "
-        "exit status 1 when the replay found gaps, drops, book mismatches or a book that "
-        "is not live.",
+        "exit status 1 when the replay found gaps (any gap manifest entry), drops, book "
+        "mismatches or a book that is not live.",
         epilog="example:\n  meltica-engine replay btcusdt_20240808.gz -o events.jsonl "
         "--report-json report.json --plot replay.png",
     )
@@ -522,6 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="draw events/s and latency percentiles over exchange time, with gaps and "
         "resyncs marked, into PNG (needs the 'plot' extra: matplotlib) (default: none)",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="append the gap manifest to FILE as JSON lines, one per gap (docs/gaps.md) "
+        "(default: none; the report has its summary)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="scripted fault of the fake exchange, e.g. close:at_frame=500 "
+        "(repeatable; docs/fake-exchange.md) (default: none)",
     )
     p.set_defaults(func=_cmd_replay)
 

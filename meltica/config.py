@@ -559,6 +559,28 @@ class TelemetryConfig(_Section):
     otlp_metrics_interval_s: float = _f(15.0, _between(0.1, 3600))
 
 
+def _new_file(value: str | None) -> str | None:
+    """A file to append to: its directory must exist (the file need not)."""
+    if value is None:
+        return None
+    if not value.strip():
+        return "must not be empty"
+    parent = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(parent):
+        return f"directory {parent!r} does not exist"
+    if os.path.isdir(value):
+        return f"{value!r} is a directory"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class GapsConfig(_Section):
+    """The gap manifest (docs/gaps.md): what ``GET /gaps`` keeps and where lines go."""
+
+    path: str | None = _f(None, _new_file)
+    max_entries: int = _f(10_000, _between(1, 10_000_000))
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig(_Section):
     """Log level and line format the CLI configures (the library itself never adds handlers)."""
@@ -578,6 +600,7 @@ class Config(_Section):
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
+    gaps: GapsConfig = field(default_factory=GapsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ from meltica.config import Config, Market
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher.dispatcher import Dispatcher
 from meltica.errors import MelticaError
+from meltica.gaps import LOST, OUTCOMES, GapManifest
 from meltica.gateway import BookQuery, GatewayControl
 from meltica.log import root as _root_log
 from meltica.shard import parse_shard
@@ -53,6 +55,10 @@ from meltica.telemetry.tail import TailEndpoint
 log = _root_log.getChild("engine")
 
 __all__ = ["Engine", "StartupError"]
+
+# channels whose holes are found by their ids, not by connection outages: diff
+# depth (the Conductor's continuity check)
+ID_CHECKED_CHANNELS = frozenset({"depth"})
 
 # at shutdown, how long the JetStream publisher may wait for outstanding acks
 NATS_FLUSH_TIMEOUT_S = 10.0
@@ -146,10 +152,14 @@ class Engine:
             analytics=c.analytics,
             mirror=None if self.redis_store is None else self.redis_store.offer,
         )
+        # every hole in what the exchange sent, with its outcome (docs/gaps.md)
+        self.gaps = GapManifest(config.gaps.max_entries, config.gaps.path)
+        self.conductor.gaps = self.gaps
         self.table = DispatchTable()
         self.managers: dict[str, ConnectionManager] = {}
         for market in self.markets:
             self.managers[market] = self._manager(market)
+            self.managers[market].on_outage = functools.partial(self._on_outage, market)
         self.dispatcher = Dispatcher(
             self.table,
             self.managers,
@@ -258,6 +268,17 @@ class Engine:
     def _on_control(self, event: Control) -> None:
         self.dispatcher.on_events([event])
 
+    def _on_outage(self, market: str, stream: str, from_ns: int, to_ns: int, cause: str) -> None:
+        """A stream's time without a connection.  Diff depth is left to the
+        Conductor, whose continuity check finds the exact update ids missed."""
+        try:
+            symbol, channel = channel_of(market, stream)
+        except MelticaError:
+            return  # not a per-symbol stream
+        if channel in ID_CHECKED_CHANNELS:
+            return
+        self.gaps.record(market, symbol, channel, cause, LOST, from_ns=from_ns, to_ns=to_ns)
+
     def _fetch_snapshot(self, market: str, symbol: str) -> Any:
         return self.rest.depth_snapshot(market, symbol, urgent=True)
 
@@ -343,6 +364,7 @@ class Engine:
         """Stop everything (idempotent): connections first, so their last frames flush."""
         if self._state in ("stopped", "new"):
             self._state = "stopped"
+            self.gaps.close()
             return
         if self._state == "stopping":
             return
@@ -356,6 +378,8 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.conductor.stop()
+        # what is still open is written as open: the run ended before its outcome
+        self.gaps.close()
         if self.redis_store is not None:
             await self.redis_store.stop()
         if self.control_nats is not None:
@@ -539,6 +563,10 @@ class Engine:
         yield from stats_samples("snapshot", self.store.stats())
         if self.redis_store is not None:
             yield from stats_samples("snapshot_redis", self.redis_store.stats())
+        for (stream, cause, outcome), n in sorted(self.gaps.counts.items()):
+            yield sample("gaps_total", n, stream=stream, cause=cause, outcome=outcome)
+        yield sample("gaps_open", self.gaps.summary()["by_outcome"]["open"])
+        yield sample("gaps_write_errors_total", self.gaps.write_errors)
         yield from stats_samples("tail", self.tail.stats())
         if self.nats_bus is not None:
             yield from stats_samples("nats", self.nats_bus.stats())
@@ -560,6 +588,28 @@ class Engine:
         self.tail.add_routes(app)
         self.control_http.add_routes(app)
         self.books.add_routes(app)
+        app.router.add_get("/gaps", self._gaps)
+
+    async def _gaps(self, request: web.Request) -> web.Response:
+        """``GET /gaps?market=&symbol=&outcome=&limit=``: the gap manifest as JSON."""
+        q = request.query
+        outcome = q.get("outcome")
+        if outcome is not None and outcome not in OUTCOMES:
+            return web.json_response(
+                {"error": f"outcome must be one of {', '.join(OUTCOMES)}"}, status=400
+            )
+        try:
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        symbol = q.get("symbol")
+        entries = self.gaps.entries(
+            market=q.get("market"),
+            symbol=None if symbol is None else symbol.upper(),
+            outcome=outcome,
+            limit=limit,
+        )
+        return web.json_response({"summary": self.gaps.summary(), "gaps": entries})
 
 
 # the per-instrument counters and gauges of Conductor.status() that are exported

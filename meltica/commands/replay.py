@@ -157,6 +157,7 @@ async def _replay(
     table_console: Console,
 ) -> int:
     from meltica.replay.exchange import FakeExchange
+    from meltica.replay.faults import FaultPlan
     from meltica.replay.source import CaptureSource
 
     progress_on = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -184,7 +185,13 @@ async def _replay(
     market = source.market
     streams = sorted(source.streams(market))
     depth_speed = _depth_speed(market, streams)
-    fake = FakeExchange(source, speed=args.speed, start="manual")
+    try:
+        faults = FaultPlan.parse(args.fault)
+    except ValueError as exc:
+        progress.abort()
+        print(f"error: --fault: {exc}", file=sys.stderr)
+        return 2
+    fake = FakeExchange(source, speed=args.speed, start="manual", faults=faults)
     await fake.start()
     engine: Engine | None = None
     try:
@@ -198,6 +205,8 @@ async def _replay(
         if market == "spot":
             overrides.append(f"binance.spot.venue={source.venue}")
         overrides += ["telemetry.metrics_enabled=false", *args.set]
+        if args.manifest is not None:
+            overrides.append(f"gaps.path={args.manifest}")
         try:
             config = load_config(args.config, overrides=overrides)
             apply_log_level(args, config)
@@ -255,6 +264,7 @@ async def _replay(
         if args.speed is None:
             report["latency_note"] = MAX_SPEED_LATENCY_NOTE
         report["timeline"] = timeline.to_dict()
+        report["faults"] = [str(f) for f in faults.faults]
         # a book whose capture holds no depth snapshot can never sync: say so, it is
         # the capture's limit; any other book that is not live is a failure
         not_live = [k for k, state in report["books"].items() if state != "live"]
@@ -276,6 +286,7 @@ async def _replay(
         nats_lost = report.get("nats", {}).get("lost", 0)
         bad = (
             report["gaps"]
+            or report["gap_manifest"]["total"]
             or report["drops"]
             or report["book_check"]["mismatches"]
             or failed
@@ -366,6 +377,8 @@ def _report(
             "hook_errors": cstat["hook_errors"],
         },
         "books": {k: v.get("state") for k, v in instruments.items()},
+        # every hole with its outcome (docs/gaps.md); --manifest FILE has the entries
+        "gap_manifest": engine.gaps.summary(),
         "throughput_frames_per_s": round(received / max(elapsed, 1e-9), 1),
         "elapsed_s": round(elapsed, 3),
         # the ring consumer's span from its first to its last event

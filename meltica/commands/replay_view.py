@@ -278,6 +278,14 @@ def _fmt_speed(speed: float | str | None) -> str:
     return "max" if speed in (None, "max") else f"{speed:g}x"
 
 
+def _manifest(summary: dict[str, Any] | None) -> str:
+    if not summary or not summary["total"]:
+        return "empty"
+    outcomes = ", ".join(f"{n:,} {o}" for o, n in summary["by_outcome"].items() if n)
+    lost = summary.get("lost_ids", 0)
+    return f"{summary['total']:,} gaps: {outcomes}" + (f" ({lost:,} ids lost)" if lost else "")
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """The report as a two-column table (the JSON report has everything)."""
     table = Table(title="meltica replay: summary", show_header=False, title_justify="left")
@@ -302,6 +310,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     rows += [
         ("parse rejects", _counts(report["parse_rejects"])),
         ("gaps / resyncs", f"{report['gaps']:,} / {report['resyncs']:,}"),
+        ("gap manifest", _manifest(report.get("gap_manifest"))),
         ("bus drops", f"{report['drops']:,}"),
         ("dispatch drops", _counts(dispatch)),
         ("books live", f"{live} of {len(books)}"),

@@ -31,6 +31,7 @@ from meltica._core.snapshot import MISMATCH
 from meltica.conductor._flow import Flow
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.errors import AnalyticsError
+from meltica.gaps import GapManifest
 from meltica.localseq import LocalSeq
 from meltica.log import fields
 from meltica.log import root as _root_log
@@ -100,6 +101,9 @@ class Instrument:
         self.retry_at: float | None = None
         self.backoffs = 0
         self.span: Any = None  # the resync episode being traced (gap -> live)
+        # while the book is not live: the newest depth update id seen, to find the
+        # holes between buffered events (the gap manifest); None while live
+        self.seen_u: int | None = None
 
     def status(self) -> dict[str, Any]:
         b = self.book
@@ -201,6 +205,9 @@ class Conductor:
         # OpenTelemetry tracer, set by the engine when tracing is on: a span per
         # resync episode, from the gap (or crossed book, or error) to live again
         self.tracer: Any = None
+        # the gap manifest (meltica/gaps.py), set by the engine: a continuity gap
+        # opens an entry, the book going live again closes it ``resynced``
+        self.gaps: GapManifest | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "batches",
@@ -273,6 +280,8 @@ class Conductor:
         self.books.remove(market, symbol)
         self._cancel(inst)
         inst.book.clear()
+        if self.gaps is not None:
+            self.gaps.discard(market, symbol, "depth")
         end_span(inst.span, error="untracked before it was live again")
         inst.span = None
         return True
@@ -325,6 +334,9 @@ class Conductor:
             self._go_live(inst, out)
         elif status == GAP:
             inst.gaps += 1
+            if self.gaps is not None:
+                self._note_hole(inst, ev, book.update_id or 0)
+                inst.seen_u = ev.update_id
             self._control(
                 out,
                 "gap",
@@ -362,6 +374,12 @@ class Conductor:
             self._start_fetch(inst)
 
     def _buffer(self, inst: Instrument, ev: BookDepth) -> None:
+        if self.gaps is not None:
+            seen = inst.seen_u
+            if seen is None or ev.update_id > seen:
+                if seen is not None:
+                    self._note_hole(inst, ev, seen)
+                inst.seen_u = ev.update_id
         if len(inst.buffer) >= self._buffer_max:
             # a snapshot slower than the buffer: start over from this event
             inst.buffer_overflows += 1
@@ -373,10 +391,30 @@ class Conductor:
         if inst.fetch is None:
             self._start_fetch(inst)
 
+    def _note_hole(self, inst: Instrument, ev: BookDepth, last: int) -> None:
+        """The depth update ids missing between ``last`` and ``ev``, for the gap
+        manifest: futures name the update before ``ev`` in ``pu``, spot starts it at ``U``."""
+        assert self.gaps is not None
+        pu = ev.prev_update_id
+        if pu is not None:
+            if pu <= last:
+                return
+            lo, hi = last + 1, pu
+        else:
+            first = ev.first_update_id
+            first = ev.update_id if first is None else first
+            if first <= last + 1:
+                return
+            lo, hi = last + 1, first - 1
+        self.gaps.open(inst.market, inst.symbol, "depth", "continuity", first_id=lo, last_id=hi)
+
     def _restart(
         self, inst: Instrument, out: list[Any], reason: str, seq: int | None, ts: int
     ) -> None:
         """Discard the book; a live one turns RESYNCING and is announced stale."""
+        if inst.state is State.LIVE and inst.seen_u is None and inst.book.update_id:
+            # the stream goes on from the last update the live book applied
+            inst.seen_u = inst.book.update_id
         if inst.state is State.LIVE:
             inst.state = State.RESYNCING
             inst.resyncs += 1
@@ -436,6 +474,10 @@ class Conductor:
             inst.span = None
         if was is State.RESYNCING:
             self._control(out, "stale", inst, book.update_id, ts, reason, stale=False)
+        inst.seen_u = None
+        if self.gaps is not None:
+            # the holes found while the book was not live: its snapshot covered them
+            self.gaps.resolve(inst.market, inst.symbol, "depth", "resynced")
         self._mark(book, out)
 
     def _mark(self, book: OrderBook, out: list[Any]) -> None:

@@ -413,6 +413,26 @@ _DECLARED: tuple[Family, ...] = (
     ),
     Family("book_gaps_total", COUNTER, "", "Sequence gaps detected in the depth stream", _MS),
     Family(
+        "gaps_total",
+        COUNTER,
+        "",
+        "Gap manifest entries closed, by stream (channel), cause and outcome "
+        "(filled, resynced, lost)",
+        ("stream", "cause", "outcome"),
+    ),
+    Family(
+        "gaps_open",
+        GAUGE,
+        "",
+        "Gap manifest entries still open (a book resyncing, a fill under way)",
+    ),
+    Family(
+        "gaps_write_errors_total",
+        COUNTER,
+        "",
+        "Gap manifest lines that could not be written to gaps.path",
+    ),
+    Family(
         "book_resyncs_total",
         COUNTER,
         "",

@@ -26,13 +26,20 @@ from meltica.commands.common import local_overrides
 from meltica.config import load_config
 from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
+from meltica.replay.faults import FaultPlan
 from meltica.replay.synthetic import SyntheticMarket
 from meltica.telemetry.catalog import FAMILIES
 
 
 async def _scrape(nats_url: str, redis_url: str) -> str:
     source = SyntheticMarket(markets=("spot", "usdm"), symbols_per_market=2, seed=11)
-    fake = FakeExchange(source, speed=4.0)
+    # three depth frames of one book dropped: a gap manifest entry, settled resynced
+    dropped = source.symbols("spot")[0]
+    fake = FakeExchange(
+        source,
+        speed=4.0,
+        faults=FaultPlan.parse([f"drop:market=spot,symbol={dropped},at_frame=120,count=3"]),
+    )
     await fake.start()
     receiver = OtlpReceiver()
     await receiver.start()
@@ -70,7 +77,11 @@ async def _scrape(nats_url: str, redis_url: str) -> str:
             while True:
                 async with http.get(url + "/metrics") as r:
                     text = await r.text()
-                if "meltica_book_age_seconds{" in text and not engine.not_ready():
+                if (
+                    "meltica_book_age_seconds{" in text
+                    and "meltica_gaps_total{" in text
+                    and not engine.not_ready()
+                ):
                     break
                 assert time.monotonic() < deadline, engine.not_ready()
                 await asyncio.sleep(0.2)

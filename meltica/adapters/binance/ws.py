@@ -72,6 +72,7 @@ class _Slot:
     __slots__ = (
         "active",
         "backoff",
+        "down",
         "incoming",
         "name",
         "overlap",
@@ -93,6 +94,9 @@ class _Slot:
         self.backoff = backoff
         self.reconnect: asyncio.Task[None] | None = None
         self.rotate_after = 0.0  # no rotation attempt before this clock time
+        # while the slot has no connection: (since when, in wall-clock ns; why;
+        # the streams not yet subscribed again), for the gap manifest
+        self.down: tuple[int, str, set[str]] | None = None
 
 
 class ConnectionManager:
@@ -183,6 +187,10 @@ class ConnectionManager:
         self._req_id = 0
         self._ctl_seq = LocalSeq()
         self._last_parse_log = -1e9
+        # on_outage(stream, from_ns, to_ns, cause): a stream's time without a
+        # connection, from the drop to its subscription's ack on the new one
+        # (set by the engine for the gap manifest; wall-clock ns)
+        self.on_outage: Callable[[str, int, int, str], object] | None = None
         # idle time and the pong deadline are judged on ticks (dead_link_bound_s)
         self._tick_s = max(
             0.02,
@@ -529,6 +537,8 @@ class ConnectionManager:
         now = self._clock()
         if method == "SUBSCRIBE":
             slot.backoff.reset()
+            if slot.down is not None:
+                self._back_up(slot, streams)
             for stream in streams:
                 self._stream_seen.setdefault(stream, now)
                 for fut in self._sub_waiters.pop(stream, []):
@@ -537,6 +547,24 @@ class ConnectionManager:
         else:
             for stream in streams:
                 self._resolve_unsub(stream)
+
+    def _back_up(self, slot: _Slot, streams: list[str]) -> None:
+        """Streams subscribed again after an outage: report each one's time down."""
+        assert slot.down is not None
+        since, cause, waiting = slot.down
+        now = time.time_ns()
+        for stream in streams:
+            if stream in waiting:
+                waiting.discard(stream)
+                if self.on_outage is not None:
+                    try:
+                        self.on_outage(stream, since, now, cause)
+                    except Exception:
+                        log.exception("%s: on_outage failed", self.market)
+        # streams unsubscribed meanwhile never come back: the outage ends with the rest
+        waiting.intersection_update(slot.streams)
+        if not waiting:
+            slot.down = None
 
     def _resolve_unsub(self, stream: str) -> None:
         for fut in self._unsub_waiters.pop(stream, []):
@@ -629,6 +657,8 @@ class ConnectionManager:
         slot.active = None
         if not slot.streams:
             return
+        if slot.down is None:
+            slot.down = (time.time_ns(), conn.reason_label or "error", set(slot.streams))
         if lived >= self.reconnect_max_s:
             slot.backoff.reset()
         delay = slot.backoff.next_delay()
