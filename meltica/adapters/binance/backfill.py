@@ -76,7 +76,9 @@ class TradeBackfill:
     """Fills trade id holes from REST; one worker per market, holes in the order found.
 
     ``sink(batch)``: where events go (the Dispatcher's ``on_events``).  ``venues`` maps a
-    market to its events' venue.  ``clock`` (monotonic seconds) times ``max_age_s``.
+    market to its events' venue.  ``clock`` (monotonic seconds) times ``max_age_s``, which
+    is checked before each page is requested.  ``page``: ids per request (default: the
+    endpoint's largest limit).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class TradeBackfill:
         max_ids: int = 100_000,
         max_age_s: float = 300.0,
         max_holes: int = 1024,
+        page: int | None = None,
         on_outcome: Callable[[HoleOutcome], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,6 +100,7 @@ class TradeBackfill:
         self.max_ids = max_ids
         self.max_age_s = max_age_s
         self.max_holes = max_holes
+        self.page = page  # ids per request; None: the endpoint's largest limit
         self.on_outcome = on_outcome
         self._clock = clock
         self._seq = LocalSeq()
@@ -213,6 +217,8 @@ class TradeBackfill:
                 break
             endpoint = TRADE_ENDPOINTS[h.kind]
             largest = TRADES_BY_ID[h.market][endpoint][1]
+            if self.page is not None:
+                largest = min(largest, self.page)
             limit = min(largest, h.last - next_id + 1)
             self.counters["requests"] += 1
             try:
