@@ -437,3 +437,69 @@ def test_backfill_config_keys_are_checked_at_start() -> None:
         with pytest.raises(ConfigError) as info:
             load_config(None, env={}, overrides=[bad])
         assert "binance.backfill.max_id" in str(info.value) or "binance.backfill" in str(info.value)
+
+
+class TapeSource:
+    """A source that is only a tape: spot BTCUSDT trades with the ids given."""
+
+    markets = ("spot",)
+
+    def __init__(self, ids: list[int]) -> None:
+        self.tape = TradeTape()
+        for tid in ids:
+            body = f'{{"e":"trade","s":"BTCUSDT","t":{tid},"p":"1","q":"1","T":1,"m":true}}'
+            self.tape.observe(StreamFrame(0, "spot", "btcusdt@trade", body.encode()))
+
+    def symbols(self, market: str) -> list[str]:
+        return ["BTCUSDT"]
+
+
+def test_ids_the_exchange_skips_inside_a_hole_are_lost_exactly(run: Runner) -> None:
+    clock = FakeTime()
+
+    async def main() -> None:
+        source: Any = TapeSource([1, 2, 3, 6, 7, 9, 10])
+        server = RestServer(source, clock=clock)
+        await server.start()
+        sink, table, outcomes = Sink(), Table(), []
+        try:
+            async with client_for(server, clock) as client:
+                bf = TradeBackfill(client, sink, venues={}, on_outcome=outcomes.append)
+                bf.attach(table)
+                table.found(("spot", "BTCUSDT", "trade", 2, 10))
+                await wait_until(lambda: len(outcomes) == 5, "outcomes")
+                await bf.stop()
+        finally:
+            await server.stop()
+        got = sorted((o.first, o.last, o.outcome, o.reason) for o in outcomes)
+        assert got == [
+            (2, 3, "filled", ""),
+            (4, 5, "lost", "not_served"),
+            (6, 7, "filled", ""),
+            (8, 8, "lost", "not_served"),
+            (9, 10, "filled", ""),
+        ]
+        assert [e.trade_id for e in sink.events if e.kind == "trade"] == [2, 3, 6, 7, 9, 10]
+        assert bf.stats()["ids_lost"] == 3 and bf.stats()["holes_lost"] == 1
+
+    run(main)
+
+
+def test_stop_mid_fill_reports_what_was_delivered_and_loses_the_rest(run: Runner) -> None:
+    async def body(server: RestServer, clock: FakeTime, frames: list[StreamFrame]) -> None:
+        ids = ids_of(frames, "usdm", "btcusdt@aggTrade")
+        first, last = ids[0], ids[0] + 19
+        sink, table, outcomes = Sink(), Table(), []
+        async with client_for(server, clock, limits={"usdm": (40, 0.5)}) as client:
+            bf = TradeBackfill(client, sink, venues={}, page=5, on_outcome=outcomes.append)
+            bf.attach(table)
+            table.found(("usdm", "BTCUSDT", "agg_trade", first, last))
+            # the first page is delivered; the second waits for the next window
+            await wait_until(
+                lambda: len(sink.events) == 6 and clock.sleeping == 1, "second page held"
+            )
+            await bf.stop()
+        got = sorted((o.first, o.last, o.outcome, o.reason) for o in outcomes)
+        assert got == [(first, first + 4, "filled", ""), (first + 5, last, "lost", "stopped")]
+
+    serving(run, body, auto=False, weight_limits={"usdm": 20})

@@ -7,7 +7,7 @@ frame, in stream order), per (market, SYMBOL, kind), so the fake REST server ans
 Frames dropped or delayed by a fault are on the tape all the same: the exchange made
 those trades.  The tape keeps the latest ``capacity`` trades per stream (older ones are
 forgotten: a request from before them gets the oldest kept, as an exchange with a
-retention limit would).
+retention limit would).  Memory: the frames' payload bytes, about 200 bytes a trade.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TAPE_CAPACITY", "TradeTape"]
 
-DEFAULT_TAPE_CAPACITY = 200_000
+DEFAULT_TAPE_CAPACITY = 20_000
 
 _SUFFIX = {"@trade": "trade", "@aggTrade": "agg_trade"}
 
 
 class _Stream:
-    __slots__ = ("ids", "items")
+    __slots__ = ("ids", "payloads")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
-        self.items: list[dict[str, Any]] = []
+        self.payloads: list[bytes] = []  # the stream frames' own bytes, turned into REST on get
 
 
 class TradeTape:
@@ -54,15 +54,10 @@ class TradeTape:
         try:
             obj = json.loads(frame.payload)
             symbol = obj["s"]
-            if kind == "trade":
-                tid = obj["t"]
-                item = _trade_item(frame.market, obj)
-            else:
-                tid = obj["a"]
-                item = _agg_item(frame.market, obj)
-        except (ValueError, KeyError, TypeError, InvalidOperation):
+            tid = obj["t"] if kind == "trade" else obj["a"]
+        except (ValueError, KeyError, TypeError):
             return  # a malformed frame (a fault or the recording): nothing to serve
-        if type(tid) is not int:
+        if type(tid) is not int or not isinstance(symbol, str):
             return
         st = self._streams.get((frame.market, symbol, kind))
         if st is None:
@@ -70,10 +65,10 @@ class TradeTape:
         if st.ids and tid <= st.ids[-1]:
             return  # a repeat (a recorded reconnect overlap) or out of order: first wins
         st.ids.append(tid)
-        st.items.append(item)
+        st.payloads.append(frame.payload)
         if len(st.ids) >= 2 * self.capacity:
             del st.ids[: -self.capacity]
-            del st.items[: -self.capacity]
+            del st.payloads[: -self.capacity]
 
     def get(
         self, market: str, symbol: str, kind: str, from_id: int | None, limit: int
@@ -84,13 +79,18 @@ class TradeTape:
         if st is None:
             return None
         if from_id is None:
-            return st.items[-limit:]
-        i = bisect_left(st.ids, from_id)
-        return st.items[i : i + limit]
-
-    def known(self, market: str, symbol: str) -> bool:
-        """Whether any trade stream of ``symbol`` was seen (for -1121 vs an empty list)."""
-        return any((market, symbol, k) in self._streams for k in _SUFFIX.values())
+            chosen = st.payloads[-limit:]
+        else:
+            i = bisect_left(st.ids, from_id)
+            chosen = st.payloads[i : i + limit]
+        convert = _trade_item if kind == "trade" else _agg_item
+        out = []
+        for payload in chosen:
+            try:
+                out.append(convert(market, json.loads(payload)))
+            except (KeyError, TypeError, InvalidOperation):
+                continue  # a frame the stream carried but Binance could not have served
+        return out
 
     def __len__(self) -> int:
         return sum(len(st.ids) for st in self._streams.values())

@@ -70,6 +70,8 @@ class _Hole:
     last: int
     found: float  # clock()
     found_ns: int
+    next_id: int = 0  # the first id not yet delivered (set when the fill starts)
+    skipped: bool = False  # the exchange left out ids inside the hole (reported lost)
 
 
 class TradeBackfill:
@@ -201,14 +203,19 @@ class TradeBackfill:
             try:
                 await self._fill(h)
             except asyncio.CancelledError:
+                # stopped mid-fill: what was delivered is filled, the rest lost, exactly
+                done = [(h.first, h.next_id - 1)] if h.next_id > h.first else []
+                left = (h.next_id, h.last, "stopped") if h.next_id <= h.last else None
+                self._finish(h, done, left)
                 raise
             except Exception:  # a bug must not stop the worker: the hole is lost, loudly
                 log.exception("backfill of %s %s %s failed", h.market, h.symbol, h.kind)
-                self._finish(h, [], (h.first, h.last, "rest_error"))
+                done = [(h.first, h.next_id - 1)] if h.next_id > h.first else []
+                self._finish(h, done, (max(h.first, h.next_id), h.last, "rest_error"))
 
     async def _fill(self, h: _Hole) -> None:
         """Fetch ids first..last page by page; deliver them; report the outcome."""
-        next_id = h.first
+        next_id = h.next_id = h.first
         filled: list[tuple[int, int]] = []
         lost: tuple[int, int, str] | None = None
         while next_id <= h.last:
@@ -234,24 +241,32 @@ class TradeBackfill:
             if not events:
                 lost = (next_id, h.last, "not_served")
                 break
-            # ids the exchange skipped (it never does for a listed symbol): lost, exactly
-            if events[0].trade_id > next_id:
-                self._report(h, next_id, events[0].trade_id - 1, "lost", "not_served")
             self.sink(events)
-            filled.append((events[0].trade_id, events[-1].trade_id))
             self.counters["ids_filled"] += len(events)
-            next_id = events[-1].trade_id + 1
+            for ev in events:
+                tid = ev.trade_id
+                if tid > next_id:
+                    # ids the exchange skipped (it never does for a listed symbol): lost
+                    self._report(h, next_id, tid - 1, "lost", "not_served")
+                    h.skipped = True
+                filled.append((tid, tid))
+                next_id = h.next_id = tid + 1
         self._finish(h, filled, lost)
 
     def _finish(
         self, h: _Hole, filled: list[tuple[int, int]], lost: tuple[int, int, str] | None
     ) -> None:
-        if filled:
-            first, last = filled[0][0], filled[-1][1]
+        runs: list[list[int]] = []
+        for first, last in filled:  # pages that follow each other are one filled range
+            if runs and runs[-1][1] + 1 == first:
+                runs[-1][1] = last
+            else:
+                runs.append([first, last])
+        for first, last in runs:
             self._report(h, first, last, "filled", "")
         if lost is not None:
             self._report(h, lost[0], lost[1], "lost", lost[2])
-        if lost is None:
+        if lost is None and not h.skipped:
             self.counters["holes_filled"] += 1
         else:
             self.counters["holes_lost"] += 1
