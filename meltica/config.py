@@ -937,6 +937,8 @@ def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
     for section, key in _SECRET_KEYS:
         if plain[section][key] is not None:
             plain[section][key] = "***"
+    if plain["binance"]["backfill"]["api_key"]:
+        plain["binance"]["backfill"]["api_key"] = "***"
     text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
     sys.stdout.write(log.redact(text))
     return 0

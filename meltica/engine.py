@@ -179,6 +179,8 @@ class Engine:
                 max_ids=b.backfill.max_ids,
                 max_age_s=b.backfill.max_age_s,
                 max_holes=b.backfill.max_holes,
+                max_batch=max(64, self.config.bus.capacity // 32),
+                paused=lambda: self.bus.paused,
             )
             self.backfill.attach(self.table)
         self.gateway_id = gateway_id(config.gateway)

@@ -503,3 +503,13 @@ def test_stop_mid_fill_reports_what_was_delivered_and_loses_the_rest(run: Runner
         assert got == [(first, first + 4, "filled", ""), (first + 5, last, "lost", "stopped")]
 
     serving(run, body, auto=False, weight_limits={"usdm": 20})
+
+
+def test_check_config_masks_the_api_key(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from meltica.config import check_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("binance:\n  backfill:\n    api_key: s3cr3t-key\n")
+    assert check_config(str(path), env={}) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t-key" not in out and "api_key: '***'" in out

@@ -31,10 +31,14 @@ from meltica._core.events import Control
 from meltica.adapters.binance.rest import TRADE_ENDPOINTS, TRADES_BY_ID, BinanceRest
 from meltica.errors import MelticaError
 from meltica.localseq import LocalSeq
+from meltica.log import fields
 
 __all__ = ["HoleOutcome", "TradeBackfill"]
 
 log = logging.getLogger("meltica.backfill")
+
+# how often a page waiting for the Data Bus to resume looks again
+PAUSE_POLL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +81,11 @@ class _Hole:
 class TradeBackfill:
     """Fills trade id holes from REST; one worker per market, holes in the order found.
 
-    ``sink(batch)``: where events go (the Dispatcher's ``on_events``).  ``venues`` maps a
-    market to its events' venue.  ``clock`` (monotonic seconds) times ``max_age_s``, which
-    is checked before each page is requested.  ``page``: ids per request (default: the
-    endpoint's largest limit).
+    ``sink(batch)``: where events go (the Dispatcher's ``on_events``), in batches of at
+    most ``max_batch``, each while ``paused()`` (the Data Bus's back-pressure) is false.
+    ``venues`` maps a market to its events' venue.  ``clock`` (monotonic seconds) times
+    ``max_age_s``, which is checked before each page is requested.  ``page``: ids per
+    request (default: the endpoint's largest limit).
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class TradeBackfill:
         max_age_s: float = 300.0,
         max_holes: int = 1024,
         page: int | None = None,
+        max_batch: int = 256,
+        paused: Callable[[], bool] | None = None,
         on_outcome: Callable[[HoleOutcome], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -103,6 +110,8 @@ class TradeBackfill:
         self.max_age_s = max_age_s
         self.max_holes = max_holes
         self.page = page  # ids per request; None: the endpoint's largest limit
+        self.max_batch = max_batch
+        self._paused = paused
         self.on_outcome = on_outcome
         self._clock = clock
         self._seq = LocalSeq()
@@ -144,9 +153,11 @@ class TradeBackfill:
             for m, sym, kind, first, last in holes
         ]
         if loop is None or self._stopped:
+            # no loop to announce on (stopped): counted, logged, passed to on_outcome; no
+            # event, since the pipeline must not be re-entered from inside accept()
             for h in found:
                 self._count_hole(h)
-                self._finish(h, [], (h.first, h.last, "stopped"))
+                self._finish(h, [], (h.first, h.last, "stopped"), emit=False)
             return
         loop.call_soon(self._announce, found)
 
@@ -233,7 +244,7 @@ class TradeBackfill:
             except MelticaError as exc:
                 log.warning(
                     "backfill %s %s %s ids %d..%d: %s", h.market, h.symbol, h.kind,
-                    next_id, h.last, exc,
+                    next_id, h.last, exc, extra=fields(market=h.market, symbol=h.symbol),
                 )  # fmt: skip
                 lost = (next_id, h.last, "rest_error")
                 break
@@ -241,7 +252,7 @@ class TradeBackfill:
             if not events:
                 lost = (next_id, h.last, "not_served")
                 break
-            self.sink(events)
+            await self._deliver(events)
             self.counters["ids_filled"] += len(events)
             for ev in events:
                 tid = ev.trade_id
@@ -253,8 +264,22 @@ class TradeBackfill:
                 next_id = h.next_id = tid + 1
         self._finish(h, filled, lost)
 
+    async def _deliver(self, events: list[Any]) -> None:
+        """Hand a page on in batches of ``max_batch``, each once the Data Bus is not
+        holding the readers paused (a page must not overrun a block consumer)."""
+        for i in range(0, len(events), self.max_batch):
+            while self._paused is not None and self._paused():
+                await asyncio.sleep(PAUSE_POLL_S)
+            self.sink(events[i : i + self.max_batch])
+            await asyncio.sleep(0)  # let consumers read before the next batch
+
     def _finish(
-        self, h: _Hole, filled: list[tuple[int, int]], lost: tuple[int, int, str] | None
+        self,
+        h: _Hole,
+        filled: list[tuple[int, int]],
+        lost: tuple[int, int, str] | None,
+        *,
+        emit: bool = True,
     ) -> None:
         runs: list[list[int]] = []
         for first, last in filled:  # pages that follow each other are one filled range
@@ -263,24 +288,27 @@ class TradeBackfill:
             else:
                 runs.append([first, last])
         for first, last in runs:
-            self._report(h, first, last, "filled", "")
+            self._report(h, first, last, "filled", "", emit=emit)
         if lost is not None:
-            self._report(h, lost[0], lost[1], "lost", lost[2])
+            self._report(h, lost[0], lost[1], "lost", lost[2], emit=emit)
         if lost is None and not h.skipped:
             self.counters["holes_filled"] += 1
         else:
             self.counters["holes_lost"] += 1
 
-    def _report(self, h: _Hole, first: int, last: int, outcome: str, reason: str) -> None:
+    def _report(
+        self, h: _Hole, first: int, last: int, outcome: str, reason: str, *, emit: bool = True
+    ) -> None:
         if outcome == "lost":
             self.counters["ids_lost"] += last - first + 1
             log.warning(
                 "%s %s %s: trade ids %d..%d lost (%s)", h.market, h.symbol, h.kind,
-                first, last, reason,
+                first, last, reason, extra=fields(market=h.market, symbol=h.symbol),
             )  # fmt: skip
-        ev = self._control("gap_filled", h, first, last, outcome, reason)
-        with contextlib.suppress(RuntimeError):  # the pipeline may already be down at stop
-            self.sink([ev])
+        if emit:
+            ev = self._control("gap_filled", h, first, last, outcome, reason)
+            with contextlib.suppress(RuntimeError):  # the pipeline may be down at stop
+                self.sink([ev])
         if self.on_outcome is not None:
             self.on_outcome(
                 HoleOutcome(h.market, h.symbol, h.kind, first, last, outcome, reason, h.found_ns)
