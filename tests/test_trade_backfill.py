@@ -513,3 +513,31 @@ def test_check_config_masks_the_api_key(tmp_path: Any, capsys: pytest.CaptureFix
     assert check_config(str(path), env={}) == 0
     out = capsys.readouterr().out
     assert "s3cr3t-key" not in out and "api_key: '***'" in out
+
+
+def test_pages_wait_while_the_bus_holds_the_readers_paused(run: Runner) -> None:
+    async def body(server: RestServer, clock: FakeTime, frames: list[StreamFrame]) -> None:
+        ids = ids_of(frames, "spot", "btcusdt@trade")
+        sink, table, outcomes = Sink(), Table(), []
+        paused = [True]
+        async with client_for(server, clock) as client:
+            bf = TradeBackfill(
+                client,
+                sink,
+                venues={},
+                max_batch=4,
+                paused=lambda: paused[0],
+                on_outcome=outcomes.append,
+            )
+            bf.attach(table)
+            table.found(("spot", "BTCUSDT", "trade", ids[0], ids[9]))
+            await wait_until(lambda: client.stats("spot")["responses"] == 1, "page fetched")
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+            assert [e.kind for e in sink.events] == ["gap"]  # held while paused
+            paused[0] = False
+            await wait_until(lambda: bool(outcomes), "filled")
+            await bf.stop()
+        assert [e.trade_id for e in sink.events if e.kind == "trade"] == ids[:10]
+
+    serving(run, body)
