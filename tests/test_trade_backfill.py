@@ -432,11 +432,16 @@ def test_backfill_loses_what_is_left_when_the_hole_grows_too_old(run: Runner) ->
 def test_backfill_config_keys_are_checked_at_start() -> None:
     cfg = load_config(None, env={}, overrides=["binance.backfill.max_ids=5"])
     assert cfg.binance.backfill.max_ids == 5
-    for bad in ("binance.backfill.max_ids=0", "binance.backfill.max_age_s=0.5",
-                "binance.backfill.max_holes=0", "binance.backfill.max_idz=3"):  # fmt: skip
+    for bad, key in [
+        ("binance.backfill.max_ids=0", "binance.backfill.max_ids"),
+        ("binance.backfill.max_age_s=0.5", "binance.backfill.max_age_s"),
+        ("binance.backfill.max_holes=0", "binance.backfill.max_holes"),
+        ("binance.backfill.enabled=maybe", "binance.backfill.enabled"),
+        ("binance.backfill.max_idz=3", "binance.backfill.max_idz"),
+    ]:
         with pytest.raises(ConfigError) as info:
             load_config(None, env={}, overrides=[bad])
-        assert "binance.backfill.max_id" in str(info.value) or "binance.backfill" in str(info.value)
+        assert key in str(info.value)
 
 
 class TapeSource:
@@ -541,3 +546,20 @@ def test_pages_wait_while_the_bus_holds_the_readers_paused(run: Runner) -> None:
         assert [e.trade_id for e in sink.events if e.kind == "trade"] == ids[:10]
 
     serving(run, body)
+
+
+def test_the_engine_wires_the_backfill_unless_switched_off() -> None:
+    from meltica.engine import Engine
+
+    async def build(*overrides: str) -> Engine:
+        return Engine(
+            load_config(None, env={}, overrides=["telemetry.metrics_enabled=false", *overrides])
+        )
+
+    on = aio.run(lambda: build())
+    assert on.backfill is not None and on.table.on_holes is not None
+    assert on.rest.api_key is None
+    off = aio.run(lambda: build("binance.backfill.enabled=false"))
+    assert off.backfill is None and off.table.on_holes is None
+    keyed = aio.run(lambda: build("binance.backfill.api_key=k"))
+    assert keyed.rest.api_key == "k"
