@@ -361,6 +361,22 @@ class CoinmConfig(_FuturesConfig):
 
 
 @dataclass(frozen=True, slots=True)
+class BackfillConfig(_Section):
+    """Trade backfill by id after a hole in trade / agg trade ids (docs/rest.md)."""
+
+    enabled: bool = True
+    # A hole of more ids than this is reported lost at once.
+    max_ids: int = _f(100_000, _between(1, 1 << 30))
+    # A hole not filled this long after it was found is lost from where it stands.
+    max_age_s: float = _f(300.0, _between(1, 86400))
+    # Holes waiting per market; past it a new hole is reported lost.
+    max_holes: int = _f(1024, _between(1, 1 << 20))
+    # Sent with historicalTrades (the `trade` kind): the futures markets require
+    # one; without it their trade holes are reported lost.
+    api_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BinanceConfig(_Section):
     """The Binance venue: which markets run, each market's section, reconnect policy."""
 
@@ -380,6 +396,7 @@ class BinanceConfig(_Section):
     # timeouts, 429/418 back-off) before it fails.
     rest_request_timeout_s: float = _f(10.0, _between(0.1, 300))
     rest_retry_deadline_s: float = _f(30.0, _between(0.1, 3600))
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
 
     def _check_together(self) -> None:
         if self.reconnect_initial_s > self.reconnect_max_s:
@@ -943,6 +960,8 @@ def check_config(path: str, *, env: Mapping[str, str] | None = None) -> int:
     for section, key in _SECRET_KEYS:
         if plain[section][key] is not None:
             plain[section][key] = "***"
+    if plain["binance"]["backfill"]["api_key"]:
+        plain["binance"]["backfill"]["api_key"] = "***"
     text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=100)
     sys.stdout.write(log.redact(text))
     return 0

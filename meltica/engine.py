@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from meltica import __version__
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
+from meltica.adapters.binance.backfill import TradeBackfill
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
@@ -112,6 +113,7 @@ class Engine:
             b,
             request_timeout_s=b.rest_request_timeout_s,
             retry_deadline_s=b.rest_retry_deadline_s,
+            api_key=b.backfill.api_key or None,
         )
         self.instruments = InstrumentRegistry(self.rest)
         self.bus = InMemoryDataBus(
@@ -177,6 +179,20 @@ class Engine:
         for manager in self.managers.values():
             # frames go straight to the Dispatcher: one Python call less per batch
             manager.set_sink(self.dispatcher.on_events)
+        # trade id holes the table records are filled from REST (docs/rest.md)
+        self.backfill: TradeBackfill | None = None
+        if b.backfill.enabled:
+            self.backfill = TradeBackfill(
+                self.rest,
+                self.dispatcher.on_events,
+                venues={m: getattr(b.market(m), "venue", "binance") for m in self.markets},
+                max_ids=b.backfill.max_ids,
+                max_age_s=b.backfill.max_age_s,
+                max_holes=b.backfill.max_holes,
+                max_batch=max(64, self.config.bus.capacity // 32),
+                paused=lambda: self.bus.paused,
+            )
+            self.backfill.attach(self.table)
         self.gateway_id = gateway_id(config.gateway)
         # gateway.shard: the symbols this gateway subscribes and answers for (meltica/shard.py)
         self.shard = parse_shard(config.gateway.shard)
@@ -377,6 +393,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.backfill is not None:
+            await self.backfill.stop()
         await self.conductor.stop()
         # what is still open is written as open: the run ended before its outcome
         self.gaps.close()
@@ -534,6 +552,8 @@ class Engine:
             for reason, n in manager.parse_rejects().items():
                 yield sample("ws_parse_rejects_total", n, market=market, reason=reason)
         yield from self.rest.samples()
+        if self.backfill is not None:
+            yield from stats_samples("backfill", self.backfill.stats())
         yield from stats_samples("dispatch", self.dispatcher.stats())
         for reason, n in self.table.drops().items():
             yield sample("dispatch_dropped_total", n, reason=reason)

@@ -281,6 +281,8 @@ def test_accept_filters_in_place_and_counts() -> None:
         "passed": 0,
         "invalid": 0,
         "implausible": 0,
+        "holes": 0,
+        "holes_dropped": 0,
     }
     entry = t.get("spot", "btcusdt", "trade")
     assert entry is not None

@@ -237,6 +237,7 @@ def test_kinds_and_event_repr() -> None:
         "stale",
         "connection_state",
         "derived",
+        "gap_filled",
     )
     assert repr(trade()) == "<Trade binance:spot:BTCUSDT:trade:3735683259>"
 

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from meltica import Control, Derived, Event, FrameParser
+from meltica._core.events import Trade, as_backfilled
 from meltica.errors import ParseError, WireError
 from meltica.wire import WIRE_VERSION, decode, encode, schema
 
@@ -111,15 +112,15 @@ def control(kind: str) -> Event:
         seq=9,
         ts_recv=12,
         reason="test",
-        from_seq=3 if kind == "gap" else None,
-        to_seq=8 if kind == "gap" else None,
+        from_seq=3 if kind in ("gap", "gap_filled") else None,
+        to_seq=8 if kind in ("gap", "gap_filled") else None,
         stale=True if kind == "stale" else None,
-        state="connected" if kind == "connection_state" else None,
+        state={"connection_state": "connected", "gap_filled": "filled"}.get(kind),
         connection="spot-0" if kind == "connection_state" else None,
     )
 
 
-CONTROL_KINDS = ("gap", "resync_started", "resync_done", "stale", "connection_state")
+CONTROL_KINDS = ("gap", "resync_started", "resync_done", "stale", "connection_state", "gap_filled")
 
 
 def derived() -> Derived:
@@ -132,6 +133,11 @@ def all_events() -> list[Event]:
     events.append(rest_snapshot())
     events.extend(control(kind) for kind in CONTROL_KINDS)
     events.append(derived())
+    # backfilled trades (source rest): the one optional trade field
+    for name in ("trade", "agg_trade"):
+        ev = parsed(name)
+        assert isinstance(ev, Trade)
+        events.append(as_backfilled(ev))
     return events
 
 

@@ -30,8 +30,17 @@
 #   Bounds: 2**20 for ids (trade, agg trade and update ids: far more than
 #   two connections of one stream are ever apart, far less than a corrupt
 #   high bit), one hour for kinds ordered by time (ns);
-# - control kinds (gap .. connection_state) and book snapshots Meltica made
-#   (source rest/book/bbo) always pass: the table filters exchange streams only;
+# - control kinds (gap .. connection_state, gap_filled), book snapshots Meltica
+#   made (source rest/book/bbo) and backfilled trades (source rest) always pass:
+#   the table filters exchange streams only;
+# - trade id holes: a trade or agg trade route whose id moves from L to n > L+1
+#   records the hole [L+1, n-1] (dt_hole); so does a settled jump (confirmed:
+#   [from+1, jump-1]; rewound: [from+1, next-1]).  A route's first id records
+#   none.  Late live frames of a hole's ids are duplicates (below last_seq), so
+#   the backfilled copy (source rest) is the only one that passes.  Holes wait
+#   in a bounded vector (DT_MAX_HOLES; past it they are counted in
+#   holes_dropped) until take_holes(); on_holes() is called once per accept()
+#   that recorded one;
 # - update() validates every change before applying any: a batch of route
 #   changes is atomic with respect to accept();
 # - counters only grow.
@@ -53,6 +62,7 @@ cdef enum:
     DT_S_TICKER = 23        # + window index (5 windows)
     DT_N_SLOTS = 28
     DT_N_BUCKETS = 3        # partial depth level buckets: <=5, <=10, more
+    DT_MAX_HOLES = 65536    # trade id holes waiting for take_holes()
 
 
 ctypedef struct dt_entry:
@@ -78,10 +88,18 @@ ctypedef struct dt_entry:
     int64_t void_seq[DT_N_BUCKETS]
     int64_t void_sub
     int32_t live                     # the slot holds a route
+    int32_t contiguous               # trade/agg_trade: ids are contiguous, holes recorded
     int64_t instrument_id
     uint64_t delivered
     uint64_t duplicates
     uint64_t implausible             # jumps the next event disproved (rewinds)
+
+
+ctypedef struct dt_hole:
+    # trade ids first..last (inclusive) never delivered on route entry `entry`
+    int32_t entry
+    int64_t first
+    int64_t last
 
 
 cdef class _Node:
@@ -104,11 +122,17 @@ cdef class DispatchTable:
     # forward jumps disproved by the next event: the route rewound (the jump's
     # event had been delivered; the table ignores its key from then on)
     cdef readonly uint64_t implausible
+    # trade id holes recorded (and recorded past DT_MAX_HOLES, lost to take_holes)
+    cdef vector[dt_hole] _holes
+    cdef readonly uint64_t holes
+    cdef readonly uint64_t holes_dropped
+    cdef public object on_holes      # callable() or None: holes are waiting
 
     cpdef Py_ssize_t accept(self, list batch) except -1
     cdef bint _keep(self, object item)
     cdef bint _settle(self, dt_entry *e, int b, int64_t seq, int64_t sub, int64_t bound)
     cdef bint _jump(self, dt_entry *e, int b, int64_t seq, int64_t sub)
+    cdef void _hole(self, dt_entry *e, int64_t first, int64_t last)
     cdef int _add(self, tuple key, int64_t instrument_id, str channel) except -1
     cdef int _remove(self, tuple key) except -1
     cdef dict _entry_dict(self, int32_t idx)

@@ -1,5 +1,5 @@
 # Type stubs for the compiled dispatch table (see dispatch.pxd for the invariants).
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from meltica._core.events import Event
@@ -17,6 +17,9 @@ class DispatchTable:
     passed: int
     invalid: int
     implausible: int
+    holes: int
+    holes_dropped: int
+    on_holes: Callable[[], object] | None
     def __init__(self) -> None: ...
     def accept(self, batch: list[Any]) -> int: ...
     def update(
@@ -33,5 +36,6 @@ class DispatchTable:
     def __contains__(self, key: object) -> bool: ...
     def stats(self) -> dict[str, int]: ...
     def drops(self) -> dict[str, int]: ...
+    def take_holes(self) -> list[tuple[str, str, str, int, int]]: ...
 
 def route_key_of(ev: Event) -> RouteKey | None: ...

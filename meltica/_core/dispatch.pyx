@@ -18,7 +18,7 @@ from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
 from meltica._core.events cimport (
     AGG_TRADE, BOOK_DELTA, BOOK_SNAPSHOT, BOOK_TICKER, GAP, KLINE, LIQUIDATION,
     MARK_PRICE, MT_NA, SOURCE_STREAM, TICKER, TRADE, BookDepth, Event, Kline,
-    Ticker,
+    Ticker, Trade,
 )
 
 from meltica._core.events import KIND_NAMES, MARKETS, TICKER_WINDOWS
@@ -145,6 +145,8 @@ cdef class DispatchTable:
         self._meta = []
         self.accepted = self.unrouted = self.duplicates = self.passed = self.invalid = 0
         self.implausible = 0
+        self.holes = self.holes_dropped = 0
+        self.on_holes = None
 
     # ------------------------------------------------------------ hot path
 
@@ -165,6 +167,8 @@ cdef class DispatchTable:
             w += 1
         if w != n:
             del batch[w:]
+        if self._holes.size() and self.on_holes is not None:
+            self.on_holes()
         return w
 
     cdef bint _keep(self, object item):
@@ -185,10 +189,12 @@ cdef class DispatchTable:
             self.passed += 1
             return True
         seq = ev.seq_
-        if kind == TRADE:
-            s = DT_S_TRADE
-        elif kind == AGG_TRADE:
-            s = DT_S_AGG_TRADE
+        if kind == TRADE or kind == AGG_TRADE:
+            if (<Trade>ev).source_ != SOURCE_STREAM:
+                # backfilled by id into a recorded hole (see dispatch.pxd)
+                self.passed += 1
+                return True
+            s = DT_S_TRADE if kind == TRADE else DT_S_AGG_TRADE
         elif kind == BOOK_TICKER:
             s = DT_S_BOOK_TICKER
         elif kind == BOOK_DELTA:
@@ -249,6 +255,8 @@ cdef class DispatchTable:
             if <uint64_t>seq - <uint64_t>e.last_seq[b] > <uint64_t>bound:
                 if not self._jump(e, b, seq, sub):
                     return False
+            elif e.contiguous and seq > e.last_seq[0] + 1:
+                self._hole(e, e.last_seq[0] + 1, seq - 1)
         else:
             # a route's first key jumped from nothing: the next event settles it
             e.seen |= bit
@@ -267,11 +275,15 @@ cdef class DispatchTable:
         cdef bint anchored = (e.anchored & bit) != 0
         if seq > top or (seq == top and sub > e.last_sub):
             # past the jump: confirmed; this event may itself jump from there
+            if e.contiguous and anchored and top > e.from_seq[0] + 1:
+                self._hole(e, e.from_seq[0] + 1, top - 1)
             if <uint64_t>seq - <uint64_t>top > <uint64_t>bound:
                 if not self._jump(e, b, seq, sub):
                     return False
             else:
                 e.pending &= ~bit
+                if e.contiguous and seq > top + 1:
+                    self._hole(e, top + 1, seq - 1)
         elif anchored and (seq < e.from_seq[b]
                            or (seq == e.from_seq[b] and sub <= e.from_sub)):
             e.duplicates += 1
@@ -288,6 +300,8 @@ cdef class DispatchTable:
             e.void_sub = e.last_sub
             if anchored and <uint64_t>seq - <uint64_t>e.from_seq[b] <= <uint64_t>bound:
                 e.pending &= ~bit
+                if e.contiguous and seq > e.from_seq[0] + 1:
+                    self._hole(e, e.from_seq[0] + 1, seq - 1)
         else:
             e.duplicates += 1
             self.duplicates += 1
@@ -311,6 +325,32 @@ cdef class DispatchTable:
         e.from_seq[b] = e.last_seq[b]
         e.from_sub = e.last_sub
         return True
+
+    cdef void _hole(self, dt_entry *e, int64_t first, int64_t last):
+        """Record trade ids first..last as never delivered (bounded, see dispatch.pxd)."""
+        cdef dt_hole h
+        self.holes += 1
+        if self._holes.size() >= DT_MAX_HOLES:
+            self.holes_dropped += 1
+            return
+        h.entry = <int32_t>(e - &self._entries[0])
+        h.first = first
+        h.last = last
+        self._holes.push_back(h)
+
+    def take_holes(self):
+        """The trade id holes recorded since the last call, oldest first, as
+        ``(market, SYMBOL, kind, first, last)`` (ids inclusive); holes of routes
+        removed since are left out."""
+        cdef list out = []
+        cdef dt_hole h
+        for h in self._holes:
+            meta = self._meta[h.entry]
+            if meta is not None:
+                key = meta[0]
+                out.append((key[0], key[1], key[2], h.first, h.last))
+        self._holes.clear()
+        return out
 
     # ------------------------------------------------------------ control plane
 
@@ -362,6 +402,7 @@ cdef class DispatchTable:
             return 0
         entry.seen = 0
         entry.live = 1
+        entry.contiguous = s == DT_S_TRADE or s == DT_S_AGG_TRADE
         entry.last_sub = 0
         entry.pending = entry.anchored = entry.voided = 0
         entry.from_sub = entry.void_sub = 0
@@ -454,7 +495,8 @@ cdef class DispatchTable:
         return {
             "routes": len(self), "accepted": self.accepted, "unrouted": self.unrouted,
             "duplicates": self.duplicates, "passed": self.passed, "invalid": self.invalid,
-            "implausible": self.implausible,
+            "implausible": self.implausible, "holes": self.holes,
+            "holes_dropped": self.holes_dropped,
         }
 
     def drops(self):

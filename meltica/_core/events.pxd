@@ -41,9 +41,11 @@ cpdef enum Kind:
     STALE = 13
     CONNECTION_STATE = 14
     DERIVED = 15            # an analytics hook's output (meltica.conductor.analytics)
+    GAP_FILLED = 16         # a trade id gap's backfill ended (filled and/or lost)
 
-# Kinds GAP..CONNECTION_STATE are Control events; GAP and above (control and
-# derived) are made by Meltica, so the dispatch table passes them unlooked-up.
+# Kinds GAP..CONNECTION_STATE and GAP_FILLED are Control events; GAP and above
+# (control and derived) are made by Meltica, so the dispatch table passes them
+# unlooked-up.
 
 
 cpdef enum Source:
@@ -99,6 +101,7 @@ cdef class Trade(Event):
     cdef int64_t price_, qty_
     cdef int8_t price_exp, qty_exp
     cdef bint buyer_is_maker       # m: true -> the aggressor sold
+    cdef int source_               # SOURCE_STREAM (live) or SOURCE_REST (backfilled)
 
 
 cdef class BookTicker(Event):
@@ -159,7 +162,7 @@ cdef class Liquidation(Event):
 
 
 cdef class Control(Event):
-    # gap, resync_started, resync_done, stale, connection_state
+    # gap, resync_started, resync_done, stale, connection_state, gap_filled
     cdef readonly str reason
     cdef readonly str state          # or None
     cdef readonly str connection     # or None

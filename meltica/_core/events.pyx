@@ -22,7 +22,7 @@ WIRE_VERSION = 1
 KIND_NAMES = (
     None, "trade", "agg_trade", "book_ticker", "book_delta", "book_snapshot",
     "kline", "ticker", "mark_price", "liquidation", "gap", "resync_started",
-    "resync_done", "stale", "connection_state", "derived",
+    "resync_done", "stale", "connection_state", "derived", "gap_filled",
 )
 KIND_IDS = {name: i for i, name in enumerate(KIND_NAMES) if name}
 SOURCE_NAMES = ("stream", "rest", "book", "bbo")
@@ -134,6 +134,10 @@ def parse_fixed_text(str text):
 
 
 # ---------------------------------------------------------------- helpers
+
+cdef inline bint _is_control(int kind_id):
+    return GAP <= kind_id <= CONNECTION_STATE or kind_id == GAP_FILLED
+
 
 cdef inline object _int_or_none(int64_t v):
     return None if v == MT_NA else v
@@ -327,6 +331,11 @@ cdef class Trade(Event):
         """Aggressor side: the buyer was the maker, so the taker sold."""
         return "sell" if self.buyer_is_maker else "buy"
 
+    @property
+    def source(self):
+        """``stream`` (live) or ``rest`` (backfilled by id after a gap)."""
+        return SOURCE_NAMES[self.source_]
+
     cdef void _wire_fields(self, dict d):
         d["trade_id"] = self.trade_id_
         if self.kind_id == AGG_TRADE:
@@ -335,6 +344,9 @@ cdef class Trade(Event):
         d["price"] = fixed_str(self.price_, self.price_exp)
         d["qty"] = fixed_str(self.qty_, self.qty_exp)
         d["side"] = "sell" if self.buyer_is_maker else "buy"
+        if self.source_ != SOURCE_STREAM:
+            # absent on live trades (the common case keeps its bytes)
+            d["source"] = SOURCE_NAMES[self.source_]
 
     @staticmethod
     def _from_wire(dict d, int kind_id):
@@ -352,6 +364,11 @@ cdef class Trade(Event):
         if side not in ("buy", "sell"):
             raise WireError(f"wire field 'side' must be 'buy' or 'sell', got {side!r}")
         ev.buyer_is_maker = side == "sell"
+        source = d.get("source", "stream")
+        if source not in ("stream", "rest"):
+            raise WireError(f"wire field 'source' of a trade must be 'stream' or 'rest', "
+                            f"got {source!r}")
+        ev.source_ = SOURCE_NAMES.index(source)
         return ev
 
 
@@ -740,7 +757,7 @@ cdef class Control(Event):
     def __init__(self, str kind, *, str venue, str market, str symbol, int64_t seq,
                  int64_t ts_recv, str reason="", from_seq=None, to_seq=None,
                  stale=None, state=None, connection=None):
-        if kind not in KIND_IDS or not GAP <= KIND_IDS[kind] <= CONNECTION_STATE:
+        if kind not in KIND_IDS or not _is_control(KIND_IDS[kind]):
             raise ValueError(f"not a control kind: {kind!r}")
         self.kind_id = KIND_IDS[kind]
         self.venue, self.market, self.symbol = venue, market, symbol
@@ -933,6 +950,13 @@ def event_from_wire(dict d):
     kind_id = KIND_IDS.get(kind) if isinstance(kind, str) else None  # a list is unhashable
     if kind_id is None:
         raise WireError(f"unknown event kind {d.get('kind')!r}")
-    if GAP <= kind_id <= CONNECTION_STATE:
+    if _is_control(kind_id):
         return Control._from_wire(d, kind_id)
     return _FROM_WIRE[kind_id](d, kind_id)
+
+
+def as_backfilled(Trade ev not None):
+    """Mark a trade parsed from a REST answer as backfilled (``source == "rest"``);
+    returns it.  Its key stays the live one: backfill fills a gap by id."""
+    ev.source_ = SOURCE_REST
+    return ev

@@ -23,6 +23,7 @@ from libcpp.vector cimport vector
 
 from meltica._core.events cimport (
     AGG_TRADE, BOOK_DELTA, BOOK_SNAPSHOT, BOOK_TICKER, CONNECTION_STATE, DERIVED, GAP,
+    GAP_FILLED, SOURCE_STREAM,
     KLINE, KLINE_NDEC, LIQ_NDEC, LIQUIDATION, MARK_NDEC, MARK_PRICE, MT_DEC_NA, MT_NA,
     TICKER, TICKER_NDEC, TICKER_NINT, TRADE, BookDepth, BookTicker,
     Control, Derived, Event, Kline, Liquidation, MarkPrice, Ticker, Trade, mt_level,
@@ -146,11 +147,11 @@ cdef enum:
     KEEP_BYTES = 1 << 20
 
 # Kind names as C strings for the encoder (index = Kind).
-cdef const char *KIND_TEXT[16]
+cdef const char *KIND_TEXT[17]
 KIND_TEXT[:] = [
     b"", b"trade", b"agg_trade", b"book_ticker", b"book_delta", b"book_snapshot",
     b"kline", b"ticker", b"mark_price", b"liquidation", b"gap", b"resync_started",
-    b"resync_done", b"stale", b"connection_state", b"derived",
+    b"resync_done", b"stale", b"connection_state", b"derived", b"gap_filled",
 ]
 cdef const char *SOURCE_TEXT[4]
 SOURCE_TEXT[:] = [b"stream", b"rest", b"book", b"bbo"]
@@ -265,6 +266,10 @@ cdef int _fields(WireBuf *b, Event ev, int kind) except -1:
         _lit(b, b',"qty":')
         b.put_fixed((<Trade>ev).qty_, (<Trade>ev).qty_exp)
         _lit(b, b',"side":"sell"' if (<Trade>ev).buyer_is_maker else b',"side":"buy"')
+        if (<Trade>ev).source_ != SOURCE_STREAM:
+            _lit(b, b',"source":"')
+            _lit(b, SOURCE_TEXT[(<Trade>ev).source_])
+            _lit(b, b'"')
     elif t is BookTicker:
         _lit(b, b',"update_id":')
         b.put_i64((<BookTicker>ev).update_id_)
@@ -428,7 +433,7 @@ cdef int _remember_head(Event ev, const char *a, size_t a_len,
 
 cdef int put_event(WireBuf *out, Event ev) except -1:
     cdef int kind = ev.kind_id
-    if type(ev) is Event or not 0 < kind < 16:
+    if type(ev) is Event or not 0 < kind <= GAP_FILLED:
         raise TypeError(f"not a canonical event: {ev!r}")
     if kind == BOOK_SNAPSHOT and not 0 <= (<BookDepth>ev).source_ < 4:
         raise ValueError(f"book snapshot with an unknown source {(<BookDepth>ev).source_}")
@@ -703,6 +708,15 @@ cdef object _build(WireReader *r):
         if a is None:
             return None
         tr.buyer_is_maker = a == "sell"
+        # ``source`` is present on backfilled trades only ("rest")
+        i = s[WF_SOURCE].tag
+        if i == WT_STR:
+            a = _pick(s[WF_SOURCE].s, _SOURCES)
+            if a != "stream" and a != "rest":
+                return None
+            tr.source_ = _SOURCES.index(a)
+        elif i != WT_ABSENT:
+            return None
         return tr
     if kind == BOOK_TICKER:
         bt = BookTicker.__new__(BookTicker)
@@ -773,7 +787,7 @@ cdef object _build(WireReader *r):
         lq.side = _pick(s[WF_SIDE].s, _SIDES)
         lq.order_type, lq.time_in_force, lq.status = a, b, c
         return lq if lq.side is not None else None
-    if GAP <= kind <= CONNECTION_STATE:
+    if GAP <= kind <= CONNECTION_STATE or kind == GAP_FILLED:
         ct = Control.__new__(Control)
         if not (_common(r, ct, kind) and ct.seq_ != MT_NA
                 and _int(&s[WF_FROM_SEQ], True, &ct.from_seq_)

@@ -32,7 +32,7 @@ KINDS = WS_KINDS | REST_KINDS
 
 _INT_FIELDS = ("connection", "at_frame", "count", "code", "retry_after")
 _FLOAT_FIELDS = ("at_s", "delay_s")
-_STR_FIELDS = ("market", "symbol")
+_STR_FIELDS = ("market", "symbol", "stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,9 @@ class Fault:
     code: int | None = None  # close code or HTTP status
     delay_s: float | None = None
     retry_after: int | None = None
+    # drop: the stream kind whose frames are skipped ("trade", "aggTrade", ...: the
+    # stream name's part after "@"); None = depth events
+    stream: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -1,4 +1,5 @@
-"""The fake exchange's REST side: depth snapshots and exchangeInfo with Binance's limits.
+"""The fake exchange's REST side: depth snapshots, exchangeInfo and trades by id, with
+Binance's limits.
 
 ``RestServer`` is one aiohttp server for every market of a ``MarketSource``: the gateway
 fetches its depth snapshots here while ``WsServer`` streams the diffs, so a correct client
@@ -31,6 +32,13 @@ have passed since ``start()``; each applies to the next ``count`` matching reque
 then spent.  ``rest_stale`` only matches depth requests that would succeed; the other kinds
 match any route.  ``connection`` and ``at_frame`` mean nothing for REST and are ignored.
 Scripted 429/418 answers do not touch the limiter's state.
+
+Trades by id (``aggTrades``, ``historicalTrades``): served from the source's ``tape``
+(meltica/replay/tape.py: every trade its ``frames()`` yielded, faults or not), with
+Binance's weights, default and largest limits (``TRADES_BY_ID``) and error bodies: -1102
+without a symbol, -1100 for characters out of range in ``symbol``/``fromId``/``limit``,
+-1130 for a limit out of range, -1121 for an unknown symbol, and 401 / -2014 for a futures
+``historicalTrades`` request without an ``X-MBX-APIKEY`` header.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from meltica.replay.source import MarketSource
 __all__ = [
     "DEFAULT_WEIGHT_LIMITS",
     "STALE_ID_OFFSET",
+    "TRADES_BY_ID",
     "RestCounters",
     "RestServer",
     "depth_weight",
@@ -98,7 +107,22 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/api/v3/time": ("spot", "time"),
     "/fapi/v1/time": ("usdm", "time"),
     "/dapi/v1/time": ("coinm", "time"),
+    "/api/v3/aggTrades": ("spot", "aggTrades"),
+    "/fapi/v1/aggTrades": ("usdm", "aggTrades"),
+    "/dapi/v1/aggTrades": ("coinm", "aggTrades"),
+    "/api/v3/historicalTrades": ("spot", "historicalTrades"),
+    "/fapi/v1/historicalTrades": ("usdm", "historicalTrades"),
+    "/dapi/v1/historicalTrades": ("coinm", "historicalTrades"),
 }
+# Trades by id: (weight, default limit, largest limit) per market and endpoint, as
+# Binance documents them (docs/rest.md, "Trades by id")
+TRADES_BY_ID: Mapping[str, Mapping[str, tuple[int, int, int]]] = {
+    "spot": {"aggTrades": (4, 500, 1000), "historicalTrades": (25, 500, 1000)},
+    "usdm": {"aggTrades": (20, 500, 1000), "historicalTrades": (20, 100, 500)},
+    "coinm": {"aggTrades": (20, 500, 1000), "historicalTrades": (20, 100, 500)},
+}
+_TRADE_KINDS = {"aggTrades": "agg_trade", "historicalTrades": "trade"}
+API_KEY_HEADER = "X-MBX-APIKEY"
 
 # Binance's error codes and messages for the statuses a rest_status fault can script.
 _STATUS_ERRORS: dict[int, tuple[int, str]] = {
@@ -387,6 +411,8 @@ class RestServer:
             weight = depth_weight(market, limit if isinstance(limit, int) else default)
         elif endpoint == "exchangeInfo":
             weight = 20 if market == "spot" else 1
+        elif endpoint in _TRADE_KINDS:
+            weight = TRADES_BY_ID[market][endpoint][0]
         else:
             weight = 1
 
@@ -410,6 +436,8 @@ class RestServer:
             return self._depth(bucket, market, symbol, limit)
         if endpoint == "exchangeInfo":
             return self._exchange_info(bucket, market, symbol)
+        if endpoint in _TRADE_KINDS:
+            return self._trades(bucket, market, endpoint, request)
         if endpoint == "time":
             return self._respond(bucket, 200, {"serverTime": time.time_ns() // 1_000_000})
         return self._respond(bucket, 200, {})
@@ -447,6 +475,72 @@ class RestServer:
         if self._take_fault(market, symbol, ("rest_stale",)) is not None:
             body = _stale(body)
         return self._respond(bucket, 200, body)
+
+    def _trades(
+        self, bucket: _Bucket, market: str, endpoint: str, request: web.Request
+    ) -> web.Response:
+        """aggTrades / historicalTrades: the source's trades from ``fromId`` on (or the
+        latest), from its tape, with Binance's parameter checks and error bodies."""
+        query = request.query
+        symbol = query.get("symbol")
+        _, default, largest = TRADES_BY_ID[market][endpoint]
+        # MARKET_DATA on the futures markets: an API key must come with the request
+        keyed = endpoint == "historicalTrades" and market != "spot"
+        if keyed and not request.headers.get(API_KEY_HEADER):
+            return self._respond(bucket, 401, {"code": -2014, "msg": "API-key format invalid."})
+        if not symbol:
+            return self._respond(
+                bucket,
+                400,
+                {
+                    "code": -1102,
+                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
+                    "or malformed.",
+                },
+            )
+        if _SYMBOL_RE.fullmatch(symbol) is None:
+            return self._respond(
+                bucket,
+                400,
+                {
+                    "code": -1100,
+                    "msg": "Illegal characters found in parameter 'symbol'; "
+                    "legal range is '^[A-Z0-9-_.]{1,20}$'.",
+                },
+            )
+        numbers: dict[str, int | None] = {}
+        for name in ("fromId", "limit"):
+            raw = query.get(name)
+            if raw is None:
+                numbers[name] = None
+            elif not raw.isdigit() or len(raw) > 19:
+                return self._respond(
+                    bucket,
+                    400,
+                    {
+                        "code": -1100,
+                        "msg": f"Illegal characters found in parameter '{name}'; "
+                        "legal range is '^[0-9]{1,19}$'.",
+                    },
+                )
+            else:
+                numbers[name] = int(raw)
+        limit = numbers["limit"] if numbers["limit"] is not None else default
+        if not 1 <= limit <= largest:
+            return self._respond(
+                bucket,
+                400,
+                {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."},
+            )
+        tape = getattr(self.source, "tape", None)
+        items = None
+        if tape is not None and market in self.source.markets:
+            items = tape.get(market, symbol, _TRADE_KINDS[endpoint], numbers["fromId"], limit)
+            if items is None and symbol in self.source.symbols(market):
+                items = []  # a listed symbol that has not traded yet
+        if items is None:
+            return self._respond(bucket, 400, {"code": -1121, "msg": "Invalid symbol."})
+        return self._respond(bucket, 200, json.dumps(items, separators=(",", ":")).encode())
 
     def _exchange_info(self, bucket: _Bucket, market: str, symbol: str | None) -> web.Response:
         if market in self.source.markets:

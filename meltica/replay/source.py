@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from meltica.capture import ReadMeter, capture_info, raw_stream, read_capture, rest_depth_symbol
 from meltica.errors import CaptureError
+from meltica.replay.tape import TradeTape
 
 __all__ = ["CaptureSource", "MarketSource", "StreamFrame", "combined_frame", "split_envelope"]
 
@@ -39,7 +40,12 @@ def combined_frame(frame: StreamFrame) -> bytes:
 
 
 class MarketSource(Protocol):
-    """The interface every source of the fake exchange implements."""
+    """The interface every source of the fake exchange implements.
+
+    A source with a ``tape`` attribute (a ``meltica.replay.tape.TradeTape`` its
+    ``frames()`` fills) has its trades served by id over REST; without one, those
+    endpoints answer as for an unknown symbol.
+    """
 
     markets: tuple[str, ...]
 
@@ -134,6 +140,8 @@ class CaptureSource:
         self._snapshots: dict[str, list[_Snapshot]] = {}
         self._decimals: dict[str, tuple[int, int]] = {}
         self._now_ns = 0
+        # the trades frames() has yielded, served by id over REST (meltica/replay/tape.py)
+        self.tape = TradeTape()
         self.frame_count = 0
         self.size_bytes = sum(p.stat().st_size for p in paths)
         self.frames_meter = ReadMeter()
@@ -178,8 +186,11 @@ class CaptureSource:
 
     def frames(self) -> Iterator[StreamFrame]:
         self.frames_meter = ReadMeter()
+        self.tape = TradeTape()
+        observe = self.tape.observe
         for frame in self._scan(collect=False, meter=self.frames_meter):
             self._now_ns = frame.ts_ns
+            observe(frame)
             yield frame
 
     def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:

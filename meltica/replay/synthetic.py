@@ -33,6 +33,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from meltica.replay.source import StreamFrame
+from meltica.replay.tape import TradeTape
 
 __all__ = ["DEFAULT_RATES", "MARKETS", "InstrumentSpec", "SyntheticMarket"]
 
@@ -1053,6 +1054,8 @@ class SyntheticMarket:
         return f"depth@{self.depth_interval_ms}ms"
 
     def _reset(self) -> list[_Instrument]:
+        # the trades the current iteration of frames() made, served by id over REST
+        self.tape = TradeTape()
         insts = []
         for (market, symbol), spec in self._specs.items():
             rng = random.Random(f"{self.seed}/{market}/{symbol}")
@@ -1178,6 +1181,7 @@ class SyntheticMarket:
             None if self.duration_s is None else self.start_ns + round(self.duration_s * _NS_PER_S)
         )
         by_time = attrgetter("ts_ns")
+        observe = self.tape.observe
         # Every instrument's depth windows share one grid, so a run of windows of all
         # instruments is a closed time range: it is merged with one (C) sort instead of a heap
         # operation per frame.  Each instrument simulates several windows in a row (its book
@@ -1211,6 +1215,7 @@ class SyntheticMarket:
                 if owner is not None:
                     owner.publish()
                 self._now_ns = frame.ts_ns
+                observe(frame)
                 yield frame
 
     def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:

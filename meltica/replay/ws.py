@@ -332,7 +332,10 @@ class _Connection(WSListener):
                 continue
             kind = fault.kind
             if kind == "drop":
-                if "@depth" not in frame.stream:
+                if fault.stream is None:
+                    if "@depth" not in frame.stream:
+                        continue
+                elif frame.stream.partition("@")[2] != fault.stream:
                     continue
                 counters.frames_dropped += len(out)
                 out = []

@@ -304,6 +304,14 @@ _DECLARED: tuple[Family, ...] = (
         _MR,
     ),
     Family("rest_bans_total", COUNTER, "", "418 bans received (all markets share one IP)"),
+    Family("backfill_holes_total", COUNTER, "", "Trade id holes found (trade and agg trade)"),
+    Family("backfill_ids_missing_total", COUNTER, "", "Trade ids inside the holes found"),
+    Family("backfill_ids_filled_total", COUNTER, "", "Trade ids delivered from REST into holes"),
+    Family("backfill_ids_lost_total", COUNTER, "", "Trade ids of holes reported lost"),
+    Family("backfill_requests_total", COUNTER, "", "REST trade-by-id requests the backfill made"),
+    Family("backfill_holes_filled_total", COUNTER, "", "Holes filled completely"),
+    Family("backfill_holes_lost_total", COUNTER, "", "Holes with ids reported lost"),
+    Family("backfill_waiting", GAUGE, "", "Holes queued for backfill"),
     Family(
         "rest_request_duration_seconds",
         HISTOGRAM,
@@ -894,6 +902,11 @@ STATS: dict[str, dict[str, _Stat]] = {
         "weight_limit": ("rest_weight_limit", 1.0),
         "bans": None,  # rest_bans_total, once (not per market)
     },
+    "backfill": _same(
+        "backfill",
+        "waiting",
+        counters="holes ids_missing ids_filled ids_lost requests holes_filled holes_lost",
+    ),
     "dispatch": {
         **_same(
             "dispatch",

@@ -38,7 +38,7 @@ import aiohttp
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from meltica._core.events import BookDepth
+from meltica._core.events import BookDepth, Trade, as_backfilled
 from meltica._core.parser import PARSE_REASONS, FrameParser
 from meltica.errors import ConfigError, MelticaError, ParseError
 from meltica.log import fields
@@ -50,8 +50,11 @@ if TYPE_CHECKING:
     from meltica.config import BinanceConfig
 
 __all__ = [
+    "API_KEY_HEADER",
     "EXCHANGE_INFO_WEIGHT",
     "SPOT_DEPTH_LIMITS",
+    "TRADES_BY_ID",
+    "TRADE_ENDPOINTS",
     "USDM_DEPTH_LIMITS",
     "BinanceRest",
     "RestBanned",
@@ -78,6 +81,20 @@ _PATHS = {
     "usdm": {"depth": "/fapi/v1/depth", "exchangeInfo": "/fapi/v1/exchangeInfo"},
     "coinm": {"depth": "/dapi/v1/depth", "exchangeInfo": "/dapi/v1/exchangeInfo"},
 }
+# Trades by id (backfill, docs/rest.md "Trades by id"): endpoint per canonical kind
+TRADE_ENDPOINTS: Mapping[str, str] = {"trade": "historicalTrades", "agg_trade": "aggTrades"}
+for _m, _prefix in (("spot", "/api/v3"), ("usdm", "/fapi/v1"), ("coinm", "/dapi/v1")):
+    for _endpoint in TRADE_ENDPOINTS.values():
+        _PATHS[_m][_endpoint] = f"{_prefix}/{_endpoint}"
+# (weight, largest limit) per market and endpoint
+TRADES_BY_ID: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    "spot": {"aggTrades": (4, 1000), "historicalTrades": (25, 1000)},
+    "usdm": {"aggTrades": (20, 1000), "historicalTrades": (20, 500)},
+    "coinm": {"aggTrades": (20, 1000), "historicalTrades": (20, 500)},
+}
+# historicalTrades on the futures markets is MARKET_DATA: it needs this header
+API_KEY_HEADER = "X-MBX-APIKEY"
+PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_BACKGROUND = 0, 1, 2
 EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1, "coinm": 1}
 # Spot accepts any limit 1..5000; weight steps at these bounds (BINANCE.md §6).
 SPOT_DEPTH_LIMITS: tuple[tuple[int, int], ...] = ((100, 5), (500, 25), (1000, 50), (5000, 250))
@@ -346,6 +363,7 @@ class BinanceRest:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not markets:
             raise ConfigError("BinanceRest: no markets")
@@ -390,6 +408,10 @@ class BinanceRest:
         self._bans = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # sent only with historicalTrades (MARKET_DATA on the futures markets)
+        self.api_key = api_key or None
+        # parsers of REST trade bodies (times in ms: no X-MBX-TIME-UNIT is sent)
+        self._trade_parsers: dict[str, FrameParser] = {}
 
     @classmethod
     def from_config(cls, cfg: BinanceConfig, **options: Any) -> BinanceRest:
@@ -441,6 +463,72 @@ class BinanceRest:
             st.parse_errors += 1
             raise ParseError(f"{market} exchangeInfo: not a JSON object")
         return obj
+
+    async def trades_from(
+        self, market: str, symbol: str, kind: str, from_id: int, limit: int | None = None
+    ) -> list[Trade]:
+        """Trades of ``kind`` ("trade": historicalTrades, "agg_trade": aggTrades) from id
+        ``from_id`` on, oldest first, at most ``limit`` (default and cap: the endpoint's
+        largest, TRADES_BY_ID), as canonical events with ``source == "rest"`` and the keys
+        their live copies have.  Scheduled below book snapshots (PRIORITY_BACKGROUND)."""
+        st = self._market(market)
+        endpoint = TRADE_ENDPOINTS.get(kind)
+        if endpoint is None:
+            raise RestRequestError(f"no REST endpoint serves {kind!r} by id")
+        weight, largest = TRADES_BY_ID[market][endpoint]
+        n = largest if limit is None else limit
+        if not 1 <= n <= largest or from_id < 0:
+            raise RestRequestError(
+                f"{market} {endpoint}: limit 1..{largest} and fromId >= 0, got {n}, {from_id}"
+            )
+        sym = symbol.upper()
+        params = {"symbol": sym, "fromId": str(from_id), "limit": str(n)}
+        body = await self._request(st, endpoint, params, weight, False, PRIORITY_BACKGROUND)
+        try:
+            return self._parse_trades(market, st.cfg.venue, sym, kind, body)
+        except ParseError:
+            st.parse_errors += 1
+            raise
+
+    def _parse_trades(
+        self, market: str, venue: str, sym: str, kind: str, body: bytes
+    ) -> list[Trade]:
+        """A REST trade list as events: each item becomes the stream frame Binance would
+        have sent (docs/rest.md has the field map) and goes through the frame parser."""
+        try:
+            items = json.loads(body)
+        except ValueError as exc:
+            raise ParseError(f"{market} {kind} by id: not valid JSON") from exc
+        if not isinstance(items, list):
+            raise ParseError(f"{market} {kind} by id: not a JSON list")
+        parser = self._trade_parsers.get(market)
+        if parser is None:
+            parser = self._trade_parsers[market] = FrameParser(venue=venue, market=market)
+        now = time.time_ns()
+        out: list[Trade] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise ParseError(f"{market} {kind} by id: an item is not an object")
+            try:
+                if kind == "trade":
+                    frame = {
+                        "e": "trade", "s": sym, "t": item["id"], "p": item["price"],
+                        "q": item["qty"], "T": item["time"], "m": item["isBuyerMaker"],
+                    }  # fmt: skip
+                else:
+                    frame = {
+                        "e": "aggTrade", "s": sym, "a": item["a"], "p": item["p"],
+                        "q": item["q"], "f": item["f"], "l": item["l"], "T": item["T"],
+                        "m": item["m"],
+                    }  # fmt: skip
+            except KeyError as exc:
+                raise ParseError(f"{market} {kind} by id: item lacks {exc}") from None
+            events = parser.parse(json.dumps(frame, separators=(",", ":")), now)
+            if len(events) != 1 or not isinstance(events[0], Trade):
+                raise ParseError(f"{market} {kind} by id: item is not a trade: {item!r}")
+            out.append(as_backfilled(events[0]))
+        out.sort(key=lambda ev: ev.trade_id)
+        return out
 
     async def close(self) -> None:
         """Stop the schedulers, fail queued requests with ``RestClosed``, close the session."""
@@ -534,7 +622,13 @@ class BinanceRest:
         return st
 
     async def _request(
-        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+        self,
+        st: _Market,
+        endpoint: str,
+        params: dict[str, str],
+        weight: int,
+        urgent: bool,
+        priority: int | None = None,
     ) -> bytes:
         span = start_span(
             self.tracer,
@@ -549,10 +643,10 @@ class BinanceRest:
             },
         )
         if span is None:
-            return await self._scheduled(st, endpoint, params, weight, urgent)
+            return await self._scheduled(st, endpoint, params, weight, urgent, priority)
         with trace.use_span(span, end_on_exit=False):
             try:
-                body = await self._scheduled(st, endpoint, params, weight, urgent)
+                body = await self._scheduled(st, endpoint, params, weight, urgent, priority)
             except BaseException as exc:
                 span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
                 status = getattr(exc, "status", None)
@@ -567,7 +661,13 @@ class BinanceRest:
         return body
 
     async def _scheduled(
-        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+        self,
+        st: _Market,
+        endpoint: str,
+        params: dict[str, str],
+        weight: int,
+        urgent: bool,
+        priority: int | None = None,
     ) -> bytes:
         if self._closed:
             raise RestClosed("BinanceRest closed")
@@ -586,7 +686,8 @@ class BinanceRest:
         url = st.base_url + _PATHS[st.name][endpoint]
         what = f"{st.name} {endpoint} {params.get('symbol', '')}".rstrip()
         where = fields(market=st.name, symbol=params.get("symbol") or None)
-        priority = 0 if urgent else 1
+        if priority is None:
+            priority = PRIORITY_URGENT if urgent else PRIORITY_NORMAL
         seq = next(self._seq)
         st.urgent += urgent
         st.outstanding += 1
@@ -709,7 +810,10 @@ class BinanceRest:
             session = self._open_session()
             timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
             t0 = time.perf_counter()
-            async with session.get(url, params=params, timeout=timeout) as resp:
+            headers = None
+            if endpoint == "historicalTrades" and self.api_key is not None:
+                headers = {API_KEY_HEADER: self.api_key}
+            async with session.get(url, params=params, timeout=timeout, headers=headers) as resp:
                 body = await resp.read()
                 self._observe_latency(st.name, endpoint, time.perf_counter() - t0)
                 return _Answer(resp.status, resp.headers, body)
