@@ -450,6 +450,31 @@ def test_throttle_flushes_a_quiet_book_one_interval_after_its_bucket() -> None:
     assert h.cond.counters["flushes"] == 3
 
 
+def test_throttle_flush_held_up_by_a_stalled_loop_waits_for_the_bucket() -> None:
+    """A flush timer that fires late (the loop was blocked; it runs due timers before
+    reading sockets) does not publish at once: the rest of the bucket read right
+    after it still makes the output."""
+    import time
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101, ts=1000 * MS))
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1001 * MS))
+        time.sleep(0.2)  # the loop stalls past the flush's due time (about 50 ms)
+        await asyncio.sleep(0)  # the late timer runs first...
+        h.feed(delta("AAA", 103, 103, ts=1002 * MS))  # ...then what the socket held
+        assert h.fused("AAA") == []
+        await asyncio.sleep(0.1)
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [103]
+    assert h.cond.counters["flushes"] == 1
+
+
 def test_throttled_keys_agree_across_clocks_and_batch_splits(captures_dir: Path) -> None:
     """Two gateways in one: Conductors fed the same real USD-M depth stream in
     different batch splits, with different local clocks, one going live later

@@ -619,8 +619,8 @@ class Conductor:
         one interval after its bucket ends, that end placed on the loop's clock
         by the time of its first update in the bucket (E to the end, plus one
         interval).  It publishes the update id the boundary would unless an
-        update of that bucket is read only after the timer fired
-        (docs/conductor.md).
+        update of that bucket is read only after the timer fired (`_flush`,
+        docs/conductor.md).
         """
         interval = self._interval_ns
         for book in books:
@@ -642,10 +642,21 @@ class Conductor:
             inst.flush = loop.call_later(delay / 1e9, self._flush, inst)
 
     def _flush(self, inst: Instrument) -> None:
-        """Publish a throttled book whose bucket ended a while ago (`_throttle`)."""
-        inst.flush = None
+        """Publish a throttled book whose bucket ended a while ago (`_throttle`).
+
+        A timer that fires more than a quarter interval late was held up by a
+        stalled loop, which runs due timers before it reads its sockets: the
+        bucket's last updates may be waiting there, so it waits another quarter
+        interval (and again, until it fires in time).
+        """
+        handle, inst.flush = inst.flush, None
         book = inst.book
         if not (book.live and book.dirty):
+            return
+        loop = asyncio.get_running_loop()
+        slack = self._interval_ns / 4e9
+        if handle is not None and loop.time() - handle.when() > slack:
+            inst.flush = loop.call_later(slack, self._flush, inst)
             return
         out: list[Any] = []
         self._publish(book, out)
