@@ -475,6 +475,32 @@ def test_throttle_flush_held_up_by_a_stalled_loop_waits_for_the_bucket() -> None
     assert h.cond.counters["flushes"] == 1
 
 
+def test_throttle_flush_waits_until_the_market_is_past_the_bucket() -> None:
+    """A quiet book's timer publishes once its market read an exchange time one
+    interval past the book's bucket, not while the market is still inside it."""
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)], "BBB": [rest("BBB", 500)]}
+        h.cond.track("spot", "AAA")
+        h.cond.track("spot", "BBB")
+        h.feed(delta("AAA", 101, 101, ts=991 * MS), delta("BBB", 501, 501, ts=991 * MS))
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1001 * MS))  # bucket 33: [990, 1020) ms
+        # BBB keeps the market inside bucket 33 for 150 ms: AAA's timer keeps waiting
+        for i in range(15):
+            h.feed(delta("BBB", 502 + i, 502 + i, ts=(1003 + i) * MS))
+            await asyncio.sleep(0.01)
+        assert h.fused("AAA") == []
+        h.feed(delta("AAA", 103, 103, ts=1019 * MS))  # the bucket's last update, late
+        h.feed(delta("BBB", 517, 517, ts=1050 * MS))  # the market is one interval past
+        await asyncio.sleep(0.1)
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [103]
+
+
 def test_throttled_keys_agree_across_clocks_and_batch_splits(captures_dir: Path) -> None:
     """Two gateways in one: Conductors fed the same real USD-M depth stream in
     different batch splits, with different local clocks, one going live later

@@ -6,6 +6,7 @@ from meltica._core.book import BookSet, OrderBook
 
 class Flow:
     downstream: Callable[[list[Any]], None]
+    clocks: dict[str, int]
     def __init__(
         self,
         conductor: Any,

@@ -21,13 +21,15 @@ book, the Conductor publishes the book there (``_publish``: the state as of
 its bucket's last update) if it changed since its last output, and the batch
 goes on.  The cuts come from exchange ids and times only, so every gateway
 and every batch split publishes the same update ids (docs/conductor.md).
+``clocks`` keeps, per market, the latest exchange time read (any event): the
+Conductor's timer for a quiet book asks it whether its bucket is over.
 """
 
 cimport cython
 from libc.stdint cimport int64_t
 
 from meltica._core.book cimport BookSet, OrderBook
-from meltica._core.events cimport BOOK_DELTA, MT_NA, BookDepth
+from meltica._core.events cimport BOOK_DELTA, MT_NA, BookDepth, Event
 
 cdef enum:
     _SYNCED = 1  # BookStatus BOOK_SYNCED: a book went live inside apply_batch
@@ -47,7 +49,7 @@ cdef class Flow:
     mirror: None, or called once per batch with the books fused in it (the
     Redis writer's ``offer``: it queues their latest states, no I/O).
     bucket_ns: the publish interval in ns (0: the books publish on every
-    update, from C); else the bucket boundaries above.
+    update, from C); else the bucket boundaries above, and ``clocks``.
     """
     cdef object conductor
     cdef BookSet books
@@ -60,6 +62,7 @@ cdef class Flow:
     cdef object mirror
     cdef int64_t bucket_ns
     cdef OrderBook cut_book  # the book of the diff _next_cut stopped at
+    cdef readonly dict clocks  # market -> the latest exchange time (ns) read, bucketed mode
 
     def __init__(self, conductor, BookSet books not None, downstream, dict counters not None,
                  bint hooks, bint trade_hooks, mem=None, int64_t mem_ttl_ns=0, mirror=None,
@@ -76,6 +79,7 @@ cdef class Flow:
         self.mem_ttl_ns = mem_ttl_ns
         self.mirror = mirror
         self.bucket_ns = bucket_ns
+        self.clocks = {}
 
     def on_events(self, list batch not None):
         """Apply a batch, append fused/control/derived events, hand it downstream."""
@@ -120,6 +124,7 @@ cdef class Flow:
         cdef list part
         cdef OrderBook book
         cdef int st
+        self._clock(batch, n)
         while pos < n:
             cut = self._next_cut(batch, scan, n)
             part = batch if pos == 0 and cut == n else batch[pos:cut]
@@ -142,6 +147,25 @@ cdef class Flow:
                 conductor._publish(book, out)
             pos = cut
             scan = cut + 1
+        return 0
+
+    cdef int _clock(self, list batch, Py_ssize_t n) except -1:
+        """Move ``clocks`` to the latest exchange time in ``batch`` (a batch is
+        one read of one connection: the market of the event that has it)."""
+        cdef Event ev, latest = None
+        cdef int64_t t = MT_NA
+        cdef Py_ssize_t i
+        for i in range(n):
+            obj = batch[i]
+            if isinstance(obj, Event):
+                ev = <Event>obj
+                if ev.ts_event_ > t:
+                    t = ev.ts_event_
+                    latest = ev
+        if latest is not None:
+            old = self.clocks.get(latest.market)
+            if old is None or t > <int64_t>old:
+                self.clocks[latest.market] = t
         return 0
 
     cdef Py_ssize_t _next_cut(self, list batch, Py_ssize_t start, Py_ssize_t n) except -1:

@@ -83,6 +83,7 @@ class Instrument:
         self.fetch: asyncio.Task[None] | None = None
         self.flush: asyncio.TimerHandle | None = None
         self.flush_bucket: int | None = None  # the bucket (E // interval) `flush` is for
+        self.flush_clock: int | None = None  # its market's exchange time at the last look
         self.key = (market, symbol)
         self.gaps = 0
         self.resyncs = 0
@@ -615,12 +616,10 @@ class Conductor:
         The bucket boundaries are ``Flow``'s: a live book's state as of the last
         update of a bucket of exchange time (``E // interval``) is published
         when an update of a later bucket arrives.  Here a changed book gets the
-        fallback for a book that goes quiet: a loop timer that publishes it
-        one interval after its bucket ends, that end placed on the loop's clock
-        by the time of its first update in the bucket (E to the end, plus one
-        interval).  It publishes the update id the boundary would unless an
-        update of that bucket is read only after the timer fired (`_flush`,
-        docs/conductor.md).
+        fallback for a book that goes quiet: a loop timer (`_flush`), due one
+        interval after its bucket ends, that end placed on the loop's clock by
+        the time of its first update in the bucket (E to the end, plus one
+        interval).
         """
         interval = self._interval_ns
         for book in books:
@@ -638,25 +637,39 @@ class Conductor:
                 inst.flush.cancel()
             delay = interval if ts is None else (ts // interval + 2) * interval - ts
             inst.flush_bucket = bucket
+            inst.flush_clock = self._flow.clocks.get(inst.market)
             loop = asyncio.get_running_loop()
             inst.flush = loop.call_later(delay / 1e9, self._flush, inst)
 
     def _flush(self, inst: Instrument) -> None:
-        """Publish a throttled book whose bucket ended a while ago (`_throttle`).
+        """Publish a quiet throttled book once its bucket is over (`_throttle`).
 
-        A timer that fires more than a quarter interval late was held up by a
-        stalled loop, which runs due timers before it reads its sockets: the
-        bucket's last updates may be waiting there, so it waits another quarter
-        interval (and again, until it fires in time).
+        Over means: the book's market has read an exchange time one interval
+        past the bucket's end (its last updates, sent before, are read), or it
+        read no new exchange time for an interval (the market is quiet).  Until
+        then the timer waits another interval.  A timer that fires more than a
+        quarter interval late was held up by a stalled loop, which runs due
+        timers before it reads its sockets: it waits a quarter interval first.
         """
         handle, inst.flush = inst.flush, None
         book = inst.book
         if not (book.live and book.dirty):
             return
         loop = asyncio.get_running_loop()
-        slack = self._interval_ns / 4e9
-        if handle is not None and loop.time() - handle.when() > slack:
-            inst.flush = loop.call_later(slack, self._flush, inst)
+        interval = self._interval_ns
+        if handle is not None and loop.time() - handle.when() > interval / 4e9:
+            inst.flush = loop.call_later(interval / 4e9, self._flush, inst)
+            return
+        bucket = inst.flush_bucket
+        clock = self._flow.clocks.get(inst.market)
+        if (
+            bucket is not None
+            and clock is not None
+            and clock < (bucket + 2) * interval
+            and clock != inst.flush_clock
+        ):
+            inst.flush_clock = clock
+            inst.flush = loop.call_later(interval / 1e9, self._flush, inst)
             return
         out: list[Any] = []
         self._publish(book, out)
