@@ -426,6 +426,30 @@ def test_throttle_publishes_the_last_state_of_each_bucket_of_exchange_time() -> 
     assert h.cond.counters["flushes"] == 0
 
 
+def test_throttle_cuts_a_batch_after_the_book_goes_live_inside_it() -> None:
+    """The diff that bridges the snapshot comes in a batch with later ones: the
+    book goes live inside the batch and a bucket boundary after it still counts."""
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 95, 99, ts=990 * MS))  # starts the sync; stale once L=100 loads
+        await settle()
+        inst = h.cond.instrument("spot", "AAA")
+        assert inst is not None and inst.state is State.SYNCING and inst.fetch is None
+        h.feed(
+            delta("AAA", 101, 101, ts=1000 * MS),  # bridges: live inside this batch
+            delta("AAA", 102, 102, ts=1005 * MS),
+            delta("AAA", 103, 103, ts=1021 * MS),  # bucket 34
+        )
+        assert inst.state is State.LIVE
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [102]
+
+
 def test_throttle_flushes_a_quiet_book_one_interval_after_its_bucket() -> None:
     async def scenario() -> Harness:
         h = Harness(publish_interval_ms=30)

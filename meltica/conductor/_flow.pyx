@@ -28,11 +28,8 @@ Conductor's timer for a quiet book asks it whether its bucket is over.
 cimport cython
 from libc.stdint cimport int64_t
 
-from meltica._core.book cimport BookSet, OrderBook
+from meltica._core.book cimport BOOK_SYNCED, BookSet, OrderBook
 from meltica._core.events cimport BOOK_DELTA, MT_NA, BookDepth, Event
-
-cdef enum:
-    _SYNCED = 1  # BookStatus BOOK_SYNCED: a book went live inside apply_batch
 
 
 @cython.final
@@ -133,7 +130,7 @@ cdef class Flow:
             while i < m:
                 st = books.last_status
                 conductor._on_notice(part[i], books.last_book, st, out)
-                if st == _SYNCED:
+                if st == BOOK_SYNCED:  # the book went live
                     break
                 i = books.apply_batch(part, i + 1, out)
             if i < m:  # a book went live at part[i]: find the cuts after it again
