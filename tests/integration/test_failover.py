@@ -69,7 +69,7 @@ BOOK_KEY = "hh:binance:usdm:BTCUSDT:book"  # snapshot.key_prefix=hh
 # while both ran, as a share of all, at most.  Only a quiet book's flush timer publishes
 # off the rule, when a bucket's last update is read more than an interval of exchange
 # time behind the market's other events or after 100 ms of silence (docs/conductor.md).
-# Measured here: none of about 3400 in each of 6 runs on a loaded 2-core machine.  The
+# Measured here: none of about 3400 in each of 9 runs on a loaded 2-core machine.  The
 # throttle on each gateway's own clock that this rule replaced made 262 of 282 keys
 # one-sided and 118 of 238 stream snapshots off the rule in the same test.
 ONE_SIDED_MAX = 0.02
