@@ -170,6 +170,7 @@ def delta(
     asks: Any = (),
     market: str = "spot",
     pu: int | None = None,
+    ts: int | None = None,
 ) -> BookDepth:
     from meltica._core.events import event_from_wire
 
@@ -184,6 +185,7 @@ def delta(
         "update_id": u,
         "first_update_id": first,
         "prev_update_id": pu,
+        "ts_event": ts,
         "bids": [list(x) for x in bids],
         "asks": [list(x) for x in asks],
     }
@@ -382,24 +384,208 @@ def test_crossed_book_is_a_desync() -> None:
     assert ("resync_started", None) in h.controls("AAA")
 
 
-def test_throttle_conflates_and_flushes_the_latest_when_the_interval_ends() -> None:
-    now = [1_000_000_000]
+MS = 1_000_000
+
+
+def test_throttle_publishes_the_last_state_of_each_bucket_of_exchange_time() -> None:
+    """publish_interval_ms=30: buckets of E // 30 ms; each bucket's last update is
+    published when the first update of a later bucket arrives, in the same batch
+    or a later one; the go-live state is just the book's state in its bucket."""
 
     async def scenario() -> Harness:
-        h = Harness(publish_interval_ms=30, clock=lambda: now[0])
+        h = Harness(publish_interval_ms=30)
         h.snaps = {"AAA": [rest("AAA", 100)]}
         h.cond.track("spot", "AAA")
-        h.feed(delta("AAA", 101, 101))
-        await settle()  # live: published at once (101)
-        for u in range(102, 106):
-            h.feed(delta("AAA", u, u))
-        assert h.fused("AAA") == [101]
+        h.feed(delta("AAA", 101, 101, ts=1000 * MS))  # live at 101, bucket 33
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1005 * MS), delta("AAA", 103, 103, ts=1019 * MS))
+        assert h.fused("AAA") == []
+        # 104 starts bucket 34: 103 is published before 104 is applied
+        h.feed(delta("AAA", 104, 104, ts=1020 * MS), delta("AAA", 105, 105, ts=1049 * MS))
+        assert h.fused("AAA") == [103]
+        # 106..108 in three later buckets, one batch: 105, 106 and 107 go out
+        h.feed(
+            delta("AAA", 106, 106, ts=1050 * MS),
+            delta("AAA", 107, 107, ts=1080 * MS),
+            delta("AAA", 108, 108, ts=1200 * MS, bids=[("10", "3")]),
+        )
+        assert h.fused("AAA") == [103, 105, 106, 107]
+        book = h.cond.book("spot", "AAA")
+        assert book is not None and book.update_id == 108
+        return h
+
+    h = run(scenario)
+    snaps = [e for e in h.out if isinstance(e, BookDepth) and e.source == "book"]
+    # each output is that state, with its own update id and exchange time
+    assert [(e.update_id, e.ts_event) for e in snaps] == [
+        (103, 1019 * MS),
+        (105, 1049 * MS),
+        (106, 1050 * MS),
+        (107, 1080 * MS),
+    ]
+    assert h.cond.counters["flushes"] == 0
+
+
+def test_throttle_cuts_a_batch_after_the_book_goes_live_inside_it() -> None:
+    """The diff that bridges the snapshot comes in a batch with later ones: the
+    book goes live inside the batch and a bucket boundary after it still counts."""
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 95, 99, ts=990 * MS))  # starts the sync; stale once L=100 loads
+        await settle()
+        inst = h.cond.instrument("spot", "AAA")
+        assert inst is not None and inst.state is State.SYNCING and inst.fetch is None
+        h.feed(
+            delta("AAA", 101, 101, ts=1000 * MS),  # bridges: live inside this batch
+            delta("AAA", 102, 102, ts=1005 * MS),
+            delta("AAA", 103, 103, ts=1021 * MS),  # bucket 34
+        )
+        assert inst.state is State.LIVE
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [102]
+
+
+def test_throttle_flushes_a_quiet_book_one_interval_after_its_bucket() -> None:
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101, ts=1000 * MS))
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1001 * MS), delta("AAA", 103, 103, ts=1002 * MS))
+        await asyncio.sleep(0.15)  # bucket 33 ends at 1020 ms, the flush is due at 1050 ms
+        assert h.fused("AAA") == [103]
+        # a later bucket's update: not published again (nothing changed in between)
+        h.feed(delta("AAA", 104, 104, ts=1100 * MS))
+        assert h.fused("AAA") == [103]
+        await asyncio.sleep(0.15)
+        # no exchange time: flushed one interval after it changed
+        h.feed(delta("AAA", 105, 105), delta("AAA", 106, 106))
+        await asyncio.sleep(0.15)
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [103, 104, 106]
+    assert h.cond.counters["flushes"] == 3
+
+
+def test_throttle_flush_held_up_by_a_stalled_loop_waits_for_the_bucket() -> None:
+    """A flush timer that fires late (the loop was blocked; it runs due timers before
+    reading sockets) does not publish at once: the rest of the bucket read right
+    after it still makes the output."""
+    import time
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)]}
+        h.cond.track("spot", "AAA")
+        h.feed(delta("AAA", 101, 101, ts=1000 * MS))
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1001 * MS))
+        time.sleep(0.2)  # the loop stalls past the flush's due time (about 50 ms)
+        await asyncio.sleep(0)  # the late timer runs first...
+        h.feed(delta("AAA", 103, 103, ts=1002 * MS))  # ...then what the socket held
+        assert h.fused("AAA") == []
         await asyncio.sleep(0.1)
         return h
 
     h = run(scenario)
-    assert h.fused("AAA") == [101, 105]
+    assert h.fused("AAA") == [103]
     assert h.cond.counters["flushes"] == 1
+
+
+def test_throttle_flush_waits_until_the_market_is_past_the_bucket() -> None:
+    """A quiet book's timer publishes once its market read an exchange time one
+    interval past the book's bucket, not while the market is still inside it."""
+
+    async def scenario() -> Harness:
+        h = Harness(publish_interval_ms=30)
+        h.snaps = {"AAA": [rest("AAA", 100)], "BBB": [rest("BBB", 500)]}
+        h.cond.track("spot", "AAA")
+        h.cond.track("spot", "BBB")
+        h.feed(delta("AAA", 101, 101, ts=991 * MS), delta("BBB", 501, 501, ts=991 * MS))
+        await settle()
+        h.feed(delta("AAA", 102, 102, ts=1001 * MS))  # bucket 33: [990, 1020) ms
+        # BBB keeps the market inside bucket 33 for 150 ms: AAA's timer keeps waiting
+        for i in range(15):
+            h.feed(delta("BBB", 502 + i, 502 + i, ts=(1003 + i) * MS))
+            await asyncio.sleep(0.01)
+        assert h.fused("AAA") == []
+        h.feed(delta("AAA", 103, 103, ts=1019 * MS))  # the bucket's last update, late
+        h.feed(delta("BBB", 517, 517, ts=1050 * MS))  # the market is one interval past
+        await asyncio.sleep(0.1)
+        return h
+
+    h = run(scenario)
+    assert h.fused("AAA") == [103]
+
+
+def test_throttled_keys_agree_across_clocks_and_batch_splits(captures_dir: Path) -> None:
+    """Two gateways in one: Conductors fed the same real USD-M depth stream in
+    different batch splits, with different local clocks, one going live later
+    than the other, publish the same fused snapshot keys from the moment both
+    are live, at the update ids the bucket rule names."""
+    import random
+
+    source = CaptureSource([capture_path(captures_dir, "usdm/btcusdt_20240808.gz")])
+    market = source.market
+    parser = FrameParser(venue=source.venue, market=market)
+    diffs: list[BookDepth] = []
+    for frame in source.frames():
+        if "@depth" in frame.stream:
+            diffs += [e for e in parser.parse(combined_frame(frame), frame.ts_ns)]
+        if len(diffs) >= 6000:
+            break
+    body = source.depth_snapshot(market, "BTCUSDT", 1000)
+    assert body is not None, "the capture records a depth snapshot"
+    snap = FrameParser(venue=source.venue, market=market).parse_rest_depth(body, "BTCUSDT")
+
+    async def one(seed: int, clock_ns: int, fetch_turns: int) -> tuple[list[str], int]:
+        out: list[Any] = []
+
+        async def fetch(market: str, symbol: str) -> BookDepth:
+            for _ in range(fetch_turns):  # the later gateway buffers more diffs
+                await asyncio.sleep(0)
+            return snap
+
+        cond = Conductor(
+            out.extend, fetch, publish_interval_ms=100, snapshot_retry_s=0, clock=lambda: clock_ns
+        )
+        cond.track(market, "BTCUSDT", venue=source.venue)
+        rnd = random.Random(seed)
+        i = 0
+        while i < len(diffs):
+            n = rnd.choice((1, 1, 2, 3, 7, 40))
+            cond.on_events(diffs[i : i + n])
+            i += n
+            await asyncio.sleep(0)
+        inst = cond.instrument(market, "BTCUSDT")
+        assert inst is not None and inst.state is State.LIVE
+        await cond.stop()
+        live = [e.to_seq for e in out if isinstance(e, Control) and e.kind == "resync_done"]
+        keys = [e.key for e in out if isinstance(e, BookDepth) and e.kind == "book_snapshot"]
+        return keys, live[0]
+
+    a_keys, a_live = run(lambda: one(1, 0, 1))
+    b_keys, b_live = run(lambda: one(2, 10**18, 200))
+    assert a_live < b_live, "b goes live later"
+
+    def uid(key: str) -> int:
+        return int(key.rsplit(":", 1)[1])
+
+    assert len(b_keys) > 100
+    assert [k for k in a_keys if uid(k) >= b_live] == b_keys
+    # at the update ids the rule names: the last of a bucket of E // 100 ms
+    last_of: dict[int, int] = {}
+    for ev in diffs:
+        assert ev.ts_event is not None
+        last_of[ev.ts_event // (100 * MS)] = ev.update_id
+    assert {uid(k) for k in a_keys} <= set(last_of.values())
 
 
 class FakeStore:

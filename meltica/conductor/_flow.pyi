@@ -2,10 +2,11 @@
 from collections.abc import Callable
 from typing import Any
 
-from meltica._core.book import BookSet
+from meltica._core.book import BookSet, OrderBook
 
 class Flow:
     downstream: Callable[[list[Any]], None]
+    clocks: dict[str, int]
     def __init__(
         self,
         conductor: Any,
@@ -17,5 +18,8 @@ class Flow:
         mem: Any = None,
         mem_ttl_ns: int = 0,
         mirror: Callable[[list[Any]], None] | None = None,
+        bucket_ns: int = 0,
     ) -> None: ...
     def on_events(self, batch: list[Any]) -> None: ...
+
+def book_ts_event(book: OrderBook) -> int | None: ...

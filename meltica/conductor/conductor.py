@@ -5,8 +5,8 @@ batch goes through ``on_events``: the C ``BookSet`` applies every depth diff of
 a live book and stops only at events this module must handle (a book still
 syncing, a gap, a crossed book, ...).  Python runs the per-instrument state
 machine SYNCING -> LIVE -> RESYNCING (BINANCE.md §7, spot and futures rules),
-fetches snapshots on asyncio tasks, throttles fused outputs with the loop's
-timers and calls hooks and the SnapshotStore.  Exchange events pass through
+fetches snapshots on asyncio tasks, schedules the flush timers of throttled
+books and calls hooks and the SnapshotStore.  Exchange events pass through
 unchanged and in order; fused and control events are appended; the batch goes
 ``downstream`` once.  See docs/conductor.md.
 """
@@ -28,7 +28,7 @@ from opentelemetry import trace
 from meltica._core.book import BookSet, OrderBook
 from meltica._core.events import BookDepth, Control, Derived, Event, Trade
 from meltica._core.snapshot import MISMATCH
-from meltica.conductor._flow import Flow
+from meltica.conductor._flow import Flow, book_ts_event
 from meltica.conductor.analytics import Hook, load_hook
 from meltica.errors import AnalyticsError
 from meltica.gaps import GapManifest
@@ -83,7 +83,8 @@ class Instrument:
         self.buffer: deque[BookDepth] = deque()
         self.fetch: asyncio.Task[None] | None = None
         self.flush: asyncio.TimerHandle | None = None
-        self.last_pub_ns = -(1 << 62)
+        self.flush_bucket: int | None = None  # the bucket (E // interval) `flush` is for
+        self.flush_clock: int | None = None  # its market's exchange time at the last look
         self.key = (market, symbol)
         self.gaps = 0
         self.resyncs = 0
@@ -141,15 +142,16 @@ class Conductor:
     fetch_snapshot: ``(market, symbol) -> Awaitable[BookDepth]``, a REST depth
     snapshot (kind book_snapshot, update_id = lastUpdateId).
     store: a SnapshotStore (``compare_and_set``/``get``) or None.
-    book_depth: levels per side of fused snapshots.  publish_interval_ms: at
-    most one fused output per instrument per interval, latest wins (0 = on
-    every applied update).  snapshot_buffer_max: diffs buffered per
-    instrument while syncing (overflow restarts the sync).  snapshot_ttl_s:
-    TTL of store entries.  snapshot_retry_s / snapshot_retry_max_s: a snapshot
-    that did not sync the book (stale, failed, rejected) is fetched again after
-    an exponential backoff from the first up to the second, with jitter; the
-    first stale one is refetched at once.  analytics: hooks or ``"pkg.mod:Name"`` paths.
-    clock: ns wall clock for throttling and control-event times.
+    book_depth: levels per side of fused snapshots.  publish_interval_ms: fused
+    outputs per bucket of exchange time (``E // interval``), the state as of
+    each bucket's last update (0 = on every applied update; see `_throttle`).
+    snapshot_buffer_max: diffs buffered per instrument while syncing
+    (overflow restarts the sync).  snapshot_ttl_s: TTL of store entries.
+    snapshot_retry_s / snapshot_retry_max_s: a snapshot that did not sync the
+    book (stale, failed, rejected) is fetched again after an exponential
+    backoff from the first up to the second, with jitter; the first stale one
+    is refetched at once.  analytics: hooks or ``"pkg.mod:Name"`` paths.
+    clock: ns wall clock for control-event times.
     mirror: None, or called with the books whose latest snapshot was just
     written to `store` (once per book per batch), e.g. the Redis writer's
     ``offer``, which queues them for a second store off the hot path.
@@ -235,6 +237,7 @@ class Conductor:
             self._mem,
             0 if self._mem is None else self._mem.ttl_ns(snapshot_ttl_s),
             mirror,
+            self._interval_ns,
         )
         # the per-batch path is compiled: the Dispatcher calls it with no
         # Python frame in between (see meltica/conductor/_flow.pyx)
@@ -485,6 +488,7 @@ class Conductor:
         if not self._interval_ns:
             self._publish(book, out)
         else:
+            book.dirty = True
             self._throttle([book], out)
 
     def _publish(self, book: OrderBook, out: list[Any]) -> None:
@@ -649,33 +653,69 @@ class Conductor:
     # ------------------------------------------------------------ outputs
 
     def _throttle(self, books: Iterable[OrderBook], out: list[Any]) -> None:
-        now = self._clock()
+        """Books changed while publishing per bucket (``publish_interval_ms`` > 0).
+
+        The bucket boundaries are ``Flow``'s: a live book's state as of the last
+        update of a bucket of exchange time (``E // interval``) is published
+        when an update of a later bucket arrives.  Here a changed book gets the
+        fallback for a book that goes quiet: a loop timer (`_flush`), due one
+        interval after its bucket ends, that end placed on the loop's clock by
+        the time of its first update in the bucket (E to the end, plus one
+        interval).
+        """
         interval = self._interval_ns
         for book in books:
             inst: Instrument = book.owner
             if not book.live:
                 book.dirty = False
                 continue
-            due = inst.last_pub_ns + interval
-            if now >= due:
-                self._publish(book, out)
-                inst.last_pub_ns = now
-            else:
-                book.dirty = True
-                if inst.flush is None:
-                    loop = asyncio.get_running_loop()
-                    inst.flush = loop.call_later((due - now) / 1e9, self._flush, inst)
+            if not book.dirty:
+                continue  # published at a boundary since it changed
+            ts = book_ts_event(book)
+            bucket = None if ts is None else ts // interval
+            if inst.flush is not None:
+                if inst.flush_bucket == bucket:
+                    continue
+                inst.flush.cancel()
+            delay = interval if ts is None else (ts // interval + 2) * interval - ts
+            inst.flush_bucket = bucket
+            inst.flush_clock = self._flow.clocks.get(inst.market)
+            loop = asyncio.get_running_loop()
+            inst.flush = loop.call_later(delay / 1e9, self._flush, inst)
 
     def _flush(self, inst: Instrument) -> None:
-        """Publish a throttled book at the end of its interval (latest wins)."""
-        inst.flush = None
+        """Publish a quiet throttled book once its bucket is over (`_throttle`).
+
+        Over means: the book's market has read an exchange time one interval
+        past the bucket's end (its last updates, sent before, are read), or it
+        read no new exchange time for an interval (the market is quiet).  Until
+        then the timer waits another interval.  A timer that fires more than a
+        quarter interval late was held up by a stalled loop, which runs due
+        timers before it reads its sockets: it waits a quarter interval first.
+        """
+        handle, inst.flush = inst.flush, None
         book = inst.book
         if not (book.live and book.dirty):
+            return
+        loop = asyncio.get_running_loop()
+        interval = self._interval_ns
+        if handle is not None and loop.time() - handle.when() > interval / 4e9:
+            inst.flush = loop.call_later(interval / 4e9, self._flush, inst)
+            return
+        bucket = inst.flush_bucket
+        clock = self._flow.clocks.get(inst.market)
+        if (
+            bucket is not None
+            and clock is not None
+            and clock < (bucket + 2) * interval
+            and clock != inst.flush_clock
+        ):
+            inst.flush_clock = clock
+            inst.flush = loop.call_later(interval / 1e9, self._flush, inst)
             return
         out: list[Any] = []
         self._publish(book, out)
         self.counters["flushes"] += 1
-        inst.last_pub_ns = self._clock()
         self._emit(out)
 
     def _emit(self, out: list[Any]) -> None:

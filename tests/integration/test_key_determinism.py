@@ -5,7 +5,9 @@ only in the fields docs/deployment.md lists (``ts_recv``, ``trace``).
 What is compared: every event the in-memory Data Bus delivers except the control kinds
 (their keys carry a local sequence number, docs/wire-format.md).  Fused book snapshots are
 included: with ``conductor.publish_interval_ms: 0`` (the default) one is published per
-applied update, so their update ids come from the exchange.
+applied update, so their update ids come from the exchange; with 1000 one per second of
+exchange time, the state as of that second's last update (docs/conductor.md), chosen from
+exchange times, so the keys agree too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aio import run
 
 from meltica.commands.common import local_overrides
@@ -29,7 +32,9 @@ CONTROL_KINDS = {"gap", "resync_started", "resync_done", "stale", "connection_st
 MAY_DIFFER = {"ts_recv", "trace"}
 
 
-async def replay(path: Path, gateway: str) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
+async def replay(
+    path: Path, gateway: str, interval_ms: int
+) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
     """Every non-control event of one replay by key, and how many of each kind came."""
     source = CaptureSource(path)
     fake = FakeExchange(source, speed=None, start="manual")
@@ -42,6 +47,7 @@ async def replay(path: Path, gateway: str) -> tuple[dict[str, dict[str, Any]], C
         "bus.capacity=16384",
         "telemetry.metrics_enabled=false",
         f"gateway.id={gateway}",
+        f"conductor.publish_interval_ms={interval_ms}",
     ]
     engine = Engine(load_config(None, env={}, overrides=overrides), subscribe_on_start=False)
     consumer = engine.bus.subscribe("keys", policy="block")
@@ -71,21 +77,27 @@ async def replay(path: Path, gateway: str) -> tuple[dict[str, dict[str, Any]], C
     return events, kinds
 
 
-def test_two_replays_publish_the_same_keys(captures_dir: Path) -> None:
+@pytest.mark.parametrize("interval_ms", [0, 1000])
+def test_two_replays_publish_the_same_keys(captures_dir: Path, interval_ms: int) -> None:
     path = captures_dir / CAPTURE
 
     async def scenario() -> tuple[Any, Any, Any, Any]:
-        a, ka = await replay(path, "gw-a")
-        b, kb = await replay(path, "gw-b")
+        a, ka = await replay(path, "gw-a", interval_ms)
+        b, kb = await replay(path, "gw-b", interval_ms)
         return a, ka, b, kb
 
     a, kinds_a, b, kinds_b = run(scenario, timeout=280)
     # every exchange event of the capture came, each under its own key
     assert kinds_a["trade"] == 9757 and kinds_a["book_delta"] == 3451, kinds_a
     assert kinds_a["book_snapshot"] > 0, kinds_a
+    if interval_ms:  # throttled: about one book snapshot per second of exchange time
+        books = [
+            ev for ev in a.values() if ev["kind"] == "book_snapshot" and ev["source"] == "book"
+        ]
+        assert 100 < len(books) < kinds_a["book_delta"] // 5, len(books)
     assert sum(kinds_a.values()) == len(a) and sum(kinds_b.values()) == len(b)
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:10]
     assert kinds_a == kinds_b
-    assert a.keys() == b.keys()
     differ: Counter[str] = Counter()
     for key, ev in a.items():
         other = b[key]
