@@ -25,7 +25,7 @@ from nats.aio.client import Client as NatsClient
 from meltica import __version__
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
-from meltica.adapters.binance.backfill import TradeBackfill
+from meltica.adapters.binance.backfill import HoleOutcome, TradeBackfill
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
@@ -60,6 +60,8 @@ __all__ = ["Engine", "StartupError"]
 # channels whose holes are found by their ids, not by connection outages: diff
 # depth (the Conductor's continuity check)
 ID_CHECKED_CHANNELS = frozenset({"depth"})
+# and those the trade backfill checks by id when binance.backfill.enabled
+BACKFILLED_CHANNELS = frozenset({"trade", "agg_trade"})
 
 # at shutdown, how long the JetStream publisher may wait for outstanding acks
 NATS_FLUSH_TIMEOUT_S = 10.0
@@ -191,6 +193,7 @@ class Engine:
                 max_holes=b.backfill.max_holes,
                 max_batch=max(64, self.config.bus.capacity // 32),
                 paused=lambda: self.bus.paused,
+                on_outcome=self._on_hole_outcome,
             )
             self.backfill.attach(self.table)
         self.gateway_id = gateway_id(config.gateway)
@@ -286,14 +289,31 @@ class Engine:
 
     def _on_outage(self, market: str, stream: str, from_ns: int, to_ns: int, cause: str) -> None:
         """A stream's time without a connection.  Diff depth is left to the
-        Conductor, whose continuity check finds the exact update ids missed."""
+        Conductor, whose continuity check finds the exact update ids missed, and
+        trades to the backfill (when on), which finds and fills them by id."""
         try:
             symbol, channel = channel_of(market, stream)
         except MelticaError:
             return  # not a per-symbol stream
-        if channel in ID_CHECKED_CHANNELS:
+        if channel in ID_CHECKED_CHANNELS or (
+            self.backfill is not None and channel in BACKFILLED_CHANNELS
+        ):
             return
         self.gaps.record(market, symbol, channel, cause, LOST, from_ns=from_ns, to_ns=to_ns)
+
+    def _on_hole_outcome(self, hole: HoleOutcome) -> None:
+        """A trade id hole filled from REST, or lost (with why), into the manifest."""
+        self.gaps.record(
+            hole.market,
+            hole.symbol,
+            hole.kind,
+            "continuity",
+            hole.outcome,
+            first_id=hole.first,
+            last_id=hole.last,
+            reason=hole.reason,
+            detected_ns=hole.found_ns,
+        )
 
     def _fetch_snapshot(self, market: str, symbol: str) -> Any:
         return self.rest.depth_snapshot(market, symbol, urgent=True)

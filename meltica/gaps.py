@@ -58,6 +58,7 @@ class Gap:
     outcome: str
     detected_ns: int
     closed_ns: int | None = None
+    reason: str = ""  # why a lost gap could not be filled ("" otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class Gap:
             "outcome": self.outcome,
             "detected_ns": self.detected_ns,
             "closed_ns": self.closed_ns,
+            "reason": self.reason,
         }
 
 
@@ -167,8 +169,11 @@ class GapManifest:
         last_id: int | None = None,
         from_ns: int | None = None,
         to_ns: int | None = None,
+        reason: str = "",
+        detected_ns: int | None = None,
     ) -> Gap:
-        """A gap whose outcome is already known (opened and closed at once)."""
+        """A gap whose outcome is already known (opened and closed at once);
+        ``detected_ns``: when it was found (default: now)."""
         if outcome not in OUTCOMES or outcome == OPEN:
             raise ValueError(f"outcome must be one of filled, resynced, lost; got {outcome!r}")
         self._seq += 1
@@ -183,7 +188,8 @@ class GapManifest:
             from_ns,
             to_ns,
             OPEN,
-            self._clock(),
+            self._clock() if detected_ns is None else detected_ns,
+            reason=reason,
         )
         self._finish(gap, outcome)
         return gap

@@ -94,6 +94,7 @@ def test_file_gets_one_line_per_closed_gap_and_the_open_ones_at_close(tmp_path: 
         "outcome",
         "detected_ns",
         "closed_ns",
+        "reason",
     }
 
 

@@ -432,7 +432,7 @@ _DECLARED: tuple[Family, ...] = (
         "gaps_open",
         GAUGE,
         "",
-        "Gap manifest entries still open (a book resyncing, a fill under way)",
+        "Gap manifest entries still open (depth holes of a book that is resyncing)",
     ),
     Family(
         "gaps_write_errors_total",
