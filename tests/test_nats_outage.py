@@ -19,7 +19,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from test_nats_acks import HANG_GUARD_S, trades
 
 from meltica.bus import InMemoryDataBus
-from meltica.bus.nats import PROBE_FIRST_S, PROBE_MAX_S, TICK_S, NatsPublisher, ensure_stream
+from meltica.bus.nats import (
+    ACK_TIMEOUT_S,
+    PROBE_FIRST_S,
+    PROBE_MAX_S,
+    TICK_S,
+    NatsPublisher,
+    ensure_stream,
+)
 from meltica.config import NatsConfig
 
 
@@ -142,5 +149,58 @@ def test_a_reconnect_probes_first_and_then_resends_the_window_once(
             assert keys == Counter(ev.key for ev in events)
         finally:
             await nc.close()
+
+    asyncio.run(run())
+
+
+def test_unanswered_publishes_time_out_into_one_outage_and_one_resend(
+    nats_server: NatsServer,
+) -> None:
+    """No stream and no error either: a plain subscriber takes the publishes and never
+    answers.  Once the oldest frame is older than ACK_TIMEOUT_S (the publisher's clock
+    is moved on) and no ack came for ACK_STALL_S, an outage begins; the stream then
+    appears and the probe and the one resend store every event once."""
+
+    async def run() -> None:
+        cfg = NatsConfig(url=nats_server.url, publish_buffer=1024, storage="memory")
+        nc = await nats.connect(nats_server.url)
+        admin = await nats.connect(nats_server.url)
+        skew = 0
+
+        def clock() -> int:
+            return time.time_ns() + skew
+
+        try:
+            swallowed = 0
+
+            async def swallow(msg: object) -> None:
+                nonlocal swallowed
+                swallowed += 1
+
+            await admin.subscribe("meltica.>", cb=swallow)
+            await admin.flush()
+            bus = InMemoryDataBus(1 << 12, batch_size=64)
+            pub = NatsPublisher(nc, cfg, bus, clock=clock)
+            await pub.start()
+            events = trades(300)
+            bus.publish_batch(events)
+            await wait_until(lambda: swallowed == 300, "the publishes delivered, unanswered")
+            assert pub.window.unacked == 300 and pub.stats()["outages"] == 0
+            skew = int((ACK_TIMEOUT_S + 1) * 1e9)
+            await wait_until(lambda: pub._held, "the ack timeout")
+            assert pub.stats()["outages"] == 1 and pub.window.republished == 1  # the probe
+            assert pub.window.errors == 0
+            await ensure_stream(admin, cfg, ["binance"])
+            await wait_until(lambda: pub.window.unacked == 0, "the window drained")
+            stats = pub.stats()
+            assert stats["outages"] == 1, stats
+            # the probes, then the rest of the window once
+            assert 1 < stats["republished"] <= 300 + 16, stats
+            assert await pub.close(HANG_GUARD_S) == 0
+            keys = Counter(await stream_keys(admin, cfg.stream))
+            assert keys == Counter(ev.key for ev in events)
+        finally:
+            await nc.close()
+            await admin.close()
 
     asyncio.run(run())
