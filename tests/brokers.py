@@ -1,6 +1,7 @@
 """Real brokers for the tests: a ``nats-server -js`` of our own on a free loopback
 port, with its JetStream store in a temporary directory, that a test can
-``kill -9`` and restart on the same port and store.
+``kill -9`` and restart on the same port and store; a 3-node JetStream cluster
+of them (`NatsCluster`); a ``redis-server``.
 
 ``.ci/run`` installs Debian's ``nats-server`` when it is missing.  Without it
 the tests that need it skip on a workstation and fail with ``CI=true``.
@@ -8,14 +9,17 @@ the tests that need it skip on a workstation and fail with ``CI=true``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,6 +148,104 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+class NatsClusterNode(_ServerProcess):
+    """One ``nats-server -js`` node of a cluster on 127.0.0.1: client port, route
+    port and monitoring port of its own, routes to the other nodes' route ports.
+    ``start()`` after ``kill()`` reuses the ports and the store, as a restarted
+    node would."""
+
+    def __init__(self, store: Path, cluster: str, server_name: str, routes: list[int]) -> None:
+        self.binary = _need("nats-server")
+        self.store = store
+        store.mkdir(parents=True, exist_ok=True)
+        self.cluster, self.server_name = cluster, server_name
+        self.port, self.monitor_port = free_port(), free_port()
+        self.route_port = routes[0]
+        self.routes = routes[1:]
+        self.log = store / "nats-server.log"
+        self.name = f"nats-server {server_name}"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        args += ["-sd", str(self.store / "js"), "-l", str(self.log), "-m", str(self.monitor_port)]
+        args += ["--cluster_name", self.cluster, "--server_name", self.server_name]
+        args += ["--cluster", f"nats://127.0.0.1:{self.route_port}"]
+        args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(4096).startswith(b"INFO ")
+
+        self._launch(args, up, timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def monitor(self, path: str) -> Any:
+        """A JSON page of the node's monitoring port (``/jsz``, ``/connz``, ...)."""
+        url = f"http://127.0.0.1:{self.monitor_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def meta_leader(self) -> str:
+        """The JetStream meta leader this node knows of ('' while there is none)."""
+        return str((self.monitor("/jsz").get("meta_cluster") or {}).get("leader") or "")
+
+    def client_names(self) -> list[str]:
+        """The names of the clients connected to this node now."""
+        return [c.get("name", "") for c in self.monitor("/connz").get("connections") or []]
+
+
+class NatsCluster:
+    """`n` JetStream nodes of one NATS cluster on loopback (``n1``..``nN``), full mesh
+    of routes.  ``start()`` returns once every running node names the same JetStream
+    meta leader, so streams with replicas can be created."""
+
+    def __init__(self, root: Path, n: int = 3, name: str = "meltica") -> None:
+        routes = [free_port() for _ in range(n)]
+        self.nodes = [
+            NatsClusterNode(root / f"n{i + 1}", name, f"n{i + 1}", routes[i:] + routes[:i])
+            for i in range(n)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def node(self, server_name: str) -> NatsClusterNode:
+        (node,) = [n for n in self.nodes if n.server_name == server_name]
+        return node
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_for_meta_leader(timeout_s)
+
+    def wait_for_meta_leader(self, timeout_s: float = 60.0) -> str:
+        """Until the running nodes agree on a meta leader; its server name."""
+        deadline = time.monotonic() + timeout_s
+        seen: set[str] = set()
+        while time.monotonic() < deadline:
+            try:
+                seen = {n.meta_leader() for n in self.nodes if n.running}
+            except OSError:
+                seen = set()
+            if len(seen) == 1 and "" not in seen:
+                return seen.pop()
+            time.sleep(0.1)
+        tails = "\n".join(f"{n.server_name}: {n._tail()[-600:]}" for n in self.nodes)
+        raise RuntimeError(f"no JetStream meta leader within {timeout_s}s ({seen}):\n{tails}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class RedisServer(_ServerProcess):

@@ -344,10 +344,11 @@ cdef class FrameWindow:
             self.head += 1
         return code
 
-    def frames(self, int64_t now_ns):
+    def frames(self, int64_t now_ns, Py_ssize_t limit=-1):
         """Every unacknowledged frame, oldest first, in one buffer; ``(buffer, count)``.
 
-        Marks them sent at `now_ns`.
+        At most `limit` frames when it is 0 or more (the oldest).  Marks them
+        sent at `now_ns`.
         """
         cdef int64_t seq
         cdef Py_ssize_t slot, count = 0
@@ -355,6 +356,8 @@ cdef class FrameWindow:
         _out.len = 0
         try:
             for seq in range(self.head, self.next_seq):
+                if count == limit:
+                    break
                 slot = seq % self.capacity
                 if self._seq[slot] != seq:
                     continue

@@ -10,10 +10,18 @@ buffer: no Python call per event and no await on an ack on the hot path.
 
 JetStream acknowledges each publish on its reply subject
 ``_MELTICA_ACK.<nuid>.<n>``; the acks free the window's slots.  Every frame
-stays in the window until acknowledged.  After a reconnect, after an error
-reply and when the oldest frame waited ``ACK_TIMEOUT_S``, every
-unacknowledged frame is sent again, oldest first, with the same
-``Nats-Msg-Id``: JetStream's duplicate window keeps one copy.
+stays in the window until acknowledged.
+
+An outage (a reconnect, an error reply such as 503 "no responders" while a
+cluster elects a stream leader, or the oldest frame waiting ``ACK_TIMEOUT_S``
+while acks stall) holds the publishes: new events wait in the window, and only the oldest
+unacknowledged frame is sent again, as a probe, on a bounded exponential
+schedule (``PROBE_FIRST_S`` doubled per probe, at most ``PROBE_MAX_S``; a
+reconnect probes at once).  Once JetStream acknowledges a probe, every
+unacknowledged frame is sent again, once, oldest first, with the same
+``Nats-Msg-Id``: JetStream's duplicate window keeps one copy.  More error
+replies after that start another outage, whose probes continue the schedule;
+it starts over once the frames of the last resend are acknowledged.
 
 When the window is full (an outage outlasting ``nats.publish_buffer``
 events): ``block`` stops reading the ring, so the ring fills and pauses the
@@ -48,16 +56,30 @@ from meltica.config import NatsConfig
 from meltica.localseq import LocalSeq
 from meltica.telemetry.spans import end_span, start_span
 
-__all__ = ["ACK_TIMEOUT_S", "GAP_REASON", "NatsPublisher", "ensure_stream"]
+__all__ = [
+    "ACK_TIMEOUT_S",
+    "GAP_REASON",
+    "PROBE_FIRST_S",
+    "PROBE_MAX_S",
+    "NatsPublisher",
+    "ensure_stream",
+]
 
 log = logging.getLogger("meltica.bus.nats")
 
-# an unacknowledged frame older than this is sent again (JetStream acks in ms)
+# an unacknowledged frame older than this begins an outage (JetStream acks in ms)
+# once no ack at all arrived for ACK_STALL_S (acks still arriving: the server
+# works through a resend, in order), or once it is three times as old
 ACK_TIMEOUT_S: Final = 5.0
+ACK_STALL_S: Final = 1.0
 # publish spans waiting for their acks, at most (older ones end unfollowed)
 _MAX_ACK_SPANS: Final = 256
-# how often the publisher checks ack timeouts and pending gap events
+# how often the publisher checks ack timeouts, probes and pending gap events
 TICK_S: Final = 0.2
+# an outage's probes (the oldest frame alone): the first this long after the
+# first error reply, each next one twice as long after the previous, at most
+PROBE_FIRST_S: Final = 0.2
+PROBE_MAX_S: Final = 1.0
 GAP_REASON: Final = "bus_outage"
 ACK_ROOT: Final = "_MELTICA_ACK"
 
@@ -248,8 +270,17 @@ class NatsPublisher:
         self._tasks: list[asyncio.Task[Any]] = []
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
-        self._linked = False  # frames may be written (connected, window resent)
-        self._retry = False  # an error reply asks for a resend
+        self._linked = False  # connected, frames may be written unless held
+        # an outage (module docstring): publishes held until a probe is acked
+        self._held = False
+        self._probe_at = 0.0  # monotonic seconds: when the next probe goes out
+        self._probe_seq = 0  # publish number of the last probe (0: none yet)
+        self._backoff = 0  # probes sent since the schedule last started over
+        self._settle_seq = 0  # the last publish number of the last resend
+        self._held_since = 0.0
+        self._acks_seen = 0  # window.acked when the tick last saw it move
+        self._acks_moved = 0.0  # monotonic seconds: then
+        self.outages = 0
         self._control_seq = LocalSeq(clock)
         # per (venue, market, symbol, kind): [first seq, last seq, count] dropped
         self._open_gaps: dict[tuple[str, str, str, str], list[Any]] = {}
@@ -394,7 +425,7 @@ class NatsPublisher:
                 self._trace_publish()
         if taken < len(batch):
             self._drop(batch[taken:])
-        if taken and self._linked:
+        if taken and self._writable:
             self._write(buf)
 
     def _trace_publish(self) -> None:
@@ -411,7 +442,7 @@ class NatsPublisher:
                 "messaging.operation.type": "publish",
                 "meltica.nats.first_publish": w.trace_first_seq,
                 "meltica.nats.last_publish": w.trace_last_seq,
-                "meltica.nats.linked": self._linked,
+                "meltica.nats.linked": self._writable,
             },
         )
         if len(self._ack_spans) >= _MAX_ACK_SPANS:
@@ -437,11 +468,68 @@ class NatsPublisher:
         if queue is not None and queue.empty():
             queue.put_nowait(asyncio.get_running_loop().create_future())
 
-    def _resend(self) -> None:
+    @property
+    def _writable(self) -> bool:
+        return self._linked and not self._held
+
+    def _unqueue(self) -> None:
+        """Take our frames out of nats-py's outgoing buffer: they are in the
+        window, and the resend that ends the outage sends them all in order."""
+        nc = self._nc
+        marker = f" {self._ack_prefix}.".encode()
+        keep = [c for c in nc._pending if not (c.startswith(b"HPUB ") and marker in c[:512])]
+        if len(keep) != len(nc._pending):
+            nc._pending = keep
+            nc._pending_data_size = sum(len(c) for c in keep)
+
+    # ------------------------------------------------------------ outages
+
+    def _probe_delay(self) -> float:
+        return float(min(PROBE_FIRST_S * (1 << min(self._backoff, 16)), PROBE_MAX_S))
+
+    def _hold(self, why: str) -> None:
+        """Begin an outage: no more frames written until a probe is acknowledged
+        (none when nothing waits for an ack)."""
+        if self._held or self.window.unacked == 0:
+            return
+        self._held = True
+        self._held_since = time.monotonic()
+        self.outages += 1
+        self._probe_seq = 0
+        self._probe_at = time.monotonic() + self._probe_delay()
+        self._unqueue()
+        log.warning(
+            "JetStream outage (%s): %d events held; probing with the oldest",
+            why,
+            self.window.unacked,
+        )
+
+    def _probe(self) -> None:
+        """Send the oldest unacknowledged frame alone; schedule the next probe."""
+        window = self.window
+        if window.unacked == 0:
+            self._release()
+            return
+        buf, _ = window.frames(self._clock(), 1)
+        self._probe_seq = window.head
+        self._backoff += 1
+        self._probe_at = time.monotonic() + self._probe_delay()
+        self._write(buf)
+
+    def _release(self) -> None:
+        """End the outage: every unacknowledged frame again, once, oldest first."""
+        self._held = False
+        self._probe_seq = 0
+        if not self._linked:
+            return  # the reconnect starts another outage
         buf, count = self.window.frames(self._clock())
-        self._retry = False
+        self._settle_seq = self.window.next_seq - 1
+        log.info(
+            "JetStream acknowledges again after %.1fs: resending %d unacknowledged events",
+            time.monotonic() - self._held_since,
+            count,
+        )
         if count:
-            log.info("resending %d unacknowledged events to JetStream", count)
             self._write(buf)
 
     # ------------------------------------------------------------ drops and gaps
@@ -493,7 +581,7 @@ class NatsPublisher:
         self._open_gaps.clear()
         self.gaps += len(gaps)
         buf, _ = self.window.append(gaps, now)
-        if self._linked:
+        if self._writable:
             self._write(buf)
 
     # ------------------------------------------------------------ acks and links
@@ -507,17 +595,22 @@ class NatsPublisher:
     def _after_ack(self) -> None:
         if self._ack_spans:
             self._end_acked()
+        window = self.window
+        if self._held:
+            # the probe is the oldest frame: the head moves past it once acked
+            if window.unacked == 0 or (self._probe_seq and window.head > self._probe_seq):
+                self._release()
+        elif self._backoff and window.head > self._settle_seq:
+            self._backoff = 0  # the last resend is acknowledged: the schedule starts over
         if self.window.room >= min(self.batch_size, self.window.capacity):
             self._room.set()
         if self.window.unacked == 0:
             self._idle.set()
 
     def _on_error_ack(self, data: bytes, headers: bytes | None) -> None:
-        if not self._retry:
+        if not self._held:
             detail = (headers or b"").split(b"\r\n", 1)[0] or data[:200]
-            text = detail.decode(errors="replace")
-            log.warning("JetStream refused a publish (%s); resending", text)
-        self._retry = True
+            self._hold(f"an error reply: {detail.decode(errors='replace')}")
 
     async def _on_disconnected(self) -> None:
         self._linked = False
@@ -525,14 +618,9 @@ class NatsPublisher:
             self._down_since = time.monotonic_ns()
             self.disconnects += 1
         # Frames still in nats-py's outgoing buffer would go out after the
-        # reconnect ahead of older unacknowledged ones; the resend in
-        # _on_reconnected sends them all in order instead.
-        nc = self._nc
-        marker = f" {self._ack_prefix}.".encode()
-        keep = [c for c in nc._pending if not (c.startswith(b"HPUB ") and marker in c[:512])]
-        if len(keep) != len(nc._pending):
-            nc._pending = keep
-            nc._pending_data_size = sum(len(c) for c in keep)
+        # reconnect ahead of older unacknowledged ones; the resend that ends
+        # the reconnect's outage sends them all in order instead.
+        self._unqueue()
         prev = self._prev_cbs[0]
         if prev is not None:
             await prev()
@@ -543,10 +631,12 @@ class NatsPublisher:
             self._down_since = None
         self.reconnects += 1
         self._linked = True
-        self._resend()
+        log.info("NATS reconnected: %d events unacknowledged", self.window.unacked)
+        self._hold("reconnected")
+        if self._held:
+            self._probe()
         if self._open_gaps:
             self._flush_gaps()
-        log.info("NATS reconnected: %d events resent", self.window.unacked)
         prev = self._prev_cbs[1]
         if prev is not None:
             await prev()
@@ -559,11 +649,22 @@ class NatsPublisher:
                 if self._nc.is_connected and self._down_since is None:
                     # a write found the link down without a reconnect following
                     self._linked = True
-                    self._resend()
+                    self._hold("the link came back")
+                    if self._held:
+                        self._probe()
                 continue
-            oldest = window.oldest_sent_ns
-            if window.unacked and (self._retry or self._clock() - oldest > ACK_TIMEOUT_S * 1e9):
-                self._resend()
+            now = time.monotonic()
+            if window.acked != self._acks_seen:
+                self._acks_seen, self._acks_moved = window.acked, now
+            if self._held:
+                if now >= self._probe_at:
+                    self._probe()
+            elif window.unacked:
+                waited = (self._clock() - window.oldest_sent_ns) / 1e9
+                stalled = now - self._acks_moved >= ACK_STALL_S
+                if waited > ACK_TIMEOUT_S and (stalled or waited > 3 * ACK_TIMEOUT_S):
+                    self._hold(f"no acknowledgement for {waited:.1f}s")
+                    self._probe()
             if self._open_gaps:
                 self._flush_gaps()
             if self._drained():
@@ -592,6 +693,7 @@ class NatsPublisher:
             "gaps": self.gaps,
             "connected": int(self.connected),
             "disconnects": self.disconnects,
+            "outages": self.outages,
             "outage_seconds": outage / 1e9,
         }
 

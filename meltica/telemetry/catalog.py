@@ -687,7 +687,7 @@ _DECLARED: tuple[Family, ...] = (
         "nats_republished_total",
         COUNTER,
         "",
-        "Events published again (no acknowledgement in time, or after a reconnect)",
+        "Events published again (probes and the resend that ends an outage)",
         (),
     ),
     Family(
@@ -705,6 +705,14 @@ _DECLARED: tuple[Family, ...] = (
     ),
     Family("nats_connected", GAUGE, "", "1 while the NATS connection is up", ()),
     Family("nats_disconnects_total", COUNTER, "", "NATS connection losses", ()),
+    Family(
+        "nats_outages_total",
+        COUNTER,
+        "",
+        "JetStream outages (error replies, an ack timeout or a reconnect) that held the "
+        "publishes until a probe was acknowledged",
+        (),
+    ),
     Family(
         "nats_outage_seconds_total",
         COUNTER,
@@ -958,7 +966,10 @@ STATS: dict[str, dict[str, _Stat]] = {
         **_same(
             "nats",
             "window_depth window_capacity connected",
-            counters="published acked duplicates ack_errors late_acks republished gaps disconnects",
+            counters=(
+                "published acked duplicates ack_errors late_acks republished gaps disconnects "
+                "outages"
+            ),
         ),
         "outage_seconds": ("nats_outage_seconds_total", 1.0),
     },
