@@ -409,18 +409,30 @@ class BinanceRest:
     # -- public API
 
     async def depth_snapshot(
-        self, market: str, symbol: str, limit: int | None = None, *, urgent: bool = False
+        self,
+        market: str,
+        symbol: str,
+        limit: int | None = None,
+        *,
+        urgent: bool = False,
+        low: bool = False,
     ) -> BookDepth:
         """A REST depth snapshot as a ``book_snapshot`` event (``source == "rest"``).
 
         ``limit`` is rounded up as ``depth_limit`` says; ``urgent`` (a book out of sync)
-        puts the request ahead of every non-urgent one of its market.
+        puts the request ahead of every non-urgent one of its market, ``low`` (a book
+        audit) behind every other one.
         """
         st = self._market(market)
         levels = depth_limit(market, limit, st.cfg.depth_limit)
         sym = symbol.upper()
         body = await self._request(
-            st, "depth", {"symbol": sym, "limit": str(levels)}, depth_weight(market, levels), urgent
+            st,
+            "depth",
+            {"symbol": sym, "limit": str(levels)},
+            depth_weight(market, levels),
+            urgent,
+            low=low,
         )
         try:
             return st.parser.parse_rest_depth(body, sym, time.time_ns())
@@ -474,6 +486,17 @@ class BinanceRest:
     def budget(self, market: str) -> int:
         """The weight per minute window this client allows itself on ``market``."""
         return self._market(market).budget
+
+    def headroom(self, market: str) -> int:
+        """Weight still free in ``market``'s current window (budget minus use and
+        queued requests); 0 while backed off or banned."""
+        st = self._market(market)
+        now = self._clock()
+        if self._ban_until > now or st.backoff_until > now:
+            return 0
+        st.roll(now)
+        queued = sum(w for _, _, w, fut in st.heap if not fut.done())
+        return max(0, st.budget - st.estimate() - queued)
 
     def banned_until(self) -> float:
         """``clock`` time a 418 ban ends (0 or past: not banned)."""
@@ -534,7 +557,14 @@ class BinanceRest:
         return st
 
     async def _request(
-        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+        self,
+        st: _Market,
+        endpoint: str,
+        params: dict[str, str],
+        weight: int,
+        urgent: bool,
+        *,
+        low: bool = False,
     ) -> bytes:
         span = start_span(
             self.tracer,
@@ -549,10 +579,10 @@ class BinanceRest:
             },
         )
         if span is None:
-            return await self._scheduled(st, endpoint, params, weight, urgent)
+            return await self._scheduled(st, endpoint, params, weight, urgent, low=low)
         with trace.use_span(span, end_on_exit=False):
             try:
-                body = await self._scheduled(st, endpoint, params, weight, urgent)
+                body = await self._scheduled(st, endpoint, params, weight, urgent, low=low)
             except BaseException as exc:
                 span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
                 status = getattr(exc, "status", None)
@@ -567,7 +597,14 @@ class BinanceRest:
         return body
 
     async def _scheduled(
-        self, st: _Market, endpoint: str, params: dict[str, str], weight: int, urgent: bool
+        self,
+        st: _Market,
+        endpoint: str,
+        params: dict[str, str],
+        weight: int,
+        urgent: bool,
+        *,
+        low: bool = False,
     ) -> bytes:
         if self._closed:
             raise RestClosed("BinanceRest closed")
@@ -586,7 +623,7 @@ class BinanceRest:
         url = st.base_url + _PATHS[st.name][endpoint]
         what = f"{st.name} {endpoint} {params.get('symbol', '')}".rstrip()
         where = fields(market=st.name, symbol=params.get("symbol") or None)
-        priority = 0 if urgent else 1
+        priority = 0 if urgent else 2 if low else 1
         seq = next(self._seq)
         st.urgent += urgent
         st.outstanding += 1
