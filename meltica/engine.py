@@ -540,8 +540,8 @@ class Engine:
             yield sample("dispatch_dropped_total", n, reason=reason)
         cstat = self.conductor.status()
         yield from stats_samples("conductor", cstat["counters"])
-        for market, outcomes in self.auditor.counts.items():
-            for outcome, n in outcomes.items():
+        for market in self.markets:
+            for outcome, n in self.auditor.outcomes(market).items():
                 yield sample("book_audits_total", n, market=market, outcome=outcome)
         for hook, reasons in cstat["hook_errors"].items():
             for reason, n in reasons.items():

@@ -91,6 +91,10 @@ class BookAuditor:
         self._good: dict[tuple[str, str], int] = {}  # last update id an audit found right
         self.hook_errors = 0  # on_resync calls that raised (logged)
 
+    def outcomes(self, market: str) -> dict[str, int]:
+        """Audits of ``market`` by outcome (every outcome, 0 when none yet)."""
+        return dict(self.counts.get(market) or dict.fromkeys(AUDIT_OUTCOMES, 0))
+
     def _count(self, market: str, outcome: str) -> str:
         per = self.counts.setdefault(market, dict.fromkeys(AUDIT_OUTCOMES, 0))
         per[outcome] += 1
