@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aio import run
 
 from meltica._core.events import BookDepth, Control, event_from_wire
 from meltica.conductor import Conductor
 from meltica.conductor.audit import BookAuditor
 from meltica.conductor.conductor import State
+from meltica.config import load_config
+from meltica.errors import ConfigError
 
 
 def depth(kind: str, u: int, bids: Any, asks: Any, first: int | None = None) -> BookDepth:
@@ -269,3 +272,16 @@ def test_failed_fetch_and_untracked_books() -> None:
 
     r = run(scenario)
     assert r.audit.counts["spot"]["failed"] == 1 and r.inst.state is State.LIVE
+
+
+def test_bad_audit_config_fails_at_start_naming_the_key() -> None:
+    for override, key in (
+        ("conductor.audit_interval_s=-1", "audit_interval_s"),
+        ("conductor.audit_interval_s=soon", "audit_interval_s"),
+        ("conductor.publish_unverified=maybe", "publish_unverified"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env={}, overrides=[override])
+        assert key in str(info.value), (override, str(info.value))
+    cfg = load_config(None, env={}, overrides=["conductor.audit_interval_s=0"]).conductor
+    assert cfg.audit_interval_s == 0 and cfg.publish_unverified is False
