@@ -67,6 +67,7 @@ class Rig:
         self.audit_snaps: list[BookDepth] = []
         self.audit_fetches = 0
         self.records: list[dict[str, Any]] = []
+        self.gate: asyncio.Event | None = None  # set: the audit snapshot arrives
         self.cond = Conductor(
             self.batches.append,
             self.fetch,
@@ -91,6 +92,8 @@ class Rig:
     async def fetch_audit(self, market: str, symbol: str) -> BookDepth:
         self.audit_fetches += 1
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
         return self.audit_snaps.pop(0)
 
     async def start(self) -> None:
@@ -248,6 +251,43 @@ def test_snapshot_ahead_of_the_stream_is_compared_at_the_same_update_id() -> Non
     r = run(scenario)
     assert r.audit.counts["spot"]["match"] == 1 and r.audit.counts["spot"]["stale"] == 1
     assert r.inst.resyncs == 0
+
+
+def test_resync_during_the_audit_aborts_it_and_cancel_stops_the_log() -> None:
+    async def scenario() -> Rig:
+        r = Rig()
+        await r.start()
+        r.gate = asyncio.Event()
+        r.audit_snaps.append(depth("book_snapshot", 101, [("10", "1")], [("11", "1")]))
+        task = asyncio.get_running_loop().create_task(r.audit.audit("spot", "AAA"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert r.inst.book.auditing
+        r.sync_snaps.append(depth("book_snapshot", 110, [("9", "1")], [("11", "1")]))
+        r.feed(diff(105))  # a gap: the book resyncs, its log goes
+        assert not r.inst.book.auditing
+        r.gate.set()
+        assert await task == "aborted"
+        # cancelled while waiting for its snapshot: the book records nothing more
+        for _ in range(10):
+            await asyncio.sleep(0)
+        r.feed(diff(111))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert r.inst.state is State.LIVE
+        r.gate = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(r.audit.audit("spot", "AAA"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert r.inst.book.auditing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not r.inst.book.auditing
+        return r
+
+    r = run(scenario)
+    assert r.audit.counts["spot"]["aborted"] == 1
 
 
 def test_short_budget_skips_the_round_without_a_request() -> None:

@@ -24,7 +24,8 @@ and can rot.  ``BookAuditor`` takes the live books in turn, one every
 Outcomes that compare nothing: ``budget`` (skipped), ``failed`` (the REST request
 failed), ``stale`` (the snapshot is older than the log's start, or does not
 bridge), ``aborted`` (the book resynced, the log overflowed or the book did not
-reach the snapshot's id in time).
+reach the snapshot's id in time, or the snapshot holds a level finer than the book's
+exponents).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ log = _root_log.getChild("audit")
 AUDIT_OUTCOMES = ("match", "mismatch", "rotted", "budget", "failed", "stale", "aborted")
 # BookStatus values of a diff the shadow accepts (book.pxd)
 _OK = (0, 1, 2)
+_SEQUENCE = (3, 4)  # gap, unbridged
 
 
 class BookAuditor:
@@ -129,22 +131,27 @@ class BookAuditor:
 
     async def audit(self, market: str, symbol: str) -> str | None:
         """Audit one book now; its outcome, or None when it is not live."""
-        cond = self._conductor
-        inst = cond.instrument(market, symbol)
+        inst = self._conductor.instrument(market, symbol)
         if inst is None or not inst.book.live:
             return None
         if self._affordable is not None and not self._affordable(market):
             return self._count(market, "budget")
         book = inst.book
         book.audit_start(self._log_max)
-        started = book.update_id
+        try:
+            return await self._audit(inst, book.update_id)
+        finally:
+            if book.auditing:  # cancelled, or an outcome that left the log running
+                book.audit_take()
+
+    async def _audit(self, inst: Instrument, started: int | None) -> str:
+        cond = self._conductor
+        market, symbol, book = inst.market, inst.symbol, inst.book
         try:
             snap = await self._fetch(market, symbol)
         except asyncio.CancelledError:
-            book.audit_take()
             raise
         except Exception as exc:
-            book.audit_take()
             log.info(
                 "%s %s: audit snapshot failed: %s",
                 market,
@@ -155,7 +162,6 @@ class BookAuditor:
             return self._count(market, "failed")
         x = snap.update_id
         if started is None or x < started:
-            book.audit_take()
             return self._count(market, "stale")
         # the live book must reach the snapshot's id: the stream may lag the REST answer
         loop = asyncio.get_running_loop()
@@ -171,6 +177,10 @@ class BookAuditor:
         u = book.update_id
         if diffs is None or not book.live or u is None or u < x:
             return self._count(market, "aborted")
+        if book.price_exp > 18 or book.qty_exp > 18:  # no level ever: nothing to compare
+            return self._count(market, "aborted")
+        # the shadow keeps the live book's exponents: a level finer than them is a
+        # level the live book never held (precision), so the two cannot be compared
         shadow = OrderBook(
             market,
             symbol,
@@ -182,10 +192,11 @@ class BookAuditor:
         )
         limit = self._limit(market) if self._limit is not None else 0
         if shadow.load_snapshot(snap, limit, bridged=x == started) != 0:
-            return self._count(market, "stale")
+            return self._count(market, "aborted")
         for ev in diffs:
-            if shadow.apply(ev) not in _OK:
-                return self._count(market, "stale")
+            st = shadow.apply(ev)
+            if st not in _OK:
+                return self._count(market, "stale" if st in _SEQUENCE else "aborted")
         if shadow.update_id != u:
             return self._count(market, "stale")
         outcome, side = book.audit_compare(shadow)
