@@ -549,6 +549,11 @@ class ConductorConfig(_Section):
     snapshot_retry_s: float = _f(0.5, _between(0.01, 60))
     snapshot_retry_max_s: float = _f(30.0, _between(0.01, 3600))
     analytics: tuple[str, ...] = _f((), _import_paths)
+    # Fused snapshots hold only the verified levels of each side unless true.
+    publish_unverified: bool = False
+    # One live book audited against a fresh low-priority REST snapshot every
+    # this many seconds, in turn (0: no audits); docs/conductor.md.
+    audit_interval_s: float = _f(30.0, _between(0, 86400))
 
     def _check_together(self) -> None:
         if self.snapshot_retry_s > self.snapshot_retry_max_s:

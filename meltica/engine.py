@@ -17,7 +17,7 @@ import functools
 import signal
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
@@ -27,7 +27,7 @@ from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
 from meltica.adapters.binance.backfill import HoleOutcome, TradeBackfill
 from meltica.adapters.binance.instruments import InstrumentRegistry
-from meltica.adapters.binance.rest import BinanceRest
+from meltica.adapters.binance.rest import BinanceRest, depth_limit, depth_weight
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
 from meltica.adapters.binance.ws import ConnectionManager
 from meltica.broker import connect as broker_connect
@@ -38,6 +38,7 @@ from meltica.bus.control_nats import NatsControlResponder
 from meltica.bus.data import InMemoryDataBus
 from meltica.bus.nats import NatsPublisher, ensure_stream
 from meltica.conductor import Conductor
+from meltica.conductor.audit import BookAuditor
 from meltica.config import Config, Market
 from meltica.control import ControlReply, ControlRequest
 from meltica.dispatcher.dispatcher import Dispatcher
@@ -155,10 +156,21 @@ class Engine:
             snapshot_ttl_s=config.snapshot.ttl_s,
             analytics=c.analytics,
             mirror=None if self.redis_store is None else self.redis_store.offer,
+            depth_limit=self._depth_limit,
+            publish_unverified=c.publish_unverified,
+        )
+        # audits of live books against low-priority snapshots (docs/conductor.md)
+        self.auditor = BookAuditor(
+            self.conductor,
+            self._fetch_audit_snapshot,
+            interval_s=c.audit_interval_s,
+            affordable=self._audit_affordable,
+            limit=self._depth_limit,
         )
         # every hole in what the exchange sent, with its outcome (docs/gaps.md)
         self.gaps = GapManifest(config.gaps.max_entries, config.gaps.path)
         self.conductor.gaps = self.gaps
+        self.auditor.on_resync = self._on_audit_resync
         self.table = DispatchTable()
         self.managers: dict[str, ConnectionManager] = {}
         for market in self.markets:
@@ -301,6 +313,19 @@ class Engine:
             return
         self.gaps.record(market, symbol, channel, cause, LOST, from_ns=from_ns, to_ns=to_ns)
 
+    def _on_audit_resync(self, record: dict[str, Any]) -> None:
+        """An audit found a book wrong and resynced it: the update ids it may have
+        been wrong over go into the manifest."""
+        self.gaps.record(
+            record["market"],
+            record["symbol"],
+            record["stream"],
+            record["cause"],
+            record["outcome"],
+            first_id=record["first_id"],
+            last_id=record["last_id"],
+        )
+
     def _on_hole_outcome(self, hole: HoleOutcome) -> None:
         """A trade id hole filled from REST, or lost (with why), into the manifest."""
         self.gaps.record(
@@ -317,6 +342,19 @@ class Engine:
 
     def _fetch_snapshot(self, market: str, symbol: str) -> Any:
         return self.rest.depth_snapshot(market, symbol, urgent=True)
+
+    def _fetch_audit_snapshot(self, market: str, symbol: str) -> Any:
+        return self.rest.depth_snapshot(market, symbol, low=True)
+
+    def _depth_limit(self, market: str) -> int:
+        """Levels per side of this engine's depth snapshots of ``market``."""
+        n = self.config.binance.market(cast(Market, market)).depth_snapshot_limit
+        return depth_limit(market, n, n)
+
+    def _audit_affordable(self, market: str) -> bool:
+        """Room in the market's REST window for an audit snapshot twice over (the
+        other half stays for resyncs)."""
+        return self.rest.headroom(market) >= 2 * depth_weight(market, self._depth_limit(market))
 
     def _pause_reading(self) -> None:
         for manager in self.managers.values():
@@ -371,6 +409,7 @@ class Engine:
             }
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self.instruments.run(refresh), name="instruments"))
+            self._tasks.append(loop.create_task(self.auditor.run(), name="book-audit"))
             if self._subscribe_on_start:
                 for market in self.markets:
                     m = self.config.binance.market(market)
@@ -579,6 +618,9 @@ class Engine:
             yield sample("dispatch_dropped_total", n, reason=reason)
         cstat = self.conductor.status()
         yield from stats_samples("conductor", cstat["counters"])
+        for market in self.markets:
+            for outcome, n in self.auditor.outcomes(market).items():
+                yield sample("book_audits_total", n, market=market, outcome=outcome)
         for hook, reasons in cstat["hook_errors"].items():
             for reason, n in reasons.items():
                 yield sample("analytics_hook_errors_total", n, hook=hook, reason=reason)
@@ -662,4 +704,6 @@ _BOOK_STATS = (
     "snapshot_errors",
     "snapshot_backoffs",
     "retry_streak",
+    "verified_bids",
+    "verified_asks",
 )

@@ -357,6 +357,8 @@ def _stream_snapshot(c: _Context, d: dict[str, Any], stream: str | None) -> dict
             bids=ref_levels(d["bids"]),
             asks=ref_levels(d["asks"]),
             source="stream",
+            verified_bids=None,
+            verified_asks=None,
         )
     # futures partial depth: the depthUpdate shape
     update_id = ref_id(d["u"])
@@ -373,6 +375,8 @@ def _stream_snapshot(c: _Context, d: dict[str, Any], stream: str | None) -> dict
         bids=ref_levels(d["b"]),
         asks=ref_levels(d["a"]),
         source="stream",
+        verified_bids=None,
+        verified_asks=None,
     )
 
 
@@ -606,4 +610,6 @@ def reference_rest_depth(
         bids=ref_levels(d["bids"]),
         asks=ref_levels(d["asks"]),
         source="rest",
+        verified_bids=None,
+        verified_asks=None,
     )

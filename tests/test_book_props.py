@@ -167,3 +167,107 @@ def test_deep_book_with_block_splits_and_merges_equals_reference() -> None:
             if step_no % 25 == 0 or step_no == 599:
                 assert _c_levels(c) == (ref.bids, ref.asks), step_no
         assert c.n_bids == len(ref.bids) and c.n_asks == len(ref.asks)
+
+
+class VerifiedModel:
+    """Levels and the verified bound of each side, by the definition in
+    docs/conductor.md ("Verified depth"): bids at prices >= the bid bound, asks
+    at prices <= the ask bound (None: nothing verified; ``ALL``: the side)."""
+
+    ALL = "all"
+
+    def __init__(self, sb: Any, sa: Any, limit: int, keep: int) -> None:
+        self.keep = keep
+        self.sides: dict[str, dict[Decimal, Decimal]] = {"b": {}, "a": {}}
+        self.bound: dict[str, Any] = {}
+        for side, raw in (("b", sb), ("a", sa)):
+            lv = self.sides[side]
+            for p, q in _dec(raw):
+                lv[p] = q  # a repeated price: the last one wins
+            for p in [p for p, q in lv.items() if q == 0]:
+                del lv[p]
+            if limit > 0 and len(raw) < limit:
+                self.bound[side] = self.ALL
+            elif lv:
+                self.bound[side] = min(lv) if side == "b" else max(lv)
+            else:
+                self.bound[side] = None
+            self._trim(side)
+
+    def _in(self, side: str, p: Decimal) -> bool:
+        b = self.bound[side]
+        if b is None:
+            return False
+        return b == self.ALL or (p >= b if side == "b" else p <= b)
+
+    def verified(self, side: str) -> int:
+        return sum(self._in(side, p) for p in self.sides[side])
+
+    def _trim(self, side: str) -> None:
+        lv, keep = self.sides[side], self.keep
+        if keep <= 0 or len(lv) <= keep + keep // 8 + 1:
+            return
+        nv = self.verified(side)
+        best_first = sorted(lv, reverse=side == "b")
+        for p in best_first[keep:]:
+            del lv[p]
+        if nv > keep:
+            self.bound[side] = best_first[keep - 1]
+
+    def apply(self, bids: Any, asks: Any) -> None:
+        for side, raw in (("b", bids), ("a", asks)):
+            lv = self.sides[side]
+            for p, q in _dec(raw):
+                if q == 0:
+                    lv.pop(p, None)
+                else:
+                    lv[p] = q
+        self._trim("b")
+        self._trim("a")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    futures=st.booleans(),
+    snap_bids=st.lists(level, max_size=14),
+    snap_asks=st.lists(level, max_size=14),
+    limit=st.sampled_from([0, 3, 5, 10, 20]),
+    keep=st.sampled_from([0, 4, 8, 16]),
+    deltas=st.lists(
+        st.tuples(st.lists(level, max_size=6), st.lists(level, max_size=6)), max_size=25
+    ),
+)
+def test_verified_depth_follows_the_model(
+    futures: bool, snap_bids: Any, snap_asks: Any, limit: int, keep: int, deltas: Any
+) -> None:
+    """Verified depth after a snapshot of ``limit`` levels, through diffs that insert,
+    update and delete at any depth (prices with varying trailing zeros, so the book
+    rescales) and trims to ``keep`` levels: equal to the model after every diff, and
+    the published snapshot holds exactly the best verified levels."""
+    market = "usdm" if futures else "spot"
+    sb, sa = _levels(snap_bids, True), _levels(snap_asks, False)
+    snap = _event("book_snapshot", 1000, None, None, sb, sa, market)
+    c = OrderBook(market, "TEST", futures=futures, max_levels=keep)
+    # bridged: the diffs continue from the snapshot's id (futures would want a straddle)
+    assert STATUS_NAMES[c.load_snapshot(snap, limit, bridged=True)] == "applied"
+    m = VerifiedModel(sb, sa, limit, keep)
+    u = 1000
+    for step_no, (b, a) in enumerate(deltas):
+        if step_no:
+            bids, asks = _levels(b, True), _levels(a, False)
+            ev = _event("book_delta", u + 1, u + 1, u if futures else None, bids, asks, market)
+            assert STATUS_NAMES[c.apply(ev)] in ("applied", "synced")
+            m.apply(bids, asks)
+            u += 1
+        assert _c_levels(c) == (m.sides["b"], m.sides["a"])
+        assert (c.verified_bids, c.verified_asks) == (m.verified("b"), m.verified("a"))
+        snap_out = c.snapshot(50)
+        assert (snap_out.verified_bids, snap_out.verified_asks) == (
+            m.verified("b"),
+            m.verified("a"),
+        )
+        assert snap_out.bids == c.bids(min(50, c.verified_bids))
+        assert snap_out.asks == c.asks(min(50, c.verified_asks))
+        c.publish_unverified = True
+        assert c.snapshot(50).bids == c.bids(50)
+        c.publish_unverified = False

@@ -119,6 +119,8 @@ EXPECTED = [
         "bids": [["61837.63000000", "3.78826000"]],
         "asks": [["61837.64000000", "1.54698000"], ["61837.65000000", "0.10000000"]],
         "source": "rest",
+        "verified_bids": None,
+        "verified_asks": None,
     },
 ]
 EVENTS_LINE = "events: 4 (book_delta: 1, book_snapshot: 1, book_ticker: 1, trade: 1)"

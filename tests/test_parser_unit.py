@@ -302,6 +302,8 @@ SPOT_PARTIAL_WIRE = wire(
     bids=[["0.0024", "10"], ["0.0023", "0.5"]],
     asks=[["0.0026", "100"]],
     source="stream",
+    verified_bids=None,
+    verified_asks=None,
 )
 
 
@@ -352,6 +354,8 @@ def test_usdm_partial_depth_is_snapshot_with_ids() -> None:
         bids=[["61800.20", "2.909"], ["61800.10", "0.696"]],
         asks=[["61800.30", "1.000"]],
         source="stream",
+        verified_bids=None,
+        verified_asks=None,
     )
 
 
@@ -424,6 +428,8 @@ def test_rest_depth_spot() -> None:
         bids=[["4.00000000", "431.00000000"]],
         asks=[["4.00000200", "12.00000000"], ["4.00000300", "1.00000000"]],
         source="rest",
+        verified_bids=None,
+        verified_asks=None,
     )
     assert ev.source == "rest"
     assert (p.frames, p.events, p.errors) == (1, 1, 0)
@@ -449,6 +455,8 @@ def test_rest_depth_usdm_has_event_and_transaction_time() -> None:
         bids=[["61800.20", "2.909"]],
         asks=[["61800.30", "1.000"]],
         source="rest",
+        verified_bids=None,
+        verified_asks=None,
     )
 
 

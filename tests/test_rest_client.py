@@ -532,6 +532,48 @@ def test_urgent_requests_jump_the_queue(run: Runner) -> None:
     serving(run, body, auto=False, weight_limits={"usdm": 20})
 
 
+def test_low_requests_wait_behind_every_other_and_headroom_counts_the_queue(
+    run: Runner,
+) -> None:
+    """Audit snapshots (``low=True``) are served after normal and urgent ones queued
+    later; ``headroom`` is the budget minus the window's use and the queued weight."""
+    started: list[tuple[float, str]] = []
+
+    async def body(server: RestServer, clock: FakeTime) -> None:
+        async with client_for(
+            server, clock, limits={"usdm": (40, 0.5)}, trace_configs=[tracer(clock, started)]
+        ) as client:
+            assert client.headroom("usdm") == 20
+            first = asyncio.create_task(client.depth_snapshot("usdm", USDM_SYMBOLS[0], 1000))
+            await wait_until(first.done, "first sent")
+            assert client.headroom("usdm") == 0
+            low = [
+                asyncio.create_task(client.depth_snapshot("usdm", s, 1000, low=True))
+                for s in USDM_SYMBOLS[1:3]
+            ]
+            await wait_until(lambda: client.stats("usdm")["queue_depth"] == 2, "low queued")
+            rest = [
+                asyncio.create_task(client.depth_snapshot("usdm", s, 1000))
+                for s in USDM_SYMBOLS[3:5]
+            ]
+            rest.append(
+                asyncio.create_task(
+                    client.depth_snapshot("usdm", USDM_SYMBOLS[5], 1000, urgent=True)
+                )
+            )
+            await wait_until(lambda: client.stats("usdm")["queue_depth"] == 5, "queued")
+            while not all(t.done() for t in low + rest):
+                if clock.sleeping:
+                    clock.advance(60)
+                await asyncio.sleep(0.005)
+        order = [url.split("symbol=")[1].split("&")[0] for _, url in started]
+        expected = [USDM_SYMBOLS[i] for i in (0, 5, 3, 4, 1, 2)]
+        assert order == expected
+        assert server.counters.rate_limited == 0
+
+    serving(run, body, auto=False, weight_limits={"usdm": 20})
+
+
 def test_queue_is_bounded_and_close_fails_the_waiting(run: Runner) -> None:
     async def body(server: RestServer, clock: FakeTime) -> None:
         client = client_for(server, clock, limits={"usdm": (40, 0.5)}, max_pending=3)

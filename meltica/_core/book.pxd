@@ -30,6 +30,8 @@ cdef extern from "book_side.hpp" nogil:
         int64_t *bmin        # first key of each block in use
         Py_ssize_t nb
         Py_ssize_t n         # levels on the side
+        int64_t vmin         # verified region: keys >= vmin (INT64_MAX none, INT64_MIN all)
+        Py_ssize_t nv        # levels in the verified region
     ctypedef struct bk_pair:
         int64_t key
         int64_t qty
@@ -41,6 +43,8 @@ cdef extern from "book_side.hpp" nogil:
     Py_ssize_t bk_trim(bk_side *s, Py_ssize_t keep)
     int bk_assign(bk_side *s, bk_pair *lv, Py_ssize_t n)
     void bk_reindex(bk_side *s)
+    Py_ssize_t bk_count_ge(const bk_side *s, int64_t key)
+    void bk_verify(bk_side *s, int64_t vmin)
 
 
 # Status of one depth event against one book (also BookSet.last_status).
@@ -83,6 +87,12 @@ cdef class OrderBook:
     cdef bint in_fused                # on its BookSet's `fused` list
     cdef int64_t bbo_pub[4]           # bid px, bid qty, ask px, ask qty last published
     cdef public object owner          # the Conductor's per-instrument state
+    # verified depth (book_side.hpp): fused snapshots hold only verified levels
+    # unless publish_unverified; audit_log records applied diffs for an audit
+    cdef public bint publish_unverified
+    cdef list audit_log_
+    cdef Py_ssize_t audit_max_
+    cdef int64_t audit_from_          # update id when the audit log started
     # the SnapshotStore entry of this book: key (built at the first use, see
     # store_key) and the version last written there (None: nothing written yet)
     cdef str store_key_
@@ -90,6 +100,7 @@ cdef class OrderBook:
     # counters (read by the Python layer)
     cdef readonly uint64_t applied, stale, gaps, crossed, errors, trimmed, rescales
     cdef readonly uint64_t published  # fused events built
+    cdef readonly uint64_t audit_overflows  # audit logs dropped at audit_max
 
     cdef void _reset(self) noexcept
     cdef int apply_delta(self, BookDepth ev) except -1

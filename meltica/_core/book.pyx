@@ -11,7 +11,7 @@ applied / stale, or a book with no snapshot yet).  Nothing here keeps time.
 
 cimport cython
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from libc.stdint cimport INT64_MAX, int8_t, int64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int64_t
 from libc.stdlib cimport free, malloc
 
 from meltica._core.events cimport (
@@ -146,6 +146,7 @@ cdef class OrderBook:
         self.ts_event_ = self.ts_transaction_ = MT_NA
         self.ts_recv_ = 0
         self.bbo_pub[0] = self.bbo_pub[1] = self.bbo_pub[2] = self.bbo_pub[3] = MT_NA
+        self.audit_log_ = None
         if not self.fixed_exp:
             self.price_exp = MT_DEC_NA
             self.qty_exp = MT_DEC_NA
@@ -199,6 +200,12 @@ cdef class OrderBook:
         self.ts_recv_ = ev.ts_recv
         self.applied += 1
         self.bridged = True
+        if self.audit_log_ is not None:
+            if len(self.audit_log_) < self.audit_max_:
+                self.audit_log_.append(ev)
+            else:
+                self.audit_log_ = None
+                self.audit_overflows += 1
         if self._crossed():
             self.crossed += 1
             self.managed = False
@@ -273,6 +280,9 @@ cdef class OrderBook:
                             return BOOK_OVERFLOW
                         if _scale(b.qty[i], oq, qexp, &tmp) != SC_OK:
                             return BOOK_OVERFLOW
+                if s.vmin != INT64_MAX and s.vmin != INT64_MIN \
+                        and _scale(s.vmin, op, pexp, &tmp) != SC_OK:
+                    return BOOK_OVERFLOW
             for side in range(2):
                 s = &self.bids_ if side == 0 else &self.asks_
                 for j in range(s.nb):
@@ -280,6 +290,8 @@ cdef class OrderBook:
                     for i in range(b.n):
                         _scale(b.key[i], op, pexp, &b.key[i])
                         _scale(b.qty[i], oq, qexp, &b.qty[i])
+                if s.vmin != INT64_MAX and s.vmin != INT64_MIN:
+                    _scale(s.vmin, op, pexp, &s.vmin)
                 bk_reindex(s)
             self.rescales += 1
         self.price_exp = pexp
@@ -328,6 +340,9 @@ cdef class OrderBook:
         """A ``book_snapshot`` of the top ``depth`` levels (fused output)."""
         cdef BookDepth ev = BookDepth.__new__(BookDepth)
         cdef Py_ssize_t nb = min(depth, self.bids_.n), na = min(depth, self.asks_.n)
+        if not self.publish_unverified:
+            nb = min(nb, self.bids_.nv)
+            na = min(na, self.asks_.nv)
         cdef int8_t pe = <int8_t>self.price_exp, qe = <int8_t>self.qty_exp
         ev.venue = self.venue
         ev.market = self.market
@@ -339,6 +354,8 @@ cdef class OrderBook:
         ev.ts_event_ = self.ts_event_
         ev.ts_transaction_ = self.ts_transaction_
         ev.ts_recv = self.ts_recv_
+        ev.verified_bids_ = self.bids_.nv
+        ev.verified_asks_ = self.asks_.nv
         ev.alloc_levels(nb, na)
         _fill_top(&self.bids_, ev.bids_, nb, 1, pe, qe)
         _fill_top(&self.asks_, ev.asks_, na, -1, pe, qe)
@@ -350,8 +367,10 @@ cdef class OrderBook:
         cdef int count = 1
         self.last_fused = self.make_depth(depth, SOURCE_BOOK)
         out.append(self.last_fused)
-        bk_best(&self.bids_, &b0, &b1)
-        bk_best(&self.asks_, &a0, &a1)
+        if self.publish_unverified or self.bids_.nv:
+            bk_best(&self.bids_, &b0, &b1)
+        if self.publish_unverified or self.asks_.nv:
+            bk_best(&self.asks_, &a0, &a1)
         if b0 != self.bbo_pub[0] or b1 != self.bbo_pub[1] \
                 or a0 != self.bbo_pub[2] or a1 != self.bbo_pub[3]:
             self.bbo_pub[0], self.bbo_pub[1], self.bbo_pub[2], self.bbo_pub[3] = b0, b1, a0, a1
@@ -379,9 +398,15 @@ cdef class OrderBook:
             raise ValueError(f"apply() takes a book_delta, not {ev.kind}")
         return self.apply_delta(ev)
 
-    def load_snapshot(self, BookDepth snap not None):
+    def load_snapshot(self, BookDepth snap not None, Py_ssize_t limit=0, bint bridged=False):
         """Replace the book with a REST snapshot (update id = lastUpdateId).
 
+        ``limit``: the levels per side the snapshot was asked for (0: not
+        known).  Each side is verified down to its worst snapshot level, or
+        whole when it holds fewer levels than ``limit`` (see verified_bids).
+        ``bridged``: the caller knows the next diff continues from exactly
+        this update id (an audit's shadow book), so it is checked for
+        continuity rather than for the straddle.
         Returns BOOK_APPLIED, or an error status (crossed, overflow, precision,
         bad level) with the book left empty and unmanaged.
         """
@@ -419,6 +444,10 @@ cdef class OrderBook:
                 if bk_assign(s, tmp, j):
                     self._reset()
                     raise MemoryError()
+                if limit > 0 and n < limit:
+                    bk_verify(s, INT64_MIN)
+                elif s.nb:
+                    bk_verify(s, s.bmin[0])
                 if self.max_levels:
                     self.trimmed += bk_trim(s, self.max_levels)
         finally:
@@ -432,6 +461,7 @@ cdef class OrderBook:
             self._reset()
             return BOOK_CROSSED
         self.managed = True
+        self.bridged = bridged
         return BOOK_APPLIED
 
     def publish(self, list out not None, Py_ssize_t depth=20):
@@ -447,6 +477,86 @@ cdef class OrderBook:
     def clear(self):
         """Drop every level and the sequence state (the book needs a snapshot)."""
         self._reset()
+
+    @property
+    def verified_bids(self):
+        """Best bid levels known exact: those at prices no lower than the
+        snapshot's worst bid (all bids when the snapshot held the whole side).
+        Diffs keep the region exact, so it grows with levels inserted in it
+        and shrinks as levels in it are removed; a level that a trim drops
+        from it moves its bound up to the worst level kept."""
+        return self.bids_.nv
+
+    @property
+    def verified_asks(self):
+        """Best ask levels known exact (as ``verified_bids``, prices no higher
+        than the snapshot's worst ask)."""
+        return self.asks_.nv
+
+    def audit_start(self, Py_ssize_t max_events):
+        """Record every diff applied from now on (at most ``max_events``; past
+        that the log is dropped and ``audit_overflows`` counted), for a shadow
+        book built from a fresh snapshot (``audit_take``).  A reset drops it."""
+        if max_events < 1:
+            raise ValueError("max_events must be >= 1")
+        self.audit_log_ = []
+        self.audit_max_ = max_events
+        self.audit_from_ = self.update_id_
+
+    @property
+    def audit_from(self):
+        """The update id the book had when the audit log started (None: none)."""
+        return None if self.audit_log_ is None or self.audit_from_ == MT_NA \
+            else self.audit_from_
+
+    @property
+    def auditing(self):
+        """An audit log is being recorded."""
+        return self.audit_log_ is not None
+
+    def audit_take(self):
+        """The recorded diffs (oldest first), or None when no log is running
+        (never started, overflowed, or the book was reset); stops the log."""
+        out, self.audit_log_ = self.audit_log_, None
+        return out
+
+    def audit_compare(self, OrderBook shadow not None):
+        """Compare with ``shadow`` (the same instrument at the same update id,
+        at the same exponents); ``(outcome, side)``.
+
+        Outcome ``mismatch``: a level differs where both books are verified
+        (``side`` names the first such side).  ``rotted``: they agree there,
+        but the shadow's verified region shows levels of this book beyond its
+        verified depth that are wrong.  ``match``: they agree wherever the
+        shadow is verified, and this book's verified region grows to cover the
+        shadow's.  ``ValueError`` when the books are not comparable.
+        """
+        cdef bk_side *a
+        cdef bk_side *b
+        cdef int side
+        cdef int64_t sg, hi
+        cdef str rot = None
+        if shadow.update_id_ != self.update_id_ or shadow.price_exp != self.price_exp \
+                or shadow.qty_exp != self.qty_exp:
+            raise ValueError("audit_compare needs books at one update id and exponents")
+        for side in range(2):
+            a = &self.bids_ if side == 0 else &self.asks_
+            b = &shadow.bids_ if side == 0 else &shadow.asks_
+            sg = 1 if side == 0 else -1
+            hi = max(a.vmin, b.vmin)
+            if _top_pairs(a, bk_count_ge(a, hi), sg) != _top_pairs(b, bk_count_ge(b, hi), sg):
+                return "mismatch", ("bids", "asks")[side]
+            if rot is None and b.vmin != INT64_MAX and \
+                    _top_pairs(a, bk_count_ge(a, b.vmin), sg) != _top_pairs(b, b.nv, sg):
+                rot = ("bids", "asks")[side]
+        if rot is not None:
+            return "rotted", rot
+        for side in range(2):
+            a = &self.bids_ if side == 0 else &self.asks_
+            b = &shadow.bids_ if side == 0 else &shadow.asks_
+            if b.vmin < a.vmin:
+                bk_verify(a, b.vmin)
+        return "match", None
 
     def snapshot(self, Py_ssize_t depth=20, str source="book"):
         """The top ``depth`` levels as a ``book_snapshot`` event (source book or bbo)."""
@@ -501,11 +611,13 @@ cdef class OrderBook:
             "applied": self.applied, "stale": self.stale, "gaps": self.gaps,
             "crossed": self.crossed, "errors": self.errors, "trimmed": self.trimmed,
             "rescales": self.rescales, "published": self.published,
+            "audit_overflows": self.audit_overflows,
         }
 
     def __repr__(self):
         return (f"<OrderBook {self.market}:{self.symbol} u={self.update_id_} "
-                f"{self.bids_.n}x{self.asks_.n} managed={self.managed}>")
+                f"{self.bids_.n}x{self.asks_.n} verified={self.bids_.nv}x{self.asks_.nv} "
+                f"managed={self.managed}>")
 
 
 @cython.final

@@ -16,6 +16,13 @@
  * a block that shrinks below a quarter folds into a neighbour when the two
  * fit in half a block.  Memory is never returned until bk_free.
  *
+ * Verified region: every key >= vmin is known to be exactly what the
+ * exchange holds (a REST snapshot covered it, and every diff since applied
+ * to it); nv counts the levels in it, kept by bk_set at one compare per
+ * insert or delete.  vmin = INT64_MAX: nothing verified; INT64_MIN: the
+ * whole side (the snapshot held the whole side).  Levels below vmin came
+ * from diffs only, and the prices between them and vmin are unknown.
+ *
  * Pure C++ on plain ints: no Python, no exceptions (allocation failure is a
  * -1 return with the side unchanged).
  */
@@ -45,6 +52,8 @@ struct bk_side {
     ptrdiff_t nalloc;    /* blocks allocated (in use + spare) */
     ptrdiff_t cap;       /* slots in blk and bmin */
     ptrdiff_t n;         /* levels */
+    int64_t vmin;        /* verified region: keys >= vmin (INT64_MAX: none) */
+    ptrdiff_t nv;        /* levels with key >= vmin */
 };
 
 struct bk_pair {
@@ -52,7 +61,10 @@ struct bk_pair {
     int64_t qty;
 };
 
-static inline void bk_init(bk_side *s) { memset(s, 0, sizeof *s); }
+static inline void bk_init(bk_side *s) {
+    memset(s, 0, sizeof *s);
+    s->vmin = INT64_MAX;
+}
 
 static inline void bk_free(bk_side *s) {
     for (ptrdiff_t j = 0; j < s->nalloc; j++) free(s->blk[j]);
@@ -65,6 +77,8 @@ static inline void bk_free(bk_side *s) {
 static inline void bk_clear(bk_side *s) {
     s->nb = 0;
     s->n = 0;
+    s->vmin = INT64_MAX;
+    s->nv = 0;
 }
 
 /* Key and quantity of the best level; 0 when the side is empty. */
@@ -159,6 +173,7 @@ static inline int bk_set(bk_side *s, int64_t key, int64_t qty) {
         b->n = 1;
         s->bmin[0] = key;
         s->n = 1;
+        s->nv = key >= s->vmin;
         return 0;
     }
     ptrdiff_t j = bk_find_block(s, key);
@@ -175,6 +190,7 @@ static inline int bk_set(bk_side *s, int64_t key, int64_t qty) {
         b->n--;
         b->key[b->n] = INT64_MAX;
         s->n--;
+        s->nv -= key >= s->vmin;
         if (b->n == 0) {
             bk_remove_block(s, j);
             return 0;
@@ -208,12 +224,29 @@ static inline int bk_set(bk_side *s, int64_t key, int64_t qty) {
     b->qty[i] = qty;
     b->n++;
     s->n++;
+    s->nv += key >= s->vmin;
     if (i == 0) s->bmin[j] = key;
     return 0;
 }
 
+/* How many levels have a key >= key. */
+static inline ptrdiff_t bk_count_ge(const bk_side *s, int64_t key) {
+    if (s->nb == 0) return 0;
+    ptrdiff_t j = bk_find_block(s, key), c = 0;
+    for (ptrdiff_t k = j + 1; k < s->nb; k++) c += s->blk[k]->n;
+    const bk_block *b = s->blk[j];
+    return c + b->n - bk_rank(b, key);
+}
+
+/* Set the verified region to keys >= vmin and count its levels. */
+static inline void bk_verify(bk_side *s, int64_t vmin) {
+    s->vmin = vmin;
+    s->nv = vmin == INT64_MAX ? 0 : bk_count_ge(s, vmin);
+}
+
 /* Drop the lowest keys (the worst levels) beyond keep, amortised: only once
- * the side is more than keep/8 + 1 over.  Returns how many were dropped. */
+ * the side is more than keep/8 + 1 over.  Returns how many were dropped.
+ * Dropping a verified level shrinks the verified region to what is left. */
 static inline ptrdiff_t bk_trim(bk_side *s, ptrdiff_t keep) {
     if (keep <= 0 || s->n <= keep + keep / 8 + 1) return 0;
     ptrdiff_t k = s->n - keep, drop = k, j = 0;
@@ -233,11 +266,16 @@ static inline ptrdiff_t bk_trim(bk_side *s, ptrdiff_t keep) {
         s->bmin[0] = b->key[0];
     }
     s->n = keep;
+    if (s->nv > keep) {
+        s->vmin = s->bmin[0];
+        s->nv = keep;
+    }
     return k;
 }
 
 /* Replace the side with lv[0..n) (any order, qty > 0; where a key repeats
- * the last one wins).  Sorts lv in place.  0, or -1 when out of memory (the
+ * the last one wins), nothing verified (the caller sets vmin: bk_verify).
+ * Sorts lv in place.  0, or -1 when out of memory (the
  * side is then partly filled: the caller resets it). */
 static inline int bk_assign(bk_side *s, bk_pair *lv, ptrdiff_t n) {
     std::stable_sort(lv, lv + n, [](const bk_pair &a, const bk_pair &b) { return a.key < b.key; });

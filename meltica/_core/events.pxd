@@ -122,6 +122,9 @@ cdef class BookDepth(Event):
     cdef mt_level *asks_           # n_asks entries
     cdef readonly Py_ssize_t n_bids
     cdef readonly Py_ssize_t n_asks
+    # fused snapshots: the book's verified levels per side (MT_NA otherwise)
+    cdef int64_t verified_bids_
+    cdef int64_t verified_asks_
 
     cdef int alloc_levels(self, Py_ssize_t nb, Py_ssize_t na) except -1
     cdef int set_levels(self, const mt_level *bids, Py_ssize_t nb,

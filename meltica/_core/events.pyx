@@ -430,6 +430,7 @@ cdef class BookDepth(Event):
         self.asks_ = NULL
         self.n_bids = 0
         self.n_asks = 0
+        self.verified_bids_ = self.verified_asks_ = MT_NA
 
     def __dealloc__(self):
         free(self.bids_)  # asks_ lives in the same block
@@ -474,6 +475,16 @@ cdef class BookDepth(Event):
         return SOURCE_NAMES[self.source_]
 
     @property
+    def verified_bids(self):
+        """Fused snapshots: how many of the book's best bids are verified (else None)."""
+        return _int_or_none(self.verified_bids_)
+
+    @property
+    def verified_asks(self):
+        """Fused snapshots: how many of the book's best asks are verified (else None)."""
+        return _int_or_none(self.verified_asks_)
+
+    @property
     def bids(self):
         return _levels_to_py(self.bids_, self.n_bids)
 
@@ -494,6 +505,8 @@ cdef class BookDepth(Event):
         d["asks"] = _levels_to_wire(self.asks_, self.n_asks)
         if self.kind_id == BOOK_SNAPSHOT:
             d["source"] = SOURCE_NAMES[self.source_]
+            d["verified_bids"] = _int_or_none(self.verified_bids_)
+            d["verified_asks"] = _int_or_none(self.verified_asks_)
 
     @staticmethod
     def _from_wire(dict d, int kind_id):
@@ -510,6 +523,8 @@ cdef class BookDepth(Event):
             if source not in SOURCE_NAMES:
                 raise WireError(f"wire field 'source' must be one of {SOURCE_NAMES}")
             ev.source_ = SOURCE_NAMES.index(source)
+            ev.verified_bids_ = _wire_int(d, "verified_bids", True)
+            ev.verified_asks_ = _wire_int(d, "verified_asks", True)
         bids = _levels_from_wire(d.get("bids"), "bids", &nb)
         try:
             asks = _levels_from_wire(d.get("asks"), "asks", &na)

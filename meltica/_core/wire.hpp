@@ -325,6 +325,7 @@ struct WireBuf {
     X(ASK_PRICE, "ask_price") X(ASK_QTY, "ask_qty") \
     X(FIRST_UPDATE_ID, "first_update_id") X(PREV_UPDATE_ID, "prev_update_id") \
     X(BIDS, "bids") X(ASKS, "asks") X(SOURCE, "source") \
+    X(VERIFIED_BIDS, "verified_bids") X(VERIFIED_ASKS, "verified_asks") \
     X(INTERVAL, "interval") X(OPEN_TIME, "open_time") X(CLOSE_TIME, "close_time") \
     X(OPEN, "open") X(HIGH, "high") X(LOW, "low") X(CLOSE, "close") X(VOLUME, "volume") \
     X(QUOTE_VOLUME, "quote_volume") X(TAKER_BUY_VOLUME, "taker_buy_volume") \

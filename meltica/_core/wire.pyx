@@ -87,6 +87,8 @@ cdef extern from "wire.hpp" namespace "mt" nogil:
         WF_BIDS
         WF_ASKS
         WF_SOURCE
+        WF_VERIFIED_BIDS
+        WF_VERIFIED_ASKS
         WF_INTERVAL
         WF_OPEN_TIME
         WF_CLOSE_TIME
@@ -295,7 +297,10 @@ cdef int _fields(WireBuf *b, Event ev, int kind) except -1:
         if kind == BOOK_SNAPSHOT:
             _lit(b, b',"source":"')
             _lit(b, SOURCE_TEXT[(<BookDepth>ev).source_])
-            b.put_char(b'"')
+            _lit(b, b'","verified_bids":')
+            _int_or_null(b, (<BookDepth>ev).verified_bids_)
+            _lit(b, b',"verified_asks":')
+            _int_or_null(b, (<BookDepth>ev).verified_asks_)
     elif t is Kline:
         _lit(b, b',"interval":')
         _str(b, (<Kline>ev).interval)
@@ -741,6 +746,9 @@ cdef object _build(WireReader *r):
             if a is None:
                 return None
             bd.source_ = _SOURCES.index(a)
+            if not (_int(&s[WF_VERIFIED_BIDS], True, &bd.verified_bids_)
+                    and _int(&s[WF_VERIFIED_ASKS], True, &bd.verified_asks_)):
+                return None
         bd.set_levels(r.bids.data(), r.bids.size(), r.asks.data(), r.asks.size())
         return bd
     if kind == KLINE:

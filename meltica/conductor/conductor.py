@@ -132,6 +132,8 @@ class Instrument:
             "applied": b.applied,
             "stale_dropped": b.stale,
             "published": b.published,
+            "verified_bids": b.verified_bids,
+            "verified_asks": b.verified_asks,
         }
 
 
@@ -155,6 +157,10 @@ class Conductor:
     mirror: None, or called with the books whose latest snapshot was just
     written to `store` (once per book per batch), e.g. the Redis writer's
     ``offer``, which queues them for a second store off the hot path.
+    depth_limit: ``market -> int``, the levels per side a REST snapshot asks for
+    (None: unknown); a side with fewer levels than that is verified whole.
+    publish_unverified: fused snapshots hold every level up to ``book_depth``,
+    not only the verified ones (docs/conductor.md "Verified depth").
     """
 
     def __init__(
@@ -173,6 +179,8 @@ class Conductor:
         snapshot_retry_max_s: float = 30.0,
         max_levels: int = 10000,
         mirror: Callable[[list[OrderBook]], None] | None = None,
+        depth_limit: Callable[[str], int] | None = None,
+        publish_unverified: bool = False,
     ) -> None:
         if not 1 <= book_depth <= 5000:
             raise ValueError("book_depth must be in 1..5000")
@@ -194,6 +202,8 @@ class Conductor:
         self._retry_max_s = snapshot_retry_max_s
         self._max_levels = max_levels
         self._mirror = mirror
+        self._depth_limit = depth_limit
+        self.publish_unverified = publish_unverified
         self.hooks: list[Hook] = [load_hook(h) for h in analytics]
         self._hooks_by_kind: dict[str, list[Hook]] = {}
         for h in self.hooks:
@@ -270,6 +280,7 @@ class Conductor:
             max_levels=self._max_levels,
             venue=venue,
         )
+        book.publish_unverified = self.publish_unverified
         inst = Instrument(market, symbol, book)
         book.owner = inst
         self._instruments[key] = inst
@@ -289,13 +300,14 @@ class Conductor:
         inst.span = None
         return True
 
-    def resync(self, market: str, symbol: str) -> bool:
-        """Throw the book away and sync it again (control plane); False if untracked."""
+    def resync(self, market: str, symbol: str, reason: str = "requested") -> bool:
+        """Throw the book away and sync it again (control plane, audits); False if
+        untracked."""
         inst = self._instruments.get((market, symbol))
         if inst is None:
             return False
         out: list[Any] = []
-        self._restart(inst, out, "requested", inst.book.update_id, self._clock())
+        self._restart(inst, out, reason, inst.book.update_id, self._clock())
         self._start_fetch(inst)
         self._emit(out)
         return True
@@ -609,7 +621,7 @@ class Conductor:
             inst.snapshot_errors += 1
             return False
         inst.snapshots += 1
-        st = book.load_snapshot(snap)
+        st = book.load_snapshot(snap, self._depth_limit(inst.market) if self._depth_limit else 0)
         if st != APPLIED:
             if st == CROSSED:
                 inst.crossed += 1

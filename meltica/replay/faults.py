@@ -25,6 +25,7 @@ WS_KINDS = frozenset(
         "truncated",
         "oversized",
         "unknown_event",
+        "phantom",
     }
 )
 REST_KINDS = frozenset({"rest_status", "rest_timeout", "rest_slow", "rest_stale"})

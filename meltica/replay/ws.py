@@ -78,6 +78,32 @@ def _symbol_of(stream: str) -> str | None:
     return stream.partition("@")[0].upper()
 
 
+def phantom_level(data: bytes) -> bytes | None:
+    """``data`` (a depthUpdate, raw or in an envelope) with its deepest level removal
+    given the quantity of another level of the frame (a valid lot size), or None when
+    it removes no level or sets none.  Bids are preferred (the lowest removed price),
+    else asks (the highest): the client keeps a level the exchange no longer holds,
+    with no sequence gap, which only an audit against a fresh snapshot can find.
+    """
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    payload = obj.get("data", obj) if isinstance(obj, dict) else None
+    if not isinstance(payload, dict) or payload.get("e") != "depthUpdate":
+        return None
+    levels = [lv for key in ("b", "a") for lv in payload.get(key) or ()]
+    qty = next((lv[1] for lv in levels if float(lv[1]) != 0), None)
+    if qty is None:
+        return None
+    for key, deepest in (("b", min), ("a", max)):
+        removed = [lv for lv in payload.get(key) or () if float(lv[1]) == 0]
+        if removed:
+            deepest(removed, key=lambda x: float(x[0]))[1] = qty
+            return json.dumps(obj, separators=(",", ":")).encode()
+    return None
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -356,6 +382,12 @@ class _Connection(WSListener):
                 out = [*out, armed.held]
                 armed.held = None
                 armed.remaining = 0
+            elif kind == "phantom":
+                altered = phantom_level(data)
+                if altered is None:
+                    continue  # no removal in this frame: wait for one that has
+                out = [altered]
+                armed.remaining -= 1
             elif kind == "abort":
                 self._abort_mid_frame(data)
                 return False

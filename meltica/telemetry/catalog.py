@@ -491,6 +491,28 @@ _DECLARED: tuple[Family, ...] = (
     ),
     Family("book_live", GAUGE, "", "1 while the book is live (synced), else 0", _MS),
     Family(
+        "book_verified_bids",
+        GAUGE,
+        "",
+        "Best bid levels known exact (covered by a snapshot, kept by every diff since)",
+        _MS,
+    ),
+    Family(
+        "book_verified_asks",
+        GAUGE,
+        "",
+        "Best ask levels known exact (covered by a snapshot, kept by every diff since)",
+        _MS,
+    ),
+    Family(
+        "book_audits_total",
+        COUNTER,
+        "",
+        "Book audits against a fresh REST snapshot, by outcome (match, mismatch, rotted, "
+        "budget, failed, stale, aborted)",
+        ("market", "outcome"),
+    ),
+    Family(
         "book_age_seconds",
         GAUGE,
         "seconds",
@@ -939,6 +961,8 @@ STATS: dict[str, dict[str, _Stat]] = {
             "snapshot_backoffs",
         ),
         "retry_streak": ("book_snapshot_retry_streak", 1.0),
+        "verified_bids": ("book_verified_bids", 1.0),
+        "verified_asks": ("book_verified_asks", 1.0),
     },
     "bus": _same(
         "bus",

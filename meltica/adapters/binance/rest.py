@@ -94,7 +94,7 @@ TRADES_BY_ID: Mapping[str, Mapping[str, tuple[int, int]]] = {
 }
 # historicalTrades on the futures markets is MARKET_DATA: it needs this header
 API_KEY_HEADER = "X-MBX-APIKEY"
-PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_BACKGROUND = 0, 1, 2
+PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_BACKGROUND, PRIORITY_AUDIT = 0, 1, 2, 3
 EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1, "coinm": 1}
 # Spot accepts any limit 1..5000; weight steps at these bounds (BINANCE.md §6).
 SPOT_DEPTH_LIMITS: tuple[tuple[int, int], ...] = ((100, 5), (500, 25), (1000, 50), (5000, 250))
@@ -431,18 +431,30 @@ class BinanceRest:
     # -- public API
 
     async def depth_snapshot(
-        self, market: str, symbol: str, limit: int | None = None, *, urgent: bool = False
+        self,
+        market: str,
+        symbol: str,
+        limit: int | None = None,
+        *,
+        urgent: bool = False,
+        low: bool = False,
     ) -> BookDepth:
         """A REST depth snapshot as a ``book_snapshot`` event (``source == "rest"``).
 
         ``limit`` is rounded up as ``depth_limit`` says; ``urgent`` (a book out of sync)
-        puts the request ahead of every non-urgent one of its market.
+        puts the request ahead of every non-urgent one of its market, ``low`` (a book
+        audit) behind every other one.
         """
         st = self._market(market)
         levels = depth_limit(market, limit, st.cfg.depth_limit)
         sym = symbol.upper()
         body = await self._request(
-            st, "depth", {"symbol": sym, "limit": str(levels)}, depth_weight(market, levels), urgent
+            st,
+            "depth",
+            {"symbol": sym, "limit": str(levels)},
+            depth_weight(market, levels),
+            urgent,
+            PRIORITY_AUDIT if low else None,
         )
         try:
             return st.parser.parse_rest_depth(body, sym, time.time_ns())
@@ -562,6 +574,17 @@ class BinanceRest:
     def budget(self, market: str) -> int:
         """The weight per minute window this client allows itself on ``market``."""
         return self._market(market).budget
+
+    def headroom(self, market: str) -> int:
+        """Weight still free in ``market``'s current window (budget minus use and
+        queued requests); 0 while backed off or banned."""
+        st = self._market(market)
+        now = self._clock()
+        if self._ban_until > now or st.backoff_until > now:
+            return 0
+        st.roll(now)
+        queued = sum(w for _, _, w, fut in st.heap if not fut.done())
+        return max(0, st.budget - st.estimate() - queued)
 
     def banned_until(self) -> float:
         """``clock`` time a 418 ban ends (0 or past: not banned)."""
