@@ -16,7 +16,7 @@ Rows, ns per frame, median over interleaved rounds (bench/harness.py):
 Each repetition starts from a fresh book loaded with the snapshot; the cost of that
 reload, measured alone, is subtracted from the apply rows.
 
-The ``10 + 10 levels`` rows measure the shape ARCHITECTURE.md §12 budgets: an update
+The ``10 + 10 levels`` rows measure the shape our book-apply budget is stated for: an update
 with exactly 10 bids and 10 asks.  Real frames cannot simply be cut to 10 levels a side:
 the dropped levels are real changes, so the book drifts from the market and crosses
 within a few frames.  Instead every cut frame is applied to the REAL book it belongs

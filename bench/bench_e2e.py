@@ -1,6 +1,6 @@
 """End to end: fake exchange process -> gateway -> Data Bus consumer, next to raw picows.
 
-What is measured (ARCHITECTURE.md §12 budgets), over real loopback sockets, with
+What is measured, over real loopback sockets, with
 the fake exchange (``meltica.replay.exchange.FakeExchange``) in its own process
 serving the SAME frames to either receiver, each receiver in a fresh process
 per round (bench/e2e_sender.py, bench/e2e_receivers.py):

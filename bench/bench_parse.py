@@ -4,7 +4,7 @@ One operation = one Binance combined-stream frame turned into a Meltica event
 (symbol interned, prices/quantities as exact scaled int64, depth levels in the
 event's C buffer).  The baseline is msgspec decoding the same frame into typed
 Structs with string prices (decode only, no conversion), the fastest Python
-decoder in perfbench.  Frames come from the real captures in
+decoder we measured.  Frames come from the real captures in
 ../shared/captures (hftbacktest spot/usdm sessions for trade, bookTicker and
 depth; cryptofeed sessions for aggTrade and kline).  Depth frames with exactly
 10 or 50 levels per side are real frames with at least that many levels,

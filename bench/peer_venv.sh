@@ -6,8 +6,8 @@
 #
 # CRYPTOFEED_VERSION picks one of two pinned sets:
 #   3.0.1 (default)  needs Python 3.13 (cryptofeed 3.x requires >= 3.13)
-#   2.4.1            Python 3.11, the interpreter Meltica runs on and the version behind
-#                    ARCHITECTURE.md §12's anchors
+#   2.4.1            Python 3.11, the interpreter Meltica runs on and the version our
+#                    peer baselines were measured with
 # PEER_PYTHON overrides the interpreter used to create the venv.
 # Idempotent: an existing venv with the pinned cryptofeed is left as it is.
 set -euo pipefail

@@ -33,7 +33,7 @@ __all__ = ["RecordOptions", "Recorder", "market_urls", "streams_for"]
 
 log = logging.getLogger("meltica.record")
 
-# Binance's defaults (BINANCE.md §1); the fake exchange is reached with --ws-url/--rest-url.
+# Binance's defaults (docs/connections.md); the fake exchange is reached with --ws-url/--rest-url.
 DEFAULT_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.binance.com"}
 DEFAULT_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com"}
 DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}

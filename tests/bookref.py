@@ -1,4 +1,5 @@
-"""A plain-dict order book following BINANCE.md §7: the yardstick for meltica._core.book.
+"""A plain-dict order book following Binance's local-book procedure (docs/conductor.md):
+the yardstick for meltica._core.book.
 
 Decimal keys and values, no exponents, no C: obviously correct and slow.  ``apply``
 returns the same status names as ``meltica._core.book.STATUS_NAMES``.

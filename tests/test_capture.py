@@ -1,5 +1,5 @@
 """Capture readers and writer: synthetic files for every format and edge case, then the real
-captures (counts, spans and markets as listed in the captures' PROVENANCE.md)."""
+captures (counts, spans and markets as the files hold them)."""
 
 from __future__ import annotations
 
@@ -652,7 +652,7 @@ def test_record_is_frozen() -> None:
     assert (r.conn, r.url) == ("", None)
 
 
-# The real captures (../shared/captures/binance, see its PROVENANCE.md)
+# The real captures (../shared/captures/binance, or MELTICA_CAPTURES)
 
 # file: (lines = records, REST snapshots, market, span start, span end (UTC, inclusive))
 HFTBACKTEST = {

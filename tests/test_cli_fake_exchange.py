@@ -74,7 +74,7 @@ def test_serves_a_capture_until_done(captures_dir: Path, tmp_path: Path) -> None
     streams = "btcusdt@depth@100ms/btcusdt@trade/btcusdt@bookTicker"
     frames, stderr = frames_until_closed(proc, f"{urls['ws spot']}/stream?streams={streams}")
     assert proc.returncode == 0, stderr
-    assert frames == 41_248  # every ws frame of the capture (PROVENANCE: 41,249 lines, 1 REST)
+    assert frames == 41_248  # every ws frame of the capture (41,249 lines, 1 of them REST)
     assert "frames read: 41248" in stderr
 
 

@@ -3,7 +3,7 @@
 A plain picows client subscribes to a capture's streams and must receive
 every recorded frame of those streams, byte-identical and in order; a client
 that syncs order books from the served REST snapshot plus the diff stream
-(Binance's procedure, BINANCE.md §7, on a plain dict book) must see zero gaps
+(Binance's procedure, docs/conductor.md, on a plain dict book) must see zero gaps
 on every real capture.
 """
 
@@ -112,7 +112,7 @@ def _stream_path(market: str, streams: list[str]) -> str:
 
 
 class RefBook:
-    """A plain dict order book synced by Binance's procedure (BINANCE.md §7)."""
+    """A plain dict order book synced by Binance's procedure (docs/conductor.md)."""
 
     def __init__(self, market: str) -> None:
         self.futures = market != "spot"

@@ -1,5 +1,5 @@
 """The fake exchange's REST server over real loopback sockets: weights and headers per
-BINANCE.md §6/§8, limit validation, the 429 -> 418 ban cycle under an injected clock, every
+docs/rest.md, limit validation, the 429 -> 418 ban cycle under an injected clock, every
 REST fault kind exactly as scripted, and the server's lifecycle.  Each test runs on stdlib
 asyncio and on uvloop, fails if the loop's exception handler fires, and has a small timeout."""
 
@@ -141,7 +141,7 @@ def serve(
 
 
 def test_spot_depth_weights_and_headers(run: Runner) -> None:
-    cases = [  # (limit param, weight)  BINANCE.md §6
+    cases = [  # (limit param, weight), docs/rest.md
         (None, 5),
         (1, 5),
         (100, 5),

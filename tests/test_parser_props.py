@@ -116,7 +116,7 @@ class Shape(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------
-# Payload shapes (BINANCE.md §4-§6); each returns a Shape
+# Payload shapes (docs/wire-format.md); each returns a Shape
 
 
 def _trade(draw: st.DrawFn, market: str, sym: str, unit: str) -> Shape:

@@ -1,8 +1,8 @@
 """FrameParser, one hand-written Binance frame per kind and shape.
 
 Each test states the exact wire dict (docs/wire-format.md) the frame must become, plus the
-Python views (Fixed / Decimal / float).  Frames follow BINANCE.md §3-§6; the times are made
-distinct (E != T) so that a swapped field cannot pass.
+Python views (Fixed / Decimal / float).  Frames follow Binance's payloads
+(docs/wire-format.md); the times are made distinct (E != T) so that a swapped field cannot pass.
 """
 
 from __future__ import annotations

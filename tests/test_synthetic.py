@@ -1,6 +1,6 @@
 """SyntheticMarket, the fake exchange's generated market: it must look exactly like Binance.
 
-A reference client per book follows Binance's documented local-book procedure (BINANCE.md §7)
+A reference client per book follows Binance's documented local-book procedure (docs/conductor.md)
 on plain dicts, subscribing and fetching its snapshot at random moments: it must never see a
 gap or a crossed book, and every bookTicker that names the update id the book is at must equal
 the book's top.  Every frame goes through the product parser, every decimal is checked against
@@ -130,7 +130,7 @@ def _check_decimals(kind: str, d: dict[str, Any], f: Filters, market: str) -> No
 
 
 class RefBook:
-    """One client's local book, by Binance's procedure (BINANCE.md §7), on plain dicts.
+    """One client's local book, by Binance's procedure (docs/conductor.md), on plain dicts.
 
     It subscribes at ``subscribe_ns``, buffers ``buffer_n`` diffs, then waits ``delay`` more
     frames of its symbol (the REST round trip) before it fetches the snapshot.

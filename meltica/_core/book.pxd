@@ -9,7 +9,7 @@
 # is rescaled to a finer exponent when a level needs it).  Anything that would
 # lose exactness or overflow int64 is a status code, never a rounding.
 #
-# The book also runs the per-event half of BINANCE.md §7 (stale drop, the
+# The book also runs the per-event half of the sync rules (docs/conductor.md) (stale drop, the
 # straddle of the first event after the snapshot, continuity on every event)
 # and reports a status code; the Conductor (Python) runs the state machine.
 # Pure computation: no clocks, I/O or logging.

@@ -393,7 +393,7 @@ cdef class OrderBook:
         return self._store_key()
 
     def apply(self, BookDepth ev not None):
-        """Apply one ``book_delta`` (BINANCE.md §7 checks first); a BookStatus int."""
+        """Apply one ``book_delta`` (the checks of docs/conductor.md first); a BookStatus int."""
         if ev.kind_id != BOOK_DELTA:
             raise ValueError(f"apply() takes a book_delta, not {ev.kind}")
         return self.apply_delta(ev)

@@ -4,7 +4,7 @@ It sits between the Dispatcher and the Data Bus (docs/pipeline.md).  Each
 batch goes through ``on_events``: the C ``BookSet`` applies every depth diff of
 a live book and stops only at events this module must handle (a book still
 syncing, a gap, a crossed book, ...).  Python runs the per-instrument state
-machine SYNCING -> LIVE -> RESYNCING (BINANCE.md §7, spot and futures rules),
+machine SYNCING -> LIVE -> RESYNCING (docs/conductor.md, "States and rules": spot and futures),
 fetches snapshots on asyncio tasks, schedules the flush timers of throttled
 books and calls hooks and the SnapshotStore.  Exchange events pass through
 unchanged and in order; fused and control events are appended; the batch goes
@@ -531,7 +531,7 @@ class Conductor:
             inst.flush = None
 
     async def _sync(self, inst: Instrument) -> None:
-        """Fetch snapshots until one installs (BINANCE.md §7 steps 2-5).
+        """Fetch snapshots until one installs (docs/conductor.md, "States and rules").
 
         Every attempt that does not sync the book lengthens the wait before
         the next (`_backoff`): a snapshot that stays stale or a REST endpoint

@@ -3,7 +3,7 @@ Binance's limits.
 
 ``RestServer`` is one aiohttp server for every market of a ``MarketSource``: the gateway
 fetches its depth snapshots here while ``WsServer`` streams the diffs, so a correct client
-syncs its books exactly as against Binance.  It charges request weight per BINANCE.md §6,
+syncs its books exactly as against Binance.  It charges request weight per docs/rest.md,
 enforces the per-minute limits of §8 (429 with ``Retry-After``, then a 418 ban for clients
 that ignore it) and plays the REST faults of a ``FaultPlan`` (docs/fake-exchange.md, "REST
 server" and "Faults").  It listens on loopback only.
@@ -26,7 +26,7 @@ without answering; ``rest_slow`` answers normally after ``delay_s``; ``rest_stal
 source's depth snapshot with ``lastUpdateId`` lowered by ``STALE_ID_OFFSET`` (floored at 0),
 so the snapshot is older than every buffered diff event: a correct client sees it (spot:
 ``lastUpdateId`` below the first event's ``U``; futures: no event with ``U <= lastUpdateId
-<= u``) and must fetch again (BINANCE.md §7).  A fault matches a request
+<= u``) and must fetch again (docs/conductor.md).  A fault matches a request
 when its ``market`` and ``symbol`` (if set) agree and ``at_s`` (if set) seconds of ``clock``
 have passed since ``start()``; each applies to the next ``count`` matching requests and is
 then spent.  ``rest_stale`` only matches depth requests that would succeed; the other kinds
@@ -144,7 +144,7 @@ _STATUS_ERRORS: dict[int, tuple[int, str]] = {
 
 
 def depth_weight(market: str, limit: int) -> int:
-    """Request weight of a depth snapshot of ``limit`` levels (BINANCE.md §6).
+    """Request weight of a depth snapshot of ``limit`` levels (docs/rest.md).
 
     Spot limits are taken as already clamped to 1..5000; futures limits must be valid.
     """
@@ -334,7 +334,7 @@ class RestServer:
             app = web.Application()
             for path, (market, endpoint) in _ROUTES.items():
                 app.router.add_get(path, self._handler(market, endpoint), allow_head=False)
-            # access_log=None: the library logs nothing unless asked (STYLE.md, logging).
+            # access_log=None: the library logs nothing unless asked.
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await runner.setup()
             try:

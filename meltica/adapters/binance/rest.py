@@ -2,7 +2,7 @@
 
 The Conductor fetches book snapshots here and the ``InstrumentRegistry`` its exchangeInfo
 (docs/pipeline.md).  Every request passes one scheduler per market that knows the request's
-weight (BINANCE.md §6), keeps the weight used in the current minute window below a budget
+weight (docs/rest.md), keeps the weight used in the current minute window below a budget
 (limit × fraction) by holding requests until the next window, tracks the exchange's own count
 from ``X-MBX-USED-WEIGHT-1M``, backs a market off on 429 ``Retry-After`` and stops every
 market on a 418 ban (bans are per IP).  5xx, 408, timeouts and dropped connections are
@@ -96,7 +96,7 @@ TRADES_BY_ID: Mapping[str, Mapping[str, tuple[int, int]]] = {
 API_KEY_HEADER = "X-MBX-APIKEY"
 PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_BACKGROUND, PRIORITY_AUDIT = 0, 1, 2, 3
 EXCHANGE_INFO_WEIGHT: Mapping[str, int] = {"spot": 20, "usdm": 1, "coinm": 1}
-# Spot accepts any limit 1..5000; weight steps at these bounds (BINANCE.md §6).
+# Spot accepts any limit 1..5000; weight steps at these bounds (docs/rest.md).
 SPOT_DEPTH_LIMITS: tuple[tuple[int, int], ...] = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 USDM_DEPTH_LIMITS: tuple[tuple[int, int], ...] = (
     (5, 2),
@@ -199,7 +199,7 @@ def depth_limit(market: str, requested: int | None, default: int) -> int:
 
 
 def depth_weight(market: str, limit: int) -> int:
-    """Request weight of a depth snapshot of ``limit`` levels (BINANCE.md §6)."""
+    """Request weight of a depth snapshot of ``limit`` levels (docs/rest.md)."""
     for top, weight in _DEPTH_LIMITS[market]:
         if limit <= top:
             return weight
