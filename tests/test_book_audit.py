@@ -17,18 +17,20 @@ from aio import run
 
 from meltica._core.events import BookDepth, Control, event_from_wire
 from meltica.conductor import Conductor
-from meltica.conductor.audit import BookAuditor
+from meltica.conductor.audit import CUT_RETRY_ROUNDS, BookAuditor
 from meltica.conductor.conductor import State
 from meltica.config import load_config
 from meltica.errors import ConfigError
 
 
-def depth(kind: str, u: int, bids: Any, asks: Any, first: int | None = None) -> BookDepth:
+def depth(
+    kind: str, u: int, bids: Any, asks: Any, first: int | None = None, symbol: str = "AAA"
+) -> BookDepth:
     d: dict[str, Any] = {
         "v": 1,
         "venue": "binance",
         "market": "spot",
-        "symbol": "AAA",
+        "symbol": symbol,
         "kind": kind,
         "seq": u,
         "ts_recv": u,
@@ -325,3 +327,42 @@ def test_bad_audit_config_fails_at_start_naming_the_key() -> None:
         assert key in str(info.value), (override, str(info.value))
     cfg = load_config(None, env={}, overrides=["conductor.audit_interval_s=0"]).conductor
     assert cfg.audit_interval_s == 0 and cfg.publish_unverified is False
+
+
+def test_a_book_whose_output_is_cut_is_audited_out_of_turn() -> None:
+    """Books take turns, except that one whose published side is cut by its verified
+    depth goes first, at most once in CUT_RETRY_ROUNDS rounds."""
+    others = ["BBB", "CCC", "DDD"]
+
+    async def scenario() -> list[str]:
+        r = Rig()
+        await r.start()
+        for n, sym in enumerate(others):
+            u = 500 + 10 * n
+            r.sync_snaps.append(depth("book_snapshot", u, [("10", "1")], [("11", "1")], symbol=sym))
+            r.cond.track("spot", sym)
+            r.feed(depth("book_delta", u + 1, [], [], first=u + 1, symbol=sym))
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert r.cond.instrument("spot", sym).state is State.LIVE
+        picked: list[str] = []
+
+        async def audit(market: str, symbol: str) -> str:
+            picked.append(symbol)
+            return "match"
+
+        r.audit.audit = audit  # type: ignore[method-assign]
+        for _ in range(4):
+            await r.audit.audit_next()
+        # AAA's bids cut: 1 level verified of 2 held (the fake audits leave it so)
+        r.feed(diff(102, bids=[("10", "0"), ("9", "0"), ("7", "2")]))
+        assert r.inst.book.verified_bids == 1 and r.inst.book.n_bids == 2
+        for _ in range(8):
+            await r.audit.audit_next()
+        return picked
+
+    picked = run(scenario)
+    assert picked[:4] == ["AAA", *others]  # in turn while nothing is cut
+    assert CUT_RETRY_ROUNDS == 4
+    # rounds 5..12: AAA out of turn in rounds 5 and 10, its turns in 6 and 11 go on as before
+    assert picked[4:] == ["AAA", "AAA", "BBB", "CCC", "DDD", "AAA", "AAA", "BBB"]

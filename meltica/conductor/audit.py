@@ -39,6 +39,9 @@ from meltica._core.events import BookDepth
 from meltica.log import fields
 from meltica.log import root as _root_log
 
+# a book with a cut output is audited out of turn at most once in this many rounds
+CUT_RETRY_ROUNDS = 4
+
 if TYPE_CHECKING:
     from meltica.conductor.conductor import Conductor, Instrument
 
@@ -90,6 +93,9 @@ class BookAuditor:
         # per market, per outcome
         self.counts: dict[str, dict[str, int]] = {}
         self._next = 0
+        # audit rounds: the round each book was last audited in (cut books first)
+        self._round = 0
+        self._last_round: dict[tuple[str, str], int] = {}
         self._good: dict[tuple[str, str], int] = {}  # last update id an audit found right
         self.hook_errors = 0  # on_resync calls that raised (logged)
 
@@ -116,17 +122,35 @@ class BookAuditor:
                 log.error("book audit failed: %s", exc, exc_info=exc)
 
     async def audit_next(self) -> str | None:
-        """Audit the next live book in round-robin order; its outcome, or None
-        when no book is live."""
+        """Audit the next live book; its outcome, or None when no book is live.
+
+        A book whose fused output is cut (a side verified to fewer levels than
+        the Conductor would publish without the cut, e.g. after the price moved
+        past its snapshot's range) goes first, the least verified first, unless it was audited in
+        the last `CUT_RETRY_ROUNDS` rounds; otherwise books take turns."""
+        self._round += 1
         live = [
-            key
+            (key, inst)
             for key, inst in sorted(self._conductor._instruments.items())
             if inst.book.live and not inst.book.auditing
         ]
         if not live:
             return None
-        market, symbol = live[self._next % len(live)]
-        self._next += 1
+        keys = {key for key, _ in live}
+        self._last_round = {k: r for k, r in self._last_round.items() if k in keys}
+        depth = self._conductor.book_depth
+        cut = [
+            (min(b.verified_bids, b.verified_asks), key)
+            for key, b in ((key, inst.book) for key, inst in live)
+            if (b.verified_bids < min(b.n_bids, depth) or b.verified_asks < min(b.n_asks, depth))
+            and self._round - self._last_round.get(key, -CUT_RETRY_ROUNDS) >= CUT_RETRY_ROUNDS
+        ]
+        if cut:
+            market, symbol = min(cut)[1]
+        else:
+            market, symbol = live[self._next % len(live)][0]
+            self._next += 1
+        self._last_round[(market, symbol)] = self._round
         return await self.audit(market, symbol)
 
     async def audit(self, market: str, symbol: str) -> str | None:
