@@ -183,6 +183,12 @@ class Scenario:
     setup: Callable[[Engine], None] | None = None
     # runs next to the replay, with the engine and the outcome being collected
     during: Callable[[Engine, Outcome], Awaitable[None]] | None = None
+    # the gateway's WebSocket URLs instead of the fake's (e.g. through a proxy), and what
+    # to await once the run is over
+    route: (
+        Callable[[FakeExchange], Awaitable[tuple[dict[str, str], Callable[[], Awaitable[None]]]]]
+        | None
+    ) = None
     # wait for the gateway to be ready again at the end (False: a fault that keeps it down)
     expect_ready: bool = True
     timeout_s: float = 90.0
@@ -220,6 +226,15 @@ class Outcome:
         """The sum of ``name`` over the series whose labels include ``labels``."""
         want = set(labels.items())
         return sum(v for (n, ls), v in self.metrics.items() if n == name and want <= ls)
+
+    def metrics_for_consumer(self, name: str) -> dict[str, float]:
+        """``meltica_bus_consumer_*{consumer=name}`` by counter (``dropped``, ``gaps``, ...)."""
+        prefix = "meltica_bus_consumer_"
+        out: dict[str, float] = {}
+        for (n, ls), v in self.metrics.items():
+            if n.startswith(prefix) and dict(ls).get("consumer") == name:
+                out[n[len(prefix) :].removesuffix("_total")] = v
+        return out
 
     def data(self) -> list[Any]:
         return [e for e in self.events if e.venue != "meltica" and e.kind != "connection_state"]
@@ -427,7 +442,8 @@ async def run_fault_async(sc: Scenario) -> Outcome:
         rest_options=sc.rest_options,
     )
     await fake.start()
-    engine = Engine(load_config(None, env={}, overrides=engine_overrides(fake, served, sc)))
+    urls, cleanup = await sc.route(fake) if sc.route is not None else (None, None)
+    engine = Engine(load_config(None, env={}, overrides=engine_overrides(fake, served, sc, urls)))
     if sc.setup is not None:
         sc.setup(engine)
     col = Collector(engine, "fault-suite")
@@ -456,6 +472,8 @@ async def run_fault_async(sc: Scenario) -> Outcome:
                 await during
         await engine.stop()
         await col.close()
+        if cleanup is not None:
+            await cleanup()
         await fake.stop()
     return out
 

@@ -149,6 +149,7 @@ def test_fragmented_frames_are_reassembled(monkeypatch: pytest.MonkeyPatch) -> N
     fragmented = _fragmenting(monkeypatch)
     out = run_fault(Scenario())
     assert fragmented[0] > 100
+    assert out.metric("meltica_ws_fragmented_total", market="spot") >= fragmented[0]
     assert out.metric("meltica_ws_parse_rejects_total", market="spot") == 0
     assert out.disconnects() == {}
     out.assert_user_properties()
