@@ -10,7 +10,6 @@ broker is down ``/readyz`` and the counters say so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
 from typing import Any
@@ -19,8 +18,7 @@ import aiohttp
 import nats
 import nats.errors
 from brokers import NatsServer, RedisServer
-from fault_harness import Outcome, Scenario, run_fault
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from fault_harness import Outcome, Scenario, run_fault, stream_events
 
 from meltica import wire
 from meltica.broker import control_subject
@@ -32,35 +30,6 @@ GATEWAY = "fault-gw"
 
 def _nats(url: str, *extra: str) -> list[str]:
     return ["bus.backend=nats", f"nats.url={url}", f"gateway.id={GATEWAY}", *extra]
-
-
-async def _stream(url: str, stream: str = "MELTICA") -> list[dict[str, Any]]:
-    """Every event in the JetStream stream, in order, read by a consumer of our own;
-    each message's Nats-Msg-Id is its event's key."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        total = (await js.stream_info(stream)).state.messages
-        sub = await js.pull_subscribe(
-            "meltica.>",
-            stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-        )
-        msgs: list[Any] = []
-        for _ in range(100):
-            if len(msgs) >= total:
-                break
-            with contextlib.suppress(nats.errors.TimeoutError):
-                msgs.extend(await sub.fetch(min(5000, total - len(msgs)), timeout=2))
-        assert len(msgs) == total, f"read {len(msgs)} of {total} stream messages"
-    finally:
-        await nc.close()
-    events = []
-    for m in msgs:
-        ev = json.loads(m.data)
-        assert m.headers["Nats-Msg-Id"] == ev["key"]
-        events.append(ev)
-    return events
 
 
 def _assert_stream_exact(out: Outcome, streamed: list[dict[str, Any]]) -> None:
@@ -95,7 +64,7 @@ def test_nats_killed_and_restarted_loses_and_duplicates_nothing(
     assert out.metric("meltica_nats_disconnects_total") >= 1
     assert out.metric("meltica_nats_republished_total") > 0
     assert out.metric("meltica_nats_dropped_total") == 0
-    _assert_stream_exact(out, asyncio.run(_stream(nats_server.url)))
+    _assert_stream_exact(out, asyncio.run(stream_events(nats_server.url)))
 
 
 # within the responder's pending queue (1024 messages, docs/control-plane.md): every

@@ -25,8 +25,7 @@ import aiohttp
 import nats
 import pytest
 from brokers import NatsServer, free_port
-from fault_harness import Reference
-from test_brokers import _stream
+from fault_harness import Reference, stream_events
 
 from meltica.commands.common import local_overrides
 from meltica.replay.exchange import FakeExchange
@@ -151,7 +150,7 @@ def test_the_gateway_stopped_and_restarted_duplicates_nothing(
                 gw.proc.kill()
                 await gw.proc.wait()
             await fake.stop()
-        return status, await _stream(nats_server.url)
+        return status, await stream_events(nats_server.url)
 
     from aio import run
 
