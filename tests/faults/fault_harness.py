@@ -218,6 +218,7 @@ class Outcome:
     manager_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     fake_connections: dict[str, int] = field(default_factory=dict)
     rest_faults: dict[str, int] = field(default_factory=dict)  # REST faults the fake applied
+    rest_requests: dict[str, int] = field(default_factory=dict)  # requests the fake got, by path
     not_ready: list[str] = field(default_factory=list)
     # trade ids the source never sent that a test expects delivered (a corrupt id the
     # dispatch table passes on before the next event disproves it, docs/control-plane.md)
@@ -497,6 +498,7 @@ async def run_fault_async(sc: Scenario) -> Outcome:
         out.manager_stats = {m: mgr.stats() for m, mgr in engine.managers.items()}
         out.fake_connections = {m: s.counters.connections_opened for m, s in fake.ws.items()}
         out.rest_faults = dict(fake.rest.counters.faults)
+        out.rest_requests = dict(fake.rest.counters.requests)
     finally:
         if during is not None and not during.done():
             during.cancel()
