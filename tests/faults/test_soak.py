@@ -51,3 +51,25 @@ def test_soak_every_fault_kind_over_minutes() -> None:
     print("gaps:", out.gap_summary)
     print("rest faults applied:", out.rest_faults)
     out.assert_recovered_properties()
+
+
+@pytest.mark.soak
+def test_soak_the_24h_cut_with_rotation_by_config() -> None:
+    """The rotation age from config (``binance.rotate_after_s``, at least 60 s) ahead of a
+    75 s connection lifetime: every connection rotates before its cut, twice over
+    150 s, and nothing is lost or reconnected."""
+    out = run_fault(
+        Scenario(
+            markets=("spot", "usdm"),
+            duration_s=300.0,
+            speed=2.0,
+            ws_options={"lifetime_s": 75.0},
+            overrides=["binance.rotate_after_s=60"],
+            timeout_s=400,
+        )
+    )
+    for market in ("spot", "usdm"):
+        assert out.metric("meltica_ws_rotations_total", market=market) >= 2
+        assert out.metric("meltica_ws_reconnects_total", market=market) == 0
+    assert out.gaps == []
+    out.assert_user_properties()
