@@ -13,7 +13,9 @@ over `CONTROL_MAX_BYTES`, one that is not a request, or an op other than
 counted.  Requests run concurrently, at most the Control Bus's ``max_pending``
 at a time in their own tasks; a message arriving beyond that is answered in
 the subscription's own callback (the Control Bus refuses it as full), which
-also holds further messages in nats-py's bounded pending queue.
+also holds further messages in nats-py's bounded pending queue.  A message
+nats-py drops because that queue is full (a slow consumer) is counted as
+``dropped`` and still answered, with an error reply saying so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
 
 from meltica.broker import control_subject
 from meltica.bus.control import InProcessControlBus
@@ -64,7 +67,16 @@ class NatsControlResponder:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = dict.fromkeys(
-            ("requests", "replies", "no_reply", "oversized", "not_broadcast", "reply_failed"), 0
+            (
+                "requests",
+                "replies",
+                "no_reply",
+                "oversized",
+                "not_broadcast",
+                "reply_failed",
+                "dropped",
+            ),
+            0,
         )
 
     async def start(self) -> None:
@@ -80,6 +92,7 @@ class NatsControlResponder:
                     pending_bytes_limit=_PENDING_BYTES,
                 )
             )
+        self._chain_error_callback()
         # the server has the interest once this returns: a request sent next is answered
         await self._client.flush()
         log.info("control requests on NATS %s and %s", *self.subjects)
@@ -92,6 +105,37 @@ class NatsControlResponder:
                 await sub.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _chain_error_callback(self) -> None:
+        """Route nats-py's slow-consumer reports for our subscriptions to `_on_dropped`
+        (nats-py reports a message it drops only through the connection's error
+        callback, which it reads from ``_error_cb``); anything else goes on as before."""
+        client: Any = self._client
+        previous = client._error_cb
+
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, SlowConsumerError) and exc.sub in self._subs:
+                await self._on_dropped(exc)
+            elif previous is not None:
+                await previous(exc)
+
+        client._error_cb = on_error
+
+    async def _on_dropped(self, exc: SlowConsumerError) -> None:
+        """A request nats-py dropped because the pending queue was full: counted, and
+        answered with an error (its payload is gone, so no request id)."""
+        self.counters["dropped"] += 1
+        if not exc.reply:
+            return
+        reply = _failure(
+            f"control requests pending over {_PENDING_MSGS} messages: this one was dropped, "
+            "retry later",
+            self.gateway,
+        )
+        try:
+            await self._client.publish(exc.reply, json.dumps(reply).encode())
+        except (nats.errors.Error, OSError):
+            self.counters["reply_failed"] += 1
 
     async def _on_message(self, msg: Msg) -> None:
         self.counters["requests"] += 1

@@ -835,6 +835,13 @@ _DECLARED: tuple[Family, ...] = (
         "Control replies over NATS that could not be sent",
         (),
     ),
+    Family(
+        "control_nats_dropped_total",
+        COUNTER,
+        "",
+        "Control requests over NATS dropped with the pending queue full (answered with an error)",
+        (),
+    ),
     Family("control_nats_in_flight", GAUGE, "", "Control requests over NATS being handled now", ()),
     # ---------------------------------------------------------------- OpenTelemetry export
     # (exported only while OTLP is configured: docs/tracing.md)
@@ -1008,7 +1015,7 @@ STATS: dict[str, dict[str, _Stat]] = {
     "control_nats": _same(
         "control_nats",
         "in_flight",
-        counters="requests replies no_reply oversized not_broadcast reply_failed",
+        counters="requests replies no_reply oversized not_broadcast reply_failed dropped",
     ),
 }
 
