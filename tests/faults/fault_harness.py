@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import time
 from collections import Counter
@@ -34,7 +33,6 @@ from typing import Any
 import aiohttp
 import nats
 import nats.errors
-import pytest
 from bookref import RefBook
 from bus_collector import Collector
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -52,7 +50,6 @@ TRADE_KINDS = ("trade", "agg_trade")
 # trade backfill by id (refills what a disconnect or dropped frames lost, and lists what it
 # cannot refill as lost with its exact id range): until it exists, a fault that loses
 # trades can only meet the trade contract by luck
-BACKFILL = importlib.util.find_spec("meltica.adapters.binance.backfill") is not None
 # the payload field holding a trade's id, by channel
 _ID_FIELD = {"trade": "t", "agg_trade": "a"}
 _STREAM_CHANNEL = {"trade": "trade", "aggTrade": "agg_trade"}
@@ -289,30 +286,6 @@ class Outcome:
             checked += len(ids)
         assert checked > 0, "the source sent no trade: the check proves nothing"
 
-    def assert_trades_exact_or_xfail(self) -> None:
-        """`assert_trades_exact`; without trade backfill a miss is an expected failure
-        (pytest.xfail), provided each missing id's stream has a ``lost`` time-range
-        entry in the manifest (what the gateway promises without backfill).  Call it
-        last: xfail ends the test."""
-        try:
-            self.assert_trades_exact()
-        except AssertionError as exc:
-            if BACKFILL:
-                raise
-            for key in self.reference.trades:
-                market, symbol, channel = key
-                if channel not in self.scenario.streams.get(market, ()):
-                    continue
-                got = {e.trade_id for e in self.events if e.kind == channel and e.symbol == symbol}
-                if set(self.reference.trades[key]) - got:
-                    assert any(
-                        g["outcome"] == "lost"
-                        and (g["market"], g["symbol"], g["stream"]) == key
-                        and g["from_ns"] is not None
-                        for g in self.gaps
-                    ), f"{key}: trades missing and no lost manifest entry: {self.gaps}"
-            pytest.xfail(f"trades lost without backfill by id (i18-backfill): {exc}")
-
     def assert_no_duplicate_keys(self) -> None:
         keys = Counter(e.key for e in self.data())
         twice = sorted(k for k, n in keys.items() if n > 1)
@@ -361,12 +334,9 @@ class Outcome:
         self.assert_trades_exact()
 
     def assert_recovered_properties(self) -> None:
-        """`assert_user_properties` for a fault that may lose trades (a disconnect,
-        dropped frames): the trade contract last, an expected failure without backfill."""
-        self.assert_no_duplicate_keys()
-        self.assert_books_match_reference()
-        self.assert_ready_and_flowing()
-        self.assert_trades_exact_or_xfail()
+        """`assert_user_properties` for a fault that loses frames (a disconnect, dropped
+        frames): the trades it removed come back from REST by id (the backfill)."""
+        self.assert_user_properties()
 
     def disconnects(self, market: str = "spot") -> dict[str, float]:
         return {

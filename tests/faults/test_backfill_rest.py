@@ -3,15 +3,12 @@ and the request that fills the hole meets a 429, a 418, a 5xx, a time-out or a s
 answer.  The hole is filled all the same: every trade id exactly once, the manifest entry
 ``filled``, the counter naming the REST fault moved.
 
-Needs trade backfill by id (``meltica.adapters.binance.backfill``): skipped without it.
 """
 
 from __future__ import annotations
 
 import pytest
-from fault_harness import BACKFILL, Scenario, run_fault
-
-pytestmark = pytest.mark.skipif(not BACKFILL, reason="needs trade backfill by id")
+from fault_harness import Scenario, run_fault
 
 # 5 trade frames of BTCUSDT dropped about 2 s into the run; the REST fault armed from 1 s
 # after the fake exchange started (after the first depth snapshot), so the next request
