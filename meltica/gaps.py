@@ -129,28 +129,14 @@ class GapManifest:
             last.from_ns = _lowest(last.from_ns, from_ns)
             last.to_ns = _highest(last.to_ns, to_ns)
             return last
-        self._seq += 1
-        gap = Gap(
-            self._seq,
-            market,
-            symbol,
-            stream,
-            cause,
-            first_id,
-            last_id,
-            from_ns,
-            to_ns,
-            OPEN,
-            self._clock(),
-        )
+        gap = self._new(market, symbol, stream, cause, first_id, last_id, from_ns, to_ns)
         holes.append(gap)
         self._n_open += 1
         return gap
 
     def resolve(self, market: str, symbol: str, stream: str, outcome: str) -> list[Gap]:
         """Close the open holes of this market, symbol and stream with ``outcome``."""
-        if outcome not in OUTCOMES or outcome == OPEN:
-            raise ValueError(f"outcome must be one of filled, resynced, lost; got {outcome!r}")
+        _check_outcome(outcome)
         holes = self._open.pop((market, symbol, stream), [])
         self._n_open -= len(holes)
         for gap in holes:
@@ -174,23 +160,11 @@ class GapManifest:
     ) -> Gap:
         """A gap whose outcome is already known (opened and closed at once);
         ``detected_ns``: when it was found (default: now)."""
-        if outcome not in OUTCOMES or outcome == OPEN:
-            raise ValueError(f"outcome must be one of filled, resynced, lost; got {outcome!r}")
-        self._seq += 1
-        gap = Gap(
-            self._seq,
-            market,
-            symbol,
-            stream,
-            cause,
-            first_id,
-            last_id,
-            from_ns,
-            to_ns,
-            OPEN,
-            self._clock() if detected_ns is None else detected_ns,
-            reason=reason,
-        )
+        _check_outcome(outcome)
+        gap = self._new(market, symbol, stream, cause, first_id, last_id, from_ns, to_ns)
+        gap.reason = reason
+        if detected_ns is not None:
+            gap.detected_ns = detected_ns
         self._finish(gap, outcome)
         return gap
 
@@ -254,6 +228,32 @@ class GapManifest:
 
     # ------------------------------------------------------------ internals
 
+    def _new(
+        self,
+        market: str,
+        symbol: str,
+        stream: str,
+        cause: str,
+        first_id: int | None,
+        last_id: int | None,
+        from_ns: int | None,
+        to_ns: int | None,
+    ) -> Gap:
+        self._seq += 1
+        return Gap(
+            self._seq,
+            market,
+            symbol,
+            stream,
+            cause,
+            first_id,
+            last_id,
+            from_ns,
+            to_ns,
+            OPEN,
+            self._clock(),
+        )
+
     def _all(self) -> Iterator[Gap]:
         yield from self._closed
         for holes in self._open.values():
@@ -277,6 +277,11 @@ class GapManifest:
             self.write_errors += 1
             if self.write_errors == 1:
                 log.warning("gap manifest %s: write failed: %s", self.path, exc)
+
+
+def _check_outcome(outcome: str) -> None:
+    if outcome not in OUTCOMES or outcome == OPEN:
+        raise ValueError(f"outcome must be one of filled, resynced, lost; got {outcome!r}")
 
 
 def _touches(

@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 
 def free_port() -> int:
@@ -288,3 +291,33 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+async def read_stream(nc: Any, stream: str = "MELTICA", timeout_s: float = 60.0) -> list[Any]:
+    """Every message of ``stream``, in stream order, read by a consumer of our own
+    (no acks) on the connected client ``nc``; fails when it cannot read them all."""
+    js = nc.jetstream()
+    total = (await js.stream_info(stream)).state.messages
+    sub = await js.pull_subscribe(
+        "meltica.>",
+        stream=stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+    )
+    msgs: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(msgs) < total and time.monotonic() < deadline:
+        try:
+            msgs.extend(await sub.fetch(min(5000, total - len(msgs)), timeout=5))
+        except nats.errors.TimeoutError:
+            continue
+    assert len(msgs) == total, f"read {len(msgs)} of {total} stream messages"
+    return msgs
+
+
+async def stream_messages(url: str, stream: str = "MELTICA") -> list[Any]:
+    """`read_stream` on a connection of its own to ``url``."""
+    nc = await nats.connect(url)
+    try:
+        return await read_stream(nc, stream)
+    finally:
+        await nc.close()

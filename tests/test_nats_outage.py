@@ -14,8 +14,7 @@ import time
 from collections import Counter
 
 import nats
-from brokers import NatsServer
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from brokers import NatsServer, read_stream
 from test_nats_acks import HANG_GUARD_S, trades
 
 from meltica.bus import InMemoryDataBus
@@ -50,18 +49,7 @@ async def wait_until(cond: object, what: str) -> None:
 
 
 async def stream_keys(nc: nats.NATS, stream: str) -> list[str]:
-    js = nc.jetstream()
-    total = (await js.stream_info(stream)).state.messages
-    sub = await js.pull_subscribe(
-        "meltica.>",
-        stream=stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-    )
-    keys: list[str] = []
-    while len(keys) < total:
-        msgs = await sub.fetch(min(1000, total - len(keys)), timeout=HANG_GUARD_S)
-        keys.extend(m.headers["Nats-Msg-Id"] for m in msgs)
-    return keys
+    return [m.headers["Nats-Msg-Id"] for m in await read_stream(nc, stream, HANG_GUARD_S)]
 
 
 def test_error_replies_hold_the_window_probe_with_backoff_and_resend_it_once(

@@ -252,6 +252,22 @@ def _parse_depth_limit(market: str, raw: str | None) -> int | dict[str, Any]:
     return int(raw)
 
 
+def _bad_symbol(symbol: str | None) -> dict[str, Any] | None:
+    """Binance's error body for a missing or malformed ``symbol`` parameter, or None."""
+    if not symbol:
+        return {
+            "code": -1102,
+            "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+        }
+    if _SYMBOL_RE.fullmatch(symbol) is None:
+        return {
+            "code": -1100,
+            "msg": "Illegal characters found in parameter 'symbol'; "
+            "legal range is '^[A-Z0-9-_.]{1,20}$'.",
+        }
+    return None
+
+
 def _stale(body: bytes) -> bytes:
     obj = json.loads(body)
     if not isinstance(obj, dict) or not isinstance(obj.get("lastUpdateId"), int):
@@ -445,28 +461,12 @@ class RestServer:
     def _depth(
         self, bucket: _Bucket, market: str, symbol: str | None, limit: int | dict[str, Any]
     ) -> web.Response:
-        if not symbol:
-            return self._respond(
-                bucket,
-                400,
-                {
-                    "code": -1102,
-                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
-                    "or malformed.",
-                },
-            )
+        bad = _bad_symbol(symbol)
+        if bad is not None:
+            return self._respond(bucket, 400, bad)
+        assert symbol is not None  # _bad_symbol refuses a missing one
         if isinstance(limit, dict):
             return self._respond(bucket, 400, limit)
-        if _SYMBOL_RE.fullmatch(symbol) is None:
-            return self._respond(
-                bucket,
-                400,
-                {
-                    "code": -1100,
-                    "msg": "Illegal characters found in parameter 'symbol'; "
-                    "legal range is '^[A-Z0-9-_.]{1,20}$'.",
-                },
-            )
         body = None
         if market in self.source.markets:
             body = self.source.depth_snapshot(market, symbol, limit)
@@ -488,26 +488,9 @@ class RestServer:
         keyed = endpoint == "historicalTrades" and market != "spot"
         if keyed and not request.headers.get(API_KEY_HEADER):
             return self._respond(bucket, 401, {"code": -2014, "msg": "API-key format invalid."})
-        if not symbol:
-            return self._respond(
-                bucket,
-                400,
-                {
-                    "code": -1102,
-                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
-                    "or malformed.",
-                },
-            )
-        if _SYMBOL_RE.fullmatch(symbol) is None:
-            return self._respond(
-                bucket,
-                400,
-                {
-                    "code": -1100,
-                    "msg": "Illegal characters found in parameter 'symbol'; "
-                    "legal range is '^[A-Z0-9-_.]{1,20}$'.",
-                },
-            )
+        bad = _bad_symbol(symbol)
+        if bad is not None:
+            return self._respond(bucket, 400, bad)
         numbers: dict[str, int | None] = {}
         for name in ("fromId", "limit"):
             raw = query.get(name)

@@ -31,11 +31,9 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import nats
-import nats.errors
 from bookref import RefBook
+from brokers import stream_messages
 from bus_collector import Collector
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
 from meltica.commands.common import local_overrides
@@ -359,26 +357,8 @@ def _ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
 async def stream_events(url: str, stream: str = "MELTICA") -> list[dict[str, Any]]:
     """Every event in the JetStream stream, in order, read by a consumer of our own;
     each message's Nats-Msg-Id is its event's key."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        total = (await js.stream_info(stream)).state.messages
-        sub = await js.pull_subscribe(
-            "meltica.>",
-            stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-        )
-        msgs: list[Any] = []
-        for _ in range(100):
-            if len(msgs) >= total:
-                break
-            with contextlib.suppress(nats.errors.TimeoutError):
-                msgs.extend(await sub.fetch(min(5000, total - len(msgs)), timeout=2))
-        assert len(msgs) == total, f"read {len(msgs)} of {total} stream messages"
-    finally:
-        await nc.close()
     events = []
-    for m in msgs:
+    for m in await stream_messages(url, stream):
         ev = json.loads(m.data)
         assert m.headers["Nats-Msg-Id"] == ev["key"]
         events.append(ev)

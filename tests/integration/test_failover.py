@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import NatsServer, RedisServer, free_port
-from test_nats_bus import check_messages, stream_messages
+from brokers import NatsServer, RedisServer, free_port, stream_messages
+from test_nats_bus import check_messages
 
 from meltica import wire
 from meltica.client import connect

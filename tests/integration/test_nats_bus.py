@@ -20,8 +20,7 @@ from typing import Any
 
 import nats
 import pytest
-from brokers import NatsServer, free_port
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from brokers import NatsServer, free_port, stream_messages
 
 from meltica.broker import subject_of
 
@@ -56,30 +55,6 @@ def report_path(out: Path) -> Path:
 
 def report_of(out: Path) -> dict[str, Any]:
     return json.loads(report_path(out).read_text())  # type: ignore[no-any-return]
-
-
-async def stream_messages(url: str, stream: str = "MELTICA") -> list[Any]:
-    """Every message of `stream`, in stream order, read by a consumer of our own."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        total = (await js.stream_info(stream)).state.messages
-        sub = await js.pull_subscribe(
-            "meltica.>",
-            stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-        )
-        msgs: list[Any] = []
-        deadline = time.monotonic() + 60
-        while len(msgs) < total and time.monotonic() < deadline:
-            try:
-                msgs.extend(await sub.fetch(min(5000, total - len(msgs)), timeout=5))
-            except nats.errors.TimeoutError:
-                continue
-        assert len(msgs) == total, f"read {len(msgs)} of {total} stream messages"
-        return msgs
-    finally:
-        await nc.close()
 
 
 def check_messages(msgs: list[Any]) -> list[dict[str, Any]]:

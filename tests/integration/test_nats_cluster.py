@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import nats
 import pytest
-from brokers import NatsCluster
+from brokers import NatsCluster, stream_messages
 from test_failover import capture_trade_ids
 from test_nats_bus import (
     CAPTURE,
@@ -31,7 +31,6 @@ from test_nats_bus import (
     read_lines,
     replay_cmd,
     report_of,
-    stream_messages,
     wait_for_messages,
 )
 
