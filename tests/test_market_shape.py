@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from itertools import islice
+from typing import Any
 
 import pytest
 from aio import run
@@ -166,3 +167,53 @@ def test_ws_server_refuses_connects_past_the_window_limit() -> None:
     run(body, timeout=20)
     with pytest.raises(ValueError):
         WsServer("spot", max_connects=0)
+
+
+def test_engine_subscribes_more_streams_than_one_control_request_carries() -> None:
+    """Start-up subscribes every configured symbol, even past 1024 streams per request.
+
+    400 spot symbols x 3 channels = 1200 streams: more than one control request may carry
+    (1024) and more than one connection holds (1024), against the fake's real limits.
+    """
+    from meltica.commands.common import local_overrides
+    from meltica.config import load_config
+    from meltica.dispatcher.dispatcher import MAX_STREAMS_PER_REQUEST
+    from meltica.engine import Engine
+    from meltica.replay.exchange import FakeExchange
+
+    market = SyntheticMarket.binance(spot=400, usdm=0, seed=1)
+    channels = ["trade", "book_ticker", "depth"]
+    assert len(market.symbols("spot")) * len(channels) > MAX_STREAMS_PER_REQUEST
+
+    async def body() -> dict[str, Any]:
+        async with FakeExchange(market, speed=1.0) as fake:
+            overrides = local_overrides(
+                {"spot": fake.ws_url("spot")},
+                fake.rest_url,
+                symbols={"spot": market.symbols("spot")},
+                streams={"spot": channels},
+            )
+            config = load_config(
+                None,
+                env={},
+                overrides=[
+                    *overrides,
+                    "telemetry.metrics_enabled=false",
+                    "conductor.audit_interval_s=0",
+                    "binance.spot.depth_snapshot_limit=100",
+                ],
+            )
+            engine = Engine(config)
+            await engine.start()
+            try:
+                stats = dict(engine.managers["spot"].stats())
+                stats["opened"] = fake.ws["spot"].counters.connections_opened
+                stats["subscribed"] = len(fake.ws["spot"].subscribed())
+                return stats
+            finally:
+                await engine.stop()
+
+    stats = run(body, timeout=120)
+    assert stats["streams"] == 1200
+    assert stats["subscribed"] == 1200  # the fake holds every one of them
+    assert stats["opened"] >= 2  # 1024 streams per connection at most
