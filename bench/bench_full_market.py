@@ -43,8 +43,10 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   600) plus the full one: RSS per live book (total / books, and the increase over the
   smallest run per added book) and CPU per frame.  Budget: both flat from 10 to 2,400
   symbols (judged on the marginal RSS per book and on CPU per frame, max / min <= 1.5 over
-  the runs of 100 symbols or more; at 10 symbols the rate is too low for fixed costs not to
-  dominate, it is printed but not judged).
+  the runs of 100 symbols or more for memory; for CPU, the largest per-frame cost of a bigger
+  run over that of the 100-symbol run, <= 1.5: a cost that falls as more frames share each
+  socket read is not a scaling problem; at 10 symbols the rate is too low for fixed costs
+  not to dominate, it is printed but not judged).
 
 The machine is a shared 2-core VM: the load average is recorded next to each figure, and
 the fake exchange (one core at most) shares it with the gateway.  A JSON document goes to
@@ -584,12 +586,16 @@ def judge(full: dict[str, Any], curve: list[dict[str, Any]]) -> dict[str, Any]:
         judged = [r for r in ok if r["symbols"] >= 100]
         mem = [r["marginal_rss_per_book_kb"] for r in judged if r["marginal_rss_per_book_kb"]]
         cpu = [r["base"]["cpu_us_per_frame"] for r in judged if r["base"]["cpu_us_per_frame"]]
+        # "Flat" is about growth with the symbol count (a cost per book or per frame that
+        # rises with n would be O(n) somewhere); a cost that falls as more frames share each
+        # socket read is reported, not held against the budget.
         if len(mem) >= 2:
             out["memory_per_book_max_over_min"] = round(max(mem) / min(mem), 2)
             out["memory_per_book_flat"] = max(mem) / min(mem) <= _FLAT_BUDGET
         if len(cpu) >= 2:
             out["cpu_per_frame_max_over_min"] = round(max(cpu) / min(cpu), 2)
-            out["cpu_per_frame_flat"] = max(cpu) / min(cpu) <= _FLAT_BUDGET
+            out["cpu_per_frame_growth"] = round(max(cpu[1:]) / cpu[0], 2)
+            out["cpu_per_frame_not_rising"] = max(cpu[1:]) / cpu[0] <= _FLAT_BUDGET
     return out
 
 
