@@ -41,7 +41,7 @@ from meltica.conductor import Conductor
 from meltica.conductor.audit import BookAuditor
 from meltica.config import Config, Market
 from meltica.control import ControlReply, ControlRequest
-from meltica.dispatcher.dispatcher import Dispatcher
+from meltica.dispatcher.dispatcher import MAX_STREAMS_PER_REQUEST, Dispatcher
 from meltica.errors import MelticaError
 from meltica.gaps import LOST, OUTCOMES, GapManifest
 from meltica.gateway import BookQuery, GatewayControl
@@ -418,13 +418,20 @@ class Engine:
                         log.info("%s: no configured symbol in shard %s", market, self.shard)
                         continue
                     log.debug("subscribing %s: %s x %s", market, mine, m.streams)
-                    reply = await self.request(
-                        ControlRequest(
-                            "subscribe", market=market, symbols=mine, channels=tuple(m.streams)
+                    # A control request carries at most MAX_STREAMS_PER_REQUEST streams: the
+                    # whole market (thousands of symbols) goes in as many requests as needed.
+                    step = max(1, MAX_STREAMS_PER_REQUEST // max(1, len(m.streams)))
+                    for i in range(0, len(mine), step):
+                        reply = await self.request(
+                            ControlRequest(
+                                "subscribe",
+                                market=market,
+                                symbols=mine[i : i + step],
+                                channels=tuple(m.streams),
+                            )
                         )
-                    )
-                    if not reply.ok:
-                        raise StartupError(f"subscribing {market} failed: {reply.error}")
+                        if not reply.ok:
+                            raise StartupError(f"subscribing {market} failed: {reply.error}")
         except BaseException:
             await self.stop()
             raise

@@ -35,7 +35,17 @@ from typing import Any, Final
 from meltica.replay.source import StreamFrame
 from meltica.replay.tape import TradeTape
 
-__all__ = ["DEFAULT_RATES", "MARKETS", "InstrumentSpec", "SyntheticMarket"]
+__all__ = [
+    "BINANCE_HEAD_RATES",
+    "BINANCE_SYMBOLS",
+    "BINANCE_ZIPF_EXPONENT",
+    "DEFAULT_RATES",
+    "MARKETS",
+    "SCALED_RATES",
+    "InstrumentSpec",
+    "SyntheticMarket",
+    "zipf_activity",
+]
 
 MARKETS: Final = ("spot", "usdm")
 
@@ -58,6 +68,37 @@ DEFAULT_RATES: Final[Mapping[str, float]] = {
     "mini_ticker": 1.0,
     "mark_price": 1.0,  # usdm only
 }
+
+# The rates ``activity`` scales: the randomly arriving events.  The periodic pushes (kline,
+# tickers, mark price) keep their period whatever the symbol's activity, as on Binance.
+SCALED_RATES: Final = ("depth", "book_ticker", "trade", "agg_trade")
+
+# The whole-market shape ``SyntheticMarket.binance()`` builds by default (docs/fake-exchange.md,
+# "The whole market").  Symbol counts: Binance lists about 1,500-2,000 spot and 400-500 USD-M
+# symbols.  Per symbol, the rate of rank r is the rank-1 symbol's rate times r ** -exponent
+# (Zipf).  The rank-1 rates are a BTCUSDT-like head: in recordings of BTCUSDT, spot carries
+# ~150 bookTicker, ~33 trade and 10 depth@100ms frames/s, USD-M ~190 bookTicker and ~60 trade
+# frames/s.  Every taker fill also moves the top, so bookTicker frames ~= book_ticker + trade.
+# ``depth`` counts book changes, of which a 100 ms window's make one frame: the head's diffs
+# carry tens of levels, and depth frames saturate at 10/s for the busiest few dozen symbols.
+# An exponent of 0.9 puts rank ~20 at the rates recorded for a mid-cap USD-M symbol
+# (~10 bookTicker, ~8 depth frames/s) and ranks 100-200 within 2x of recorded small caps
+# (2-5 bookTicker, 4-6 depth frames/s); further down it is busier than recordings of the
+# thinnest pairs, so the model errs toward more load, not less.
+BINANCE_SYMBOLS: Final[Mapping[str, int]] = {"spot": 1800, "usdm": 450}
+BINANCE_ZIPF_EXPONENT: Final = 0.9
+BINANCE_HEAD_RATES: Final[Mapping[str, Mapping[str, float]]] = {
+    "spot": {"book_ticker": 115.0, "trade": 33.0, "agg_trade": 15.0, "depth": 300.0},
+    "usdm": {"book_ticker": 130.0, "trade": 60.0, "agg_trade": 25.0, "depth": 400.0},
+}
+
+
+def zipf_activity(count: int, exponent: float = BINANCE_ZIPF_EXPONENT) -> list[float]:
+    """Per-symbol rate multipliers by rank: ``r ** -exponent`` for ranks 1..count (1.0 first)."""
+    if count < 0 or not exponent >= 0:
+        raise ValueError("count >= 0 and exponent >= 0")
+    return [r**-exponent for r in range(1, count + 1)]
+
 
 _log = math.log
 _NS_PER_MS: Final = 1_000_000
@@ -206,6 +247,19 @@ def _spec_for(market: str, symbol: str) -> InstrumentSpec:
         shape.level_qty,
         shape.price_decimals,
     )
+
+
+def _merge_rates(
+    base: Mapping[str, float], overrides: Mapping[str, float] | None
+) -> dict[str, float]:
+    merged = dict(base)
+    for key, value in (overrides or {}).items():
+        if key not in DEFAULT_RATES:
+            raise ValueError(f"unknown rate {key!r} (known: {sorted(DEFAULT_RATES)})")
+        if not value >= 0:
+            raise ValueError(f"rate {key!r} must be >= 0, got {value!r}")
+        merged[key] = float(value)
+    return merged
 
 
 def _generated_symbols(market: str, count: int) -> list[str]:
@@ -989,6 +1043,10 @@ class SyntheticMarket:
       clock's start, ``duration_s`` its length (None: ``frames()`` never ends).
     - ``depth_levels``: initial levels per side; ``depth_interval_ms``: the diff window (the
       stream is ``@depth@100ms`` for 100, plain ``@depth`` at Binance's default speed).
+    - ``market_rates``: per market, overrides of the rates above for that market only.
+    - ``activity``: per market, one multiplier per symbol (in ``symbols(market)`` order) of the
+      random-arrival rates (``SCALED_RATES``); periodic pushes keep their period.  Default 1.0
+      each.  ``SyntheticMarket.binance()`` builds the whole-market shape with it.
     """
 
     def __init__(
@@ -1003,6 +1061,8 @@ class SyntheticMarket:
         duration_s: float | None = None,
         depth_levels: int = 200,
         depth_interval_ms: int = 100,
+        market_rates: Mapping[str, Mapping[str, float]] | None = None,
+        activity: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         if markets is None:
             markets = tuple(symbols) if symbols is not None else MARKETS
@@ -1016,14 +1076,13 @@ class SyntheticMarket:
             raise ValueError("symbols_per_market >= 0, depth_levels >= 1, depth_interval_ms >= 1")
         if duration_s is not None and duration_s < 0:
             raise ValueError("duration_s must be >= 0 or None")
-        merged = dict(DEFAULT_RATES)
-        for key, value in (rates or {}).items():
-            if key not in DEFAULT_RATES:
-                raise ValueError(f"unknown rate {key!r} (known: {sorted(DEFAULT_RATES)})")
-            if not value >= 0:
-                raise ValueError(f"rate {key!r} must be >= 0, got {value!r}")
-            merged[key] = float(value)
+        merged = _merge_rates(DEFAULT_RATES, rates)
         self.rates: Mapping[str, float] = merged
+        if market_rates is not None and set(market_rates) - set(self.markets):
+            raise ValueError(f"market_rates for markets not in {self.markets}")
+        self._market_rates = {
+            m: _merge_rates(merged, (market_rates or {}).get(m)) for m in self.markets
+        }
         self.seed = seed
         self.start_ns = start_ns
         self.duration_s = duration_s
@@ -1041,7 +1100,21 @@ class SyntheticMarket:
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate symbols in {market}")
             self._symbols[market] = names
+        if activity is not None and set(activity) - set(self.markets):
+            raise ValueError(f"activity for markets not in {self.markets}")
+        self._activity: dict[str, list[float]] = {}
+        for market, weights in (activity or {}).items():
+            values = [float(w) for w in weights]
+            if len(values) != len(self._symbols[market]):
+                raise ValueError(
+                    f"activity[{market!r}] has {len(values)} values for "
+                    f"{len(self._symbols[market])} symbols"
+                )
+            if not all(0 <= w < math.inf for w in values):
+                raise ValueError(f"activity[{market!r}] values must be finite and >= 0")
+            self._activity[market] = values
         self._specs = {(m, s): _spec_for(m, s) for m in self.markets for s in self._symbols[m]}
+        self._position = {(m, s): i for m in self.markets for i, s in enumerate(self._symbols[m])}
         self._instruments: dict[tuple[str, str], _Instrument] = {}
         self._now_ns = start_ns
         self._reset()
@@ -1064,7 +1137,7 @@ class SyntheticMarket:
                     market,
                     spec,
                     rng,
-                    self.rates,
+                    self.rates_of(market, symbol),
                     self.start_ns,
                     self.depth_levels,
                     self._depth_stream(market),
@@ -1074,6 +1147,50 @@ class SyntheticMarket:
         self._now_ns = self.start_ns
         self._fresh = True
         return insts
+
+    @classmethod
+    def binance(
+        cls,
+        *,
+        spot: int = BINANCE_SYMBOLS["spot"],
+        usdm: int = BINANCE_SYMBOLS["usdm"],
+        exponent: float = BINANCE_ZIPF_EXPONENT,
+        scale: float = 1.0,
+        **kwargs: Any,
+    ) -> SyntheticMarket:
+        """The whole Binance market: ``spot`` and ``usdm`` symbols at a heavy-tailed rate.
+
+        Symbol i of a market (rank i + 1; the known names first, BTCUSDT the busiest) gets
+        ``BINANCE_HEAD_RATES`` times ``scale * (i + 1) ** -exponent`` for the random-arrival
+        streams (trade, aggTrade, bookTicker, depth@100ms); the periodic streams (kline,
+        tickers, mark price) are off unless ``rates`` turns them on.  A market with 0 symbols
+        is left out.  Other keyword arguments go to the constructor (``seed``, ``duration_s``,
+        ``depth_levels``...).  How the default was derived: docs/fake-exchange.md.
+        """
+        if not scale > 0:
+            raise ValueError("scale must be > 0")
+        counts = {"spot": spot, "usdm": usdm}
+        markets = tuple(m for m in MARKETS if counts[m] > 0)
+        rates = {k: 0.0 for k in DEFAULT_RATES if k not in SCALED_RATES}
+        rates.update(kwargs.pop("rates", None) or {})
+        return cls(
+            markets=markets,
+            symbols={m: _generated_symbols(m, counts[m]) for m in markets},
+            rates=rates,
+            market_rates={m: BINANCE_HEAD_RATES[m] for m in markets},
+            activity={m: [scale * w for w in zipf_activity(counts[m], exponent)] for m in markets},
+            **kwargs,
+        )
+
+    def rates_of(self, market: str, symbol: str) -> dict[str, float]:
+        """The rates one symbol runs at, per second: the market's, times its activity."""
+        rates = dict(self._market_rates[market])
+        weights = self._activity.get(market)
+        if weights is not None:
+            factor = weights[self._position[(market, symbol.upper())]]
+            for key in SCALED_RATES:
+                rates[key] *= factor
+        return rates
 
     # -- MarketSource ---------------------------------------------------------------------------
 

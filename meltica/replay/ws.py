@@ -149,6 +149,7 @@ class WsCounters:
     pong_timeouts: int = 0
     faults_fired: int = 0
     slow_consumers: int = 0  # connections closed because their write buffer passed max_buffer
+    connects_refused: int = 0  # upgrades answered 429: past max_connects in connects_window_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -702,8 +703,11 @@ class WsServer:
 
     Defaults follow Binance per market: 5 (spot) / 10 (futures) incoming messages per second,
     a ping every 20 s / 180 s answered within 60 s / 600 s, 1024 streams per connection, a
-    24 h lifetime.  ``known_streams`` (what the source can serve) limits ``subscribed()`` and
-    ``on_subscribe``; subscribing to other streams is accepted and yields nothing.
+    24 h lifetime, 300 connection attempts per 5 min (``max_connects`` per
+    ``connects_window_s``, counted per server: on loopback every client is one IP; past it
+    the upgrade is answered 429 and not counted).  ``known_streams`` (what the source can
+    serve) limits ``subscribed()`` and ``on_subscribe``; subscribing to other streams is
+    accepted and yields nothing.
     ``on_subscribe(market, streams)`` runs after the ack (or at connect, for streams in the
     URL) with the newly subscribed streams the connection will actually receive; it must not
     raise.  ``legacy_all_classes=True`` serves every stream class on the un-routed futures
@@ -737,6 +741,8 @@ class WsServer:
         on_subscribe: Callable[[str, set[str]], None] | None = None,
         legacy_all_classes: bool = False,
         use_aiofastnet: bool | None = None,
+        max_connects: int = 300,
+        connects_window_s: float = 300.0,
     ) -> None:
         if market not in MARKETS:
             raise ValueError(f"unknown market {market!r} (one of {MARKETS})")
@@ -758,6 +764,11 @@ class WsServer:
         self.max_buffer = max_buffer if max_buffer is not None else 64 * high_water
         if self.max_buffer < high_water:
             raise ValueError("max_buffer must be at least high_water")
+        if max_connects < 1 or not connects_window_s > 0:
+            raise ValueError("max_connects must be >= 1 and connects_window_s > 0")
+        self.max_connects = max_connects
+        self.connects_window_s = connects_window_s
+        self._connects: deque[float] = deque()  # monotonic times of accepted upgrades
         self.known_streams = known_streams
         self.on_subscribe = on_subscribe
         self.legacy_all_classes = legacy_all_classes
@@ -925,6 +936,15 @@ class WsServer:
         if len(route.streams) > self.max_streams:
             response = WSUpgradeResponse.create_error_response(400, b"too many streams")
             return WSUpgradeResponseWithListener(response, None)
+        now = time.monotonic()
+        connects = self._connects
+        while connects and connects[0] <= now - self.connects_window_s:
+            connects.popleft()
+        if len(connects) >= self.max_connects:
+            self.counters.connects_refused += 1
+            response = WSUpgradeResponse.create_error_response(429, b"too many connections")
+            return WSUpgradeResponseWithListener(response, None)
+        connects.append(now)
         return _Connection(self, route)
 
     def _index(self, stream: str, conn: _Connection) -> None:
