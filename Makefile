@@ -27,10 +27,11 @@ lint: venv
 bench: install
 	$(BIN)/python bench/bench_parse.py
 
-bench-compare: install
+# these two import meltica from the source tree (python -m pytest, PYTHONPATH=.): build in place too
+bench-compare: install build
 	$(BIN)/python bench/micro/compare.py --runs 3
 
-bench-report: install
+bench-report: install build
 	$(BIN)/python bench/report.py
 
 clean:
