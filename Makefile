@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: venv install build test demo lint bench clean
+.PHONY: venv install build test demo lint bench bench-compare bench-report clean
 
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lint: venv
 
 bench: install
 	$(BIN)/python bench/bench_parse.py
+
+# these two import meltica from the source tree (python -m pytest, PYTHONPATH=.): build in place too
+bench-compare: install build
+	$(BIN)/python bench/micro/compare.py --runs 3
+
+bench-report: install build
+	$(BIN)/python bench/report.py
 
 clean:
 	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info

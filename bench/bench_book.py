@@ -32,7 +32,7 @@ is (time of the mixed stream - time of the plain ``F`` stream) / number of ``C``
 averaged.  Ids are renumbered into one contiguous chain in both streams, and both are
 re-serialised the same way, so the parse rows compare like with like.
 
-Run:  python bench/bench_book.py [--rounds 7]   (skips with a message without captures)
+Run:  python bench/bench_book.py [--rounds 7] [--json OUT]   (skips with a message without captures)
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ def cut_streams(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--json", help="also write the rows (ns/frame) to this JSON file")
     args = ap.parse_args()
     if not SESSION.is_file():
         print(f"SKIP: captures not found at {CAPTURES} (set MELTICA_CAPTURES)")
@@ -265,18 +266,34 @@ def main() -> int:
         f"{reload:.0f} ns/frame subtracted from apply rows)"
     )
     print("| stage | ns/frame |\n|---|---:|")
+    rows: dict[str, float] = {}
     for name in ("parse only", "parse + apply", "apply only", "apply + fused top-20/BBO"):
         ns = med[name] / per - (0 if name == "parse only" else reload)
+        rows[name] = ns
         print(f"| {name} | {ns:,.0f} |")
     k = n_cut * reps
+    rows[f"apply only, {CUT} + {CUT} levels"] = (med["mixed apply"] - med["plain apply"]) / k
+    rows[f"parse + apply, {CUT} + {CUT} levels"] = (
+        med["mixed parse + apply"] - med["plain parse + apply"]
+    ) / k
     print(
         f"| apply only, {CUT} + {CUT} levels (cut/restore on the real book, "
-        f"{n_cut} events) | {(med['mixed apply'] - med['plain apply']) / k:,.0f} |"
+        f"{n_cut} events) | {rows[f'apply only, {CUT} + {CUT} levels']:,.0f} |"
     )
-    print(
-        f"| parse + apply, {CUT} + {CUT} levels | "
-        f"{(med['mixed parse + apply'] - med['plain parse + apply']) / k:,.0f} |"
-    )
+    both = rows[f"parse + apply, {CUT} + {CUT} levels"]
+    print(f"| parse + apply, {CUT} + {CUT} levels | {both:,.0f} |")
+    if args.json:
+        result = {
+            "frames": len(real),
+            "reps": reps,
+            "rounds": args.rounds,
+            "bids_per_frame": levels[0] / len(real),
+            "asks_per_frame": levels[1] / len(real),
+            "cut_events": n_cut,
+            "reload_ns_per_frame": reload,
+            "ns_per_frame": rows,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if skip:
         print(f"# {len(skip)} cut/restore pairs left out: their cut crosses the book")
     return 0

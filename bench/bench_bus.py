@@ -8,12 +8,13 @@ Store: one operation = one ``compare_and_set`` that succeeds (version + 1 on
 one of 1000 keys, through the Python wrapper with its clock); the baseline is
 a plain dict read-compare-write of (version, value).
 
-Run:  python bench/bench_bus.py [--rounds 5] [--events 65536] [--batch 64]
+Run:  python bench/bench_bus.py [--rounds 5] [--events 65536] [--batch 64] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,12 +102,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--events", type=int, default=65536, help="events per round")
     ap.add_argument("--batch", type=int, default=64, help="events per published batch")
+    ap.add_argument("--json", help="also write the medians to this JSON file")
     args = ap.parse_args()
     events = trades(args.events)
+    result: dict[str, object] = {"events": args.events, "batch": args.batch, "rounds": args.rounds}
     print(f"{args.events} events per round, batches of {args.batch}, {args.rounds} rounds")
     for n in (1, 4):
         med = measure(bus_candidates(events, args.batch, n), len(events), args.rounds)
         ring, base = med[f"ring {n}c"], med[f"list.extend {n}c"]
+        result[f"bus_{n}c"] = {"ring_ns": ring, "list_extend_ns": base, "ratio": ring / base}
         print(
             f"  {n} consumer(s): ring publish+poll {ring:6.1f} ns/event"
             f"   list.extend fan-out {base:6.1f} ns/event   ratio {ring / base:4.2f}"
@@ -114,6 +118,9 @@ def main() -> None:
     n_ops = 100_000
     med = measure(cas_candidates(n_ops), n_ops, args.rounds)
     cas, plain = med["store CAS"], med["dict CAS"]
+    result["cas"] = {"store_ns": cas, "dict_ns": plain, "ratio": cas / plain}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"  SnapshotStore CAS {cas:6.1f} ns/call   dict CAS {plain:6.1f} ns/call"
         f"   ratio {cas / plain:4.2f}"

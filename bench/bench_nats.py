@@ -30,7 +30,7 @@ directory; the stream uses memory storage unless ``--storage file``).
    every millisecond) with ``ts_recv`` = publish time, received by a core NATS
    subscriber of ``meltica.>``: p50/p99 of receive - ``ts_recv``.
 
-Run:  python bench/bench_nats.py [--events 200000] [--rounds 3] [--capture PATH]
+Run:  python bench/bench_nats.py [--events 200000] [--rounds 3] [--capture PATH] [--json OUT]
 """
 
 from __future__ import annotations
@@ -389,10 +389,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of a latency run")
     ap.add_argument("--storage", choices=("memory", "file"), default="memory")
     ap.add_argument("--capture", help="a capture for the end-to-end comparison")
+    ap.add_argument("--json", help="also write the result to this JSON file")
     args = ap.parse_args()
     uvloop.install()
     result = asyncio.run(main_async(args))
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ Two measurements:
    queues), ns per call, next to the in-memory store's compare-and-set of the
    same state through its Python wrapper.
 
-Run from the repo root: ``python bench/bench_redis.py [--rounds 5] [--seconds 4]
+Run from the repo root: ``python bench/bench_redis.py [--rounds 5] [--seconds 4] [--json OUT]
 [--books 5] [--batches 4000]``.  Prints a Markdown table.
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import socket
 import statistics
@@ -293,6 +294,19 @@ async def main(args: argparse.Namespace) -> None:
     print("| call | ns |\n|---|---|")
     print(f"| writer.offer([book]) | {hot['offer']:.0f} |")
     print(f"| MemorySnapshotStore.compare_and_set (Python wrapper) | {hot['memory_cas']:.0f} |")
+    if args.json:
+        keys = {"lag": ("states", "written", "p50_us", "p99_us"),
+                "capacity": ("states_per_s", "redis_writes_per_s")}  # fmt: skip
+        result = {
+            "books": args.books,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "batches": args.batches,
+            "default_load": {n: {k: med(lag[n], k) for k in keys["lag"]} for n in names},
+            "capacity": {n: {k: med(cap[n], k) for k in keys["capacity"]} for n in names},
+            "hot_path_ns": hot,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
@@ -301,4 +315,5 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--books", type=int, default=5)
     p.add_argument("--batches", type=int, default=4000)
+    p.add_argument("--json", help="also write the medians to this JSON file")
     uvloop.run(main(p.parse_args()))
