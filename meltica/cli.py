@@ -29,6 +29,19 @@ EXIT_REJECTS = 1
 EXIT_BAD_INPUT = 2
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and the parser's simdjson kernel (imported only here)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        from meltica._core.parser import SIMD_KERNEL, SIMD_REASON
+
+        print(f"meltica-engine {__version__} (simdjson kernel {SIMD_KERNEL}: {SIMD_REASON})")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument error is one line on stderr and exit status 2 (no usage dump:
     the line names the argument, ``--help`` has the rest)."""
@@ -306,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  meltica-engine run --config config/default.yaml\n"
         "  meltica-engine COMMAND --help  # each command's options and an example",
     )
-    parser.add_argument("--version", action="version", version=f"meltica-engine {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, help="show the version and the simdjson kernel, and exit"
+    )
     parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
     parser.add_argument("--log-format", default=None, help=_LOG_FORMAT_HELP)
     # every subcommand takes --log-level too; SUPPRESS keeps a value given
