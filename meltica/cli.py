@@ -29,11 +29,8 @@ EXIT_REJECTS = 1
 EXIT_BAD_INPUT = 2
 
 
-class _Version(argparse.Action):
+class _Version(argparse._VersionAction):
     """``--version``: the version and the parser's simdjson kernel (imported only here)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
         from meltica._core.parser import SIMD_KERNEL, SIMD_REASON
@@ -250,13 +247,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_async(run_gateway(args))
 
 
+# The 'view' extra (pip install 'meltica-engine[view]'): the live terminal view
+# (rich) and its latency histograms (hdrhistogram).  demo, top and replay need
+# it; the gateway itself (run, normalize, record, tail, ctl, ...) does not.
+VIEW_EXTRA = {"rich": "rich", "hdrh": "hdrhistogram"}
+
+
+def view_extra_missing(command: str) -> int | None:
+    """One line on stderr and EXIT_BAD_INPUT when the 'view' extra is not installed."""
+    import importlib
+
+    missing = []
+    for module, dist in VIEW_EXTRA.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    if not missing:
+        return None
+    print(
+        f"error: meltica-engine {command} needs the 'view' extra ({', '.join(missing)} not "
+        "installed): pip install 'meltica-engine[view]'",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if (code := view_extra_missing("demo")) is not None:
+        return code
     from meltica.commands.demo import run_demo
 
     return _run_async(run_demo(args))
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    if (code := view_extra_missing("replay")) is not None:
+        return code
     from meltica.commands.replay import run_replay
 
     return _run_async(run_replay(args))
