@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: venv install build test demo lint bench clean
+.PHONY: venv install build test demo lint bench clean wheel
 
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ lint: venv
 
 bench: install
 	$(BIN)/python bench/bench_parse.py
+
+# The installable wheel (docs/packaging.md): built with the venv's pinned build
+# requirements from freshly generated sources, repaired by auditwheel to the
+# oldest manylinux tag this toolchain reaches, .so files stripped.
+MANYLINUX ?= manylinux_2_34_x86_64
+wheel: venv
+	$(BIN)/pip install -q -r requirements-dev.txt
+	rm -rf build dist *.egg-info && find meltica -name '*.cpp' -delete
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist/raw .
+	PATH=$(BIN):$$PATH $(BIN)/auditwheel repair --strip --plat $(MANYLINUX) -w dist dist/raw/*.whl && rm -r dist/raw
+	$(BIN)/auditwheel show dist/*.whl
 
 clean:
 	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info

@@ -28,10 +28,7 @@ def simdjson_dir() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))).resolve()
     if not (path / "simdjson.h").is_file() or not (path / "simdjson.cpp").is_file():
         raise SystemExit(f"pysimdjson at {path} does not ship simdjson.h/simdjson.cpp")
-    # setuptools refuses absolute source paths inside the project (a venv in
-    # the checkout, as `make` creates): name those relative to setup.py.
-    here = Path(__file__).resolve().parent
-    return path.relative_to(here) if path.is_relative_to(here) else path
+    return path
 
 
 # The haswell kernel's instruction sets (mt::cpu_runs_haswell() in frame.hpp
@@ -77,10 +74,14 @@ def ext(pyx: Path, *sources: str, flags: tuple[str, ...] = ()) -> Extension:
 PYX = sorted(Path("meltica").rglob("*.pyx"))
 if os.environ.get("MELTICA_ONLY"):
     PYX = [Path(p) for p in os.environ["MELTICA_ONLY"].split(",")]
+# simdjson.cpp is compiled through simdjson_unit.cc (an #include of it, found
+# on the include path): setuptools refuses source paths outside the project,
+# and pysimdjson's directory is wherever the building environment has it.
+SIMDJSON_UNIT = str(CORE / "simdjson_unit.cc")
 EXTRA_SOURCES = {
-    CORE / "parser.pyx": [str(SIMDJSON / "simdjson.cpp")],
-    CORE / "wire.pyx": [str(SIMDJSON / "simdjson.cpp")],
-    CORE / "_walk_haswell.pyx": [str(SIMDJSON / "simdjson.cpp")],
+    CORE / "parser.pyx": [SIMDJSON_UNIT],
+    CORE / "wire.pyx": [SIMDJSON_UNIT],
+    CORE / "_walk_haswell.pyx": [SIMDJSON_UNIT],
 }
 # Hidden visibility: its simdjson symbols never meet the parser's (PyInit_ stays exported).
 FLAGS = {CORE / "_walk_haswell.pyx": (*HASWELL_FLAGS, "-fvisibility=hidden")}
