@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +113,13 @@ PROBE = (
     "import meltica._core.parser as p; from meltica import FrameParser; "
     "print(p.SIMD_KERNEL, FrameParser().implementation, p.SIMD_REASON, sep='|')"
 )
+# one frame through simdjson (the fast path off)
+TRADE_PROBE = (
+    'e = FrameParser(fast_path=False).parse(b\'{"stream":"btcusdt@trade","data":'
+    '{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1.5","q":"2",'
+    '"T":1,"m":true,"M":true}}\', 5)[0]; '
+    "print(e.kind, e.symbol, e.price, e.qty)"
+)
 
 
 @pytest.mark.parametrize("value", ["auto", ""])
@@ -146,7 +155,42 @@ def test_forced_haswell_without_avx2_fails_clearly() -> None:
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode != 0
-    assert "MELTICA_SIMD=haswell, but this CPU lacks AVX2" in proc.stderr
+    assert "MELTICA_SIMD=haswell, but this CPU lacks one of AVX2" in proc.stderr
+
+
+# A CPU without AVX2, emulated: qemu-user (Debian package qemu-user) runs this very
+# interpreter as a Westmere (SSE4.2, POPCNT, PCLMULQDQ; no AVX, BMI1 or LZCNT).
+QEMU = shutil.which("qemu-x86_64")
+OLD_CPU = "Westmere"
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 (Debian: qemu-user) is not installed")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 kernels")
+@pytest.mark.parametrize("value", ["auto", "haswell", "portable"])
+def test_a_cpu_without_avx2(value: str) -> None:
+    assert QEMU is not None
+    env = {**os.environ, "MELTICA_SIMD": value}
+    proc = subprocess.run(
+        [QEMU, "-cpu", OLD_CPU, sys.executable, "-c", PROBE + "; " + TRADE_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if value == "haswell":
+        assert proc.returncode != 0
+        assert "ImportError: MELTICA_SIMD=haswell, but this CPU lacks one of AVX2" in (proc.stderr)
+        return
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    kernel, implementation, reason = first.split("|")
+    assert kernel == implementation == "fallback"
+    assert reason == (
+        "MELTICA_SIMD=portable"
+        if value == "portable"
+        else ("auto: the CPU lacks one of AVX2, BMI1, PCLMULQDQ, LZCNT, POPCNT")
+    )
+    assert second == "trade BTCUSDT 1.5 2"
 
 
 def test_version_names_the_kernel() -> None:

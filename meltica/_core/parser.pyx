@@ -137,7 +137,7 @@ cdef extern from "frame_scan.hpp" namespace "mt" nogil:
 cdef EngineFactory _engine_factory = new_engine
 
 _SIMD_CHOICES = ("auto", "haswell", "portable")
-_HASWELL_ISA = "AVX2, BMI1, PCLMULQDQ, LZCNT and POPCNT"
+_HASWELL_ISA = "one of AVX2, BMI1, PCLMULQDQ, LZCNT, POPCNT"
 
 
 def _choose_kernel():
