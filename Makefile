@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: venv install build test demo lint bench clean wheel wheels
+.PHONY: venv install build test demo lint bench clean
 
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: venv
 
 bench: install
 	$(BIN)/python bench/bench_parse.py
+
+clean:
+	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info
+
+.PHONY: wheel wheels
 
 # The installable wheel (docs/packaging.md): built with the venv's pinned build
 # requirements from freshly generated sources, repaired by auditwheel to the
@@ -51,6 +56,3 @@ wheels: venv
 	done
 	PATH=$(BIN):$$PATH $(BIN)/auditwheel repair --strip --plat $(MANYLINUX) -w dist dist/raw/*.whl && rm -r dist/raw
 	for w in dist/*.whl; do $(BIN)/auditwheel show $$w; done
-
-clean:
-	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info
