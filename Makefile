@@ -36,3 +36,30 @@ bench-report: install build
 
 clean:
 	find meltica \( -name '*.cpp' -o -name '*.so' -o -name '*.html' \) -delete; rm -rf build dist *.egg-info
+
+.PHONY: wheel wheels
+
+# The installable wheel (docs/packaging.md): built with the venv's pinned build
+# requirements from freshly generated sources, repaired by auditwheel to the
+# oldest manylinux tag this toolchain reaches, .so files stripped.
+MANYLINUX ?= manylinux_2_34_x86_64
+wheel: venv
+	$(BIN)/pip install -q -r requirements-dev.txt
+	rm -rf build dist *.egg-info && find meltica -name '*.cpp' -delete
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist/raw .
+	PATH=$(BIN):$$PATH $(BIN)/auditwheel repair --strip --plat $(MANYLINUX) -w dist dist/raw/*.whl && rm -r dist/raw
+	$(BIN)/auditwheel show dist/*.whl
+
+# One repaired wheel per CPython in PYTHONS that is installed (docs/packaging.md),
+# each built with pip's build isolation (the pinned build requirements from PyPI).
+PYTHONS ?= python3.11 python3.12 python3.13
+wheels: venv
+	$(BIN)/pip install -q -r requirements-dev.txt
+	rm -rf build dist *.egg-info
+	for py in $(PYTHONS); do \
+	    command -v $$py >/dev/null || { echo "$$py: not installed, skipped"; continue; }; \
+	    rm -rf build *.egg-info && find meltica -name '*.cpp' -delete && \
+	    $$py -m pip wheel -q --no-deps -w dist/raw . || exit 1; \
+	done
+	PATH=$(BIN):$$PATH $(BIN)/auditwheel repair --strip --plat $(MANYLINUX) -w dist dist/raw/*.whl && rm -r dist/raw
+	for w in dist/*.whl; do $(BIN)/auditwheel show $$w; done

@@ -4,6 +4,11 @@ The frame parser is C++ against simdjson's On-Demand API; simdjson's
 amalgamated sources come from the pinned pysimdjson build requirement (they
 are compiled here, never copied into the repository).  ``MELTICA_DEBUG=1``
 builds with Cython annotation, line tracing, internal asserts and ``-O0 -g``.
+
+Every module is compiled for any CPU of the architecture (no -m ISA flags),
+except ``meltica._core._walk_haswell``: simdjson's On-Demand walk built for
+AVX2, which the parser loads at import when the CPU has it (see
+docs/packaging.md).  One wheel therefore runs on any x86-64.
 """
 
 import os
@@ -23,40 +28,20 @@ def simdjson_dir() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))).resolve()
     if not (path / "simdjson.h").is_file() or not (path / "simdjson.cpp").is_file():
         raise SystemExit(f"pysimdjson at {path} does not ship simdjson.h/simdjson.cpp")
-    # setuptools refuses absolute source paths inside the project (a venv in
-    # the checkout, as `make` creates): name those relative to setup.py.
-    here = Path(__file__).resolve().parent
-    return path.relative_to(here) if path.is_relative_to(here) else path
+    return path
 
 
-def simd_flags() -> list[str]:
-    """Compiler flags choosing simdjson's On-Demand kernel.
-
-    On-Demand binds to one kernel at compile time.  ``MELTICA_SIMD=haswell``
-    (AVX2) or ``portable``; by default haswell when the building x86-64 CPU
-    has AVX2.  The parser refuses to import on a CPU lacking what it was
-    built for, with a message saying how to rebuild.
-    """
-    choice = os.environ.get("MELTICA_SIMD", "auto")
-    if choice not in ("auto", "haswell", "portable"):
-        raise SystemExit(f"MELTICA_SIMD must be auto, haswell or portable, not {choice!r}")
-    if choice == "auto":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-        is_x86 = platform.machine().lower() in ("x86_64", "amd64")
-        choice = "haswell" if is_x86 and " avx2" in flags and " bmi1" in flags else "portable"
-    if choice == "haswell":
-        return ["-mavx2", "-mbmi", "-mpclmul", "-mlzcnt", "-mpopcnt"]
-    return []
+# The haswell kernel's instruction sets (mt::cpu_runs_haswell() in frame.hpp
+# checks the same list at import).
+HASWELL_FLAGS = ["-mavx2", "-mbmi", "-mpclmul", "-mlzcnt", "-mpopcnt"]
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 DEBUG = os.environ.get("MELTICA_DEBUG", "") not in ("", "0")
 SIMDJSON = simdjson_dir()
 CORE = Path("meltica") / "_core"
 
-compile_args = ["-std=c++17", *simd_flags()]
+compile_args = ["-std=c++17"]
 macros = []
 directives = {"language_level": 3, "embedsignature": True}
 if DEBUG:
@@ -68,13 +53,13 @@ else:
     macros += [("CYTHON_WITHOUT_ASSERTIONS", "1"), ("NDEBUG", "1")]
 
 
-def ext(pyx: Path, *sources: str) -> Extension:
+def ext(pyx: Path, *sources: str, flags: tuple[str, ...] = ()) -> Extension:
     return Extension(
         ".".join(pyx.with_suffix("").parts),
         [str(pyx), *sources],
         include_dirs=[str(CORE), str(SIMDJSON)],
         language="c++",
-        extra_compile_args=compile_args,
+        extra_compile_args=[*compile_args, *flags],
         # simdjson's throwing API (implicit conversions of simdjson_result)
         # would abort inside our noexcept walk: compile it out, so that every
         # result has to be checked with get()
@@ -82,20 +67,30 @@ def ext(pyx: Path, *sources: str) -> Extension:
     )
 
 
-# Every .pyx under meltica/ is an extension; the parser and the wire decoder
-# compile simdjson (each module carries its own copy).
+# Every .pyx under meltica/ is an extension; the parser, its haswell walk and
+# the wire decoder compile simdjson (each module carries its own copy; the
+# wire decoder's DOM API picks its kernel at run time by itself).
 # MELTICA_ONLY=path/a.pyx,path/b.pyx builds just those (a developer convenience).
 PYX = sorted(Path("meltica").rglob("*.pyx"))
 if os.environ.get("MELTICA_ONLY"):
     PYX = [Path(p) for p in os.environ["MELTICA_ONLY"].split(",")]
+# simdjson.cpp is compiled through simdjson_unit.cc (an #include of it, found
+# on the include path): setuptools refuses source paths outside the project,
+# and pysimdjson's directory is wherever the building environment has it.
+SIMDJSON_UNIT = str(CORE / "simdjson_unit.cc")
 EXTRA_SOURCES = {
-    CORE / "parser.pyx": [str(SIMDJSON / "simdjson.cpp")],
-    CORE / "wire.pyx": [str(SIMDJSON / "simdjson.cpp")],
+    CORE / "parser.pyx": [SIMDJSON_UNIT],
+    CORE / "wire.pyx": [SIMDJSON_UNIT],
+    CORE / "_walk_haswell.pyx": [SIMDJSON_UNIT],
 }
+# Hidden visibility: its simdjson symbols never meet the parser's (PyInit_ stays exported).
+FLAGS = {CORE / "_walk_haswell.pyx": (*HASWELL_FLAGS, "-fvisibility=hidden")}
+if not IS_X86_64:
+    PYX = [p for p in PYX if p != CORE / "_walk_haswell.pyx"]
 
 setup(
     ext_modules=cythonize(
-        [ext(pyx, *EXTRA_SOURCES.get(pyx, [])) for pyx in PYX],
+        [ext(pyx, *EXTRA_SOURCES.get(pyx, []), flags=FLAGS.get(pyx, ())) for pyx in PYX],
         compiler_directives=directives,
         annotate=DEBUG,
     ),

@@ -29,6 +29,16 @@ EXIT_REJECTS = 1
 EXIT_BAD_INPUT = 2
 
 
+class _Version(argparse._VersionAction):
+    """``--version``: the version and the parser's simdjson kernel (imported only here)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        from meltica._core.parser import SIMD_KERNEL, SIMD_REASON
+
+        print(f"meltica-engine {__version__} (simdjson kernel {SIMD_KERNEL}: {SIMD_REASON})")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument error is one line on stderr and exit status 2 (no usage dump:
     the line names the argument, ``--help`` has the rest)."""
@@ -237,13 +247,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_async(run_gateway(args))
 
 
+# The 'view' extra (pip install 'meltica-engine[view]'): the live terminal view
+# (rich) and its latency histograms (hdrhistogram).  demo, top and replay need
+# it; the gateway itself (run, normalize, record, tail, ctl, ...) does not.
+VIEW_EXTRA = {"rich": "rich", "hdrh": "hdrhistogram"}
+
+
+def view_extra_missing(command: str) -> int | None:
+    """One line on stderr and EXIT_BAD_INPUT when the 'view' extra is not installed."""
+    import importlib
+
+    missing = []
+    for module, dist in VIEW_EXTRA.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    if not missing:
+        return None
+    print(
+        f"error: meltica-engine {command} needs the 'view' extra ({', '.join(missing)} not "
+        "installed): pip install 'meltica-engine[view]'",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if (code := view_extra_missing("demo")) is not None:
+        return code
     from meltica.commands.demo import run_demo
 
     return _run_async(run_demo(args))
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    if (code := view_extra_missing("replay")) is not None:
+        return code
     from meltica.commands.replay import run_replay
 
     return _run_async(run_replay(args))
@@ -306,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  meltica-engine run --config config/default.yaml\n"
         "  meltica-engine COMMAND --help  # each command's options and an example",
     )
-    parser.add_argument("--version", action="version", version=f"meltica-engine {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, help="show the version and the simdjson kernel, and exit"
+    )
     parser.add_argument("--log-level", default=None, help=_LOG_LEVEL_HELP)
     parser.add_argument("--log-format", default=None, help=_LOG_FORMAT_HELP)
     # every subcommand takes --log-level too; SUPPRESS keeps a value given

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from meltica import __version__
 from meltica._core.dispatch import DispatchTable
 from meltica._core.events import Control
+from meltica._core.parser import SIMD_KERNEL, SIMD_REASON
 from meltica.adapters.binance.backfill import HoleOutcome, TradeBackfill
 from meltica.adapters.binance.instruments import InstrumentRegistry
 from meltica.adapters.binance.rest import BinanceRest, depth_limit, depth_weight
@@ -393,11 +394,14 @@ class Engine:
                 await self.otel.start(self.samples)
                 log.info("OpenTelemetry export: %s", self.otel.settings.describe())
             log.info(
-                "meltica-engine %s starting: markets %s, %d symbols, metrics %s",
+                "meltica-engine %s starting: markets %s, %d symbols, metrics %s, "
+                "simdjson kernel %s (%s)",
                 __version__,
                 ",".join(self.markets),
                 sum(len(self.config.binance.market(m).symbols) for m in self.markets),
                 f"{self.metrics.url}/metrics" if self.metrics is not None else "off",
+                SIMD_KERNEL,
+                SIMD_REASON,
             )
             for manager in self.managers.values():
                 await manager.start()

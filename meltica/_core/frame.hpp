@@ -283,34 +283,53 @@ inline int check_levels(const std::vector<Level> &levels, int c, int &err_key) n
 
 }  // namespace mt
 
-#define MT_IMPL builtin_walk
+// The walk on the builtin kernel, in a namespace named after it (walk_haswell,
+// walk_fallback), so that two modules built for different kernels never
+// define the same symbols.
+#define MT_CAT2(a, b) a##_##b
+#define MT_CAT(a, b) MT_CAT2(a, b)
+#define MT_IMPL MT_CAT(walk, SIMDJSON_BUILTIN_IMPLEMENTATION)
 #define MT_SIMD builtin
 #define MT_IMPL_NAME SIMDJSON_STRINGIFY(SIMDJSON_BUILTIN_IMPLEMENTATION)
 #include "frame_walk.hpp"
-#undef MT_IMPL
 #undef MT_SIMD
-#undef MT_IMPL_NAME
 
 namespace mt {
 
-// A walker on the SIMD kernel this module was compiled for; the caller owns it.
-inline Engine *make_engine(size_t max_capacity) {
-    return new builtin_walk::EngineImpl(max_capacity);
+// A walker on the kernel this translation unit was compiled for (the
+// "builtin" one); the caller owns it.  nullptr when out of memory.
+inline Engine *new_engine(size_t max_capacity) noexcept {
+    try {
+        return new MT_IMPL::EngineImpl(max_capacity);
+    } catch (...) {
+        return nullptr;
+    }
 }
+typedef Engine *(*EngineFactory)(size_t max_capacity) noexcept;
 
-// On-Demand binds to one SIMD kernel at compile time (setup.py picks it).  A
-// module built for AVX2 must refuse to load on a CPU without it rather than
-// die of SIGILL on the first frame.
-inline bool cpu_supports_build() noexcept {
-#if defined(__AVX2__) && (defined(__GNUC__) || defined(__clang__))
+// The builtin kernel's name ("haswell", "fallback", ...).
+inline const char *builtin_kernel() noexcept { return MT_IMPL_NAME; }
+
+// On-Demand binds to one SIMD kernel at compile time, so setup.py compiles
+// the walk twice on x86-64: into the parser with no ISA flags (simdjson's
+// "fallback" kernel, any x86-64) and into meltica._core._walk_haswell with
+// the flags below; parser.pyx picks one at import.  True when this CPU (and
+// its OS, for the AVX state) runs code built with -mavx2 -mbmi -mpclmul
+// -mlzcnt -mpopcnt.  Compiled without those flags itself.
+inline bool cpu_runs_haswell() noexcept {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+           __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("lzcnt") &&
            __builtin_cpu_supports("popcnt");
 #else
-    return true;
+    return false;
 #endif
 }
 
 }  // namespace mt
+
+#undef MT_IMPL
+#undef MT_IMPL_NAME
 
 #endif

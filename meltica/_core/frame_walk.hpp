@@ -3,8 +3,10 @@
 // Included by frame.hpp with MT_IMPL (our namespace) and MT_SIMD (simdjson's
 // implementation namespace) defined; no include guard, so that a build could
 // instantiate it for more than one kernel.  simdjson's amalgamated header
-// only carries On-Demand for the compile-time ("builtin") kernel, so today
-// there is one copy, and setup.py chooses the kernel by compiler flags.
+// only carries On-Demand for the compile-time ("builtin") kernel, so each
+// kernel is its own translation unit with its own compiler flags: setup.py
+// builds the parser (fallback) and meltica._core._walk_haswell (AVX2), and
+// parser.pyx picks one at import.
 
 namespace mt {
 namespace MT_IMPL {

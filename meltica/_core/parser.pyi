@@ -3,6 +3,9 @@ from typing import Any
 
 from meltica._core.events import BookDepth, Event
 
+SIMD_KERNEL: str  # the simdjson kernel in use: "haswell" or "fallback" on x86-64
+SIMD_REASON: str  # why: "auto: the CPU has AVX2", "MELTICA_SIMD=portable", ...
+
 PARSE_REASONS: tuple[str, ...]
 
 def classify_stream(name: str) -> tuple[int, str | None, str | None]: ...

@@ -13,6 +13,7 @@ counters, read by the Python layer.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport INT64_MAX, int8_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -28,7 +29,9 @@ from meltica._core.events cimport (
 )
 from meltica._core.events cimport Trade as TradeEvent
 
+import importlib
 import json
+import os
 import re
 
 from meltica._core.events import MARKETS, VENUES
@@ -92,8 +95,10 @@ cdef extern from "frame.hpp" namespace "mt" nogil:
     cdef cppclass Engine:
         int parse(const char *buf, size_t n, size_t cap, Frame &fr)
         const char *name()
-    Engine *make_engine(size_t max_capacity) except +
-    bint cpu_supports_build() noexcept
+    ctypedef Engine *(*EngineFactory)(size_t max_capacity) noexcept
+    Engine *new_engine(size_t max_capacity) noexcept
+    const char *builtin_kernel() noexcept
+    bint cpu_runs_haswell() noexcept
     int event_type_kind(string_view e, int &window)
     int get_str(const Fields &f, int c, string_view &out, int &err_key)
     int get_int(const Fields &f, int c, int64_t &out, int &err_key)
@@ -122,10 +127,55 @@ cdef extern from "frame_scan.hpp" namespace "mt" nogil:
     int scan_frame(const char *buf, size_t n, Frame &fr)
 
 
-if not cpu_supports_build():
-    raise ImportError(
-        "meltica._core.parser was compiled for AVX2 (haswell) but this CPU lacks it; "
-        "reinstall with MELTICA_SIMD=portable")
+# ------------------------------------------------------------ SIMD kernel
+# simdjson On-Demand binds to one SIMD kernel at compile time, so the walk is
+# compiled twice (frame_walk.hpp): into this module for any CPU of the
+# architecture (simdjson's "fallback" kernel on x86-64) and, on x86-64, into
+# meltica._core._walk_haswell for AVX2.  The choice is made once, here, at
+# import; MELTICA_SIMD=auto|haswell|portable (environment) overrides it.
+
+cdef EngineFactory _engine_factory = new_engine
+
+_SIMD_CHOICES = ("auto", "haswell", "portable")
+_HASWELL_ISA = "one of AVX2, BMI1, PCLMULQDQ, LZCNT, POPCNT"
+
+
+def _choose_kernel():
+    """Bind _engine_factory; returns (kernel name, why it was chosen)."""
+    global _engine_factory
+    portable = builtin_kernel().decode()
+    choice = os.environ.get("MELTICA_SIMD", "") or "auto"
+    if choice not in _SIMD_CHOICES:
+        raise ImportError(
+            f"MELTICA_SIMD must be auto, haswell or portable, not {choice!r}")
+    if choice == "portable":
+        return portable, "MELTICA_SIMD=portable"
+    forced = choice == "haswell"
+    if not cpu_runs_haswell():
+        if forced:
+            raise ImportError(
+                f"MELTICA_SIMD=haswell, but this CPU lacks {_HASWELL_ISA} (the haswell "
+                "kernel's instructions): unset MELTICA_SIMD or set it to portable")
+        return portable, f"auto: the CPU lacks {_HASWELL_ISA}"
+    # only now: the module's static initialisers may already use AVX2
+    try:
+        mod = importlib.import_module("meltica._core._walk_haswell")
+    except ImportError as exc:
+        if forced:
+            raise ImportError(
+                f"MELTICA_SIMD=haswell, but this build has no haswell kernel ({exc})") from exc
+        return portable, "auto: this build has no haswell kernel"
+    if mod.KERNEL != "haswell":
+        raise ImportError(
+            f"meltica._core._walk_haswell was built for {mod.KERNEL!r}, not haswell")
+    _engine_factory = <EngineFactory>PyCapsule_GetPointer(
+        mod.ENGINE_FACTORY, b"meltica._core.EngineFactory")
+    return "haswell", "MELTICA_SIMD=haswell" if forced else "auto: the CPU has AVX2"
+
+
+# The simdjson kernel every FrameParser uses ("haswell" or "fallback" on
+# x86-64) and why (the environment, or the CPU); the engine logs both at start.
+SIMD_KERNEL, SIMD_REASON = _choose_kernel()
 
 
 # Route kinds beyond the event kinds.
@@ -356,7 +406,9 @@ cdef class FrameParser:
         if self._buf == NULL:
             raise MemoryError()
         if self._p == NULL:
-            self._p = make_engine(max_frame_bytes + SIMDJSON_PADDING)
+            self._p = _engine_factory(max_frame_bytes + SIMDJSON_PADDING)
+            if self._p == NULL:
+                raise MemoryError()
 
     def __dealloc__(self):
         free(self._buf)

@@ -25,10 +25,12 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meltica.errors import MelticaError
-from meltica.view import VIEW_KINDS, LiveView, write_snapshot
+
+if TYPE_CHECKING:  # imported where used: the CLI builds its parser without the 'view' extra
+    from meltica.view import LiveView
 
 DEFAULT_URL = "http://127.0.0.1:9464"
 HTTP_TIMEOUT_S = 5.0
@@ -156,7 +158,10 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> argparse.Argu
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
-    from meltica.cli import _run_async
+    from meltica.cli import _run_async, view_extra_missing
+
+    if (code := view_extra_missing("top")) is not None:
+        return code
 
     return _run_async(run_top(args))
 
@@ -242,6 +247,7 @@ async def follow_tail(session: Any, base: str, view: LiveView) -> None:
     import aiohttp
 
     from meltica.errors import WireError
+    from meltica.view import VIEW_KINDS
     from meltica.wire import decode, decode_lines
 
     params = [("kind", k) for k in VIEW_KINDS]
@@ -312,6 +318,8 @@ async def run_top(args: argparse.Namespace) -> int:
     import aiohttp
     from rich.console import Console
     from rich.live import Live
+
+    from meltica.view import LiveView, write_snapshot
 
     try:
         base = check_url(args.url)

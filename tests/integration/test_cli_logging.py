@@ -179,6 +179,7 @@ def test_run_logs_json_lines_with_market_symbol_and_connection(
     by_message = {e["message"]: e for e in lines}
     banner = next(e for e in lines if " starting: markets spot" in e["message"])
     assert banner["level"] == "INFO" and banner["logger"] == "meltica.engine"
+    assert " simdjson kernel " in banner["message"]
     connected = next(e for e in lines if e["message"].endswith(": connected (open)"))
     assert connected["level"] == "INFO"
     assert connected["market"] == "spot" and connected["connection"].startswith("spot-")
