@@ -153,8 +153,11 @@ def test_durable_consumer_after_a_crash_resumes_in_order(nats_server: NatsServer
         lines = [first.stdout.readline() for _ in range(150)]
         first.send_signal(signal.SIGKILL)
         first.wait(HANG_GUARD_S)
-    printed = [decode(line).key for line in lines]
-    assert printed == keys(events[:150])
+        # what it wrote before the kill and this test had not read yet is in the pipe:
+        # it was handed out (and may have been acknowledged) all the same
+        lines += first.stdout.read().splitlines(keepends=True)
+    printed = [decode(line).key for line in lines if line.endswith(b"\n")]
+    assert len(printed) >= 150 and printed == keys(events[: len(printed)])
     with tail(args) as second:
         assert second.stdout is not None
         try:
@@ -165,7 +168,7 @@ def test_durable_consumer_after_a_crash_resumes_in_order(nats_server: NatsServer
             second.terminate()
             second.wait(HANG_GUARD_S)
     start = keys(events).index(resumed[0])
-    assert start <= 150, "an event handed out before the crash was never seen again"
+    assert start <= len(printed), "an event never handed out was skipped"
     assert resumed == keys(events[start:])
 
 
