@@ -70,7 +70,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +87,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
+from harness import free_port  # noqa: E402
 
 from meltica.replay.source import StreamFrame  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
@@ -106,12 +106,6 @@ _LE = re.compile(rb'le="([^"]+)"')
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def split_symbols(total: int) -> tuple[int, int]:
@@ -352,7 +346,7 @@ class Gateway:
     async def start(
         cls, args: argparse.Namespace, fake: Fake, symbols: dict[str, list[str]], tmp: Path
     ) -> Gateway:
-        port = _free_port()
+        port = free_port()
         binance: dict[str, Any] = {"markets": sorted(symbols)}
         for market, names in symbols.items():
             binance[market] = {

@@ -41,9 +41,7 @@ import contextlib
 import gc
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ from typing import Any
 
 import nats
 import uvloop
+from harness import start_nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from meltica import Event, FrameParser
@@ -77,32 +76,6 @@ def trades(n: int, start: int = 0) -> list[Event]:
         (ev,) = parser.parse(frame.encode(), time.time_ns())
         out.append(ev)
     return out
-
-
-def start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = shutil.which("nats-server")
-    if binary is None:
-        raise SystemExit("nats-server not found on PATH")
-    proc = subprocess.Popen(
-        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                time.sleep(0.5)  # JetStream comes up just after the port
-                return proc, f"nats://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("nats-server did not start")
 
 
 async def fresh_stream(nc: Any, storage: str) -> None:
@@ -365,7 +338,7 @@ async def latency(url: str, rate: int, seconds: float, storage: str) -> dict[str
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp))
+        proc, url = start_nats(Path(tmp))
         try:
             result: dict[str, Any] = {"publish_rate": await publish_rate(url, proc.pid, args)}
             print(json.dumps(result, indent=2), flush=True)

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 import uvloop
-from harness import measure
+from harness import free_port, measure
 
 from meltica import wire
 from meltica._core.events import BookDepth, event_from_wire
@@ -56,18 +56,11 @@ from meltica.snapshot.store import MemorySnapshotStore
 DEPTH = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server not found on PATH (Debian package redis-server)")
-    port = _free_port()
+    port = free_port()
     args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp)]
     args += ["--save", "", "--appendonly", "no", "--logfile", str(tmp / "redis.log")]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -52,9 +52,7 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -72,6 +70,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 import aiohttp  # noqa: E402
 import nats  # noqa: E402
 import uvloop  # noqa: E402
+from harness import free_port, start_nats  # noqa: E402
 
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
@@ -84,12 +83,6 @@ _ACKED = re.compile(rb"^meltica_nats_acked_total(?:\{[^}]*\})? (\S+)$", re.MULTI
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_s(pid: int) -> float:
@@ -108,28 +101,6 @@ def machine_busy() -> tuple[float, float]:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + values[4]
     return float(sum(values) - idle), float(sum(values))
-
-
-def start_nats(store: str) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("nats-server")
-    if binary is None:
-        raise SystemExit("nats-server not found on PATH")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                time.sleep(0.5)  # JetStream comes up just after the port
-                return proc, f"nats://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("nats-server did not start")
 
 
 @dataclass
@@ -238,7 +209,7 @@ async def one_run(
     try:
         for i in range(n):
             name = f"scale-{i}of{n}"
-            port = _free_port()
+            port = free_port()
             log = logs / f"{tag}-{name}.log"
             with log.open("wb") as out:
                 proc = await asyncio.create_subprocess_exec(

@@ -8,9 +8,13 @@ median ns per operation over rounds and the ratio to a named baseline.
 from __future__ import annotations
 
 import gc
+import shutil
+import socket
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def measure(
@@ -33,3 +37,34 @@ def measure(
             gc.enable()
             samples[n].append(elapsed / ops)
     return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (free when asked: bind it soon)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_nats(store: str | Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``nats-server -js`` on a free loopback port with its store in ``store``;
+    (process, URL) once it accepts connections and JetStream is up."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        raise SystemExit("nats-server not found on PATH")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                time.sleep(0.5)  # JetStream comes up just after the port
+                return proc, f"nats://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("nats-server did not start")
