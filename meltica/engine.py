@@ -416,7 +416,10 @@ class Engine:
                 m: self.config.binance.market(m).exchange_info_refresh_s for m in self.markets
             }
             loop = asyncio.get_running_loop()
-            self._tasks.append(loop.create_task(self.instruments.run(refresh), name="instruments"))
+            # start() has just loaded every market: the first refresh is one interval away
+            self._tasks.append(
+                loop.create_task(self.instruments.run(refresh, loaded=True), name="instruments")
+            )
             self._tasks.append(loop.create_task(self.auditor.run(), name="book-audit"))
             if self._subscribe_on_start:
                 for market in self.markets:

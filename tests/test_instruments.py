@@ -269,6 +269,28 @@ def test_run_refreshes_on_schedule_and_retries_failures() -> None:
     asyncio.run(main())
 
 
+def test_run_after_a_load_waits_one_interval_first() -> None:
+    """``loaded=True`` (the engine's start() has just fetched every market): no
+    refresh at once, the first one interval later."""
+
+    async def main() -> None:
+        clock = FakeClock(5000.0)
+        source = StubSource(clock)
+        source.bodies["spot"] = [body(SPOT_BTC)]
+        source.bodies["usdm"] = [body(USDM_BTC)]
+        source.stop_after = 5
+        reg = InstrumentRegistry(source, clock=clock, sleep=clock.sleep)
+        task = asyncio.create_task(reg.run({"spot": 100.0, "usdm": 250.0}, loaded=True))
+        await asyncio.wait_for(source.stopped.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rel = [(m, t - 5000.0) for m, t in source.calls]
+        assert rel == [("spot", 100), ("spot", 200), ("usdm", 250), ("spot", 300), ("spot", 400)]
+
+    asyncio.run(main())
+
+
 def test_rest_exchange_info_to_instruments() -> None:
     """The registry fed by BinanceRest from the fake exchange (synthetic market) over loopback,
     spot and usdm; a refresh hit by 5xx until the deadline keeps the previous data."""

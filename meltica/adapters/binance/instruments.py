@@ -253,14 +253,15 @@ class InstrumentRegistry:
             self.failures += 1
             raise
 
-    async def run(self, refresh_s_by_market: Mapping[str, float]) -> None:
+    async def run(self, refresh_s_by_market: Mapping[str, float], *, loaded: bool = False) -> None:
         """Refresh each market now and then every ``refresh_s_by_market[market]`` seconds,
-        until cancelled.  Failures are logged; the previous data stays."""
+        until cancelled; ``loaded``: the markets were just refreshed, so the first
+        refresh is one interval away.  Failures are logged; the previous data stays."""
         for market, interval in refresh_s_by_market.items():
             if interval <= 0:
                 raise ValueError(f"{market}: refresh interval must be positive, got {interval}")
         now = self._clock()
-        due = dict.fromkeys(refresh_s_by_market, now)
+        due = {m: now + (i if loaded else 0.0) for m, i in refresh_s_by_market.items()}
         while due:
             market = min(due, key=due.__getitem__)
             wait = due[market] - self._clock()
