@@ -77,6 +77,7 @@ sys.path.insert(0, ROOT)  # this checkout, not an installed copy
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import uvloop  # noqa: E402
+from harness import cpu_model  # noqa: E402
 
 from meltica.broker import connect, control_subject, subject_filter  # noqa: E402
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
@@ -272,14 +273,8 @@ def summary(values_ns: list[int]) -> dict[str, float | int]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -87,7 +87,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
-from harness import free_port  # noqa: E402
+from harness import free_port, stop_process  # noqa: E402
 
 from meltica.replay.source import StreamFrame  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
@@ -390,14 +390,7 @@ class Gateway:
             return ""
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await stop_process(self.proc, 30)
 
 
 async def window(

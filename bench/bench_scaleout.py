@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYT
 import aiohttp  # noqa: E402
 import nats  # noqa: E402
 import uvloop  # noqa: E402
-from harness import free_port, start_nats  # noqa: E402
+from harness import cpu_model, free_port, start_nats, stop_process  # noqa: E402
 
 from meltica.commands.common import FakeProcess, local_overrides  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
@@ -120,14 +119,7 @@ class Gateway:
         return float(m.group(1)) if m else None
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await stop_process(self.proc, 20)
 
     def tail(self) -> str:
         try:
@@ -384,14 +376,8 @@ def summarise(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg": os.getloadavg(),

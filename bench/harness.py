@@ -7,8 +7,12 @@ median ns per operation over rounds and the ratio to a named baseline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -68,3 +72,25 @@ def start_nats(store: str | Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("nats-server did not start")
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL when it has not exited after ``timeout_s``."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's name without it)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
