@@ -117,9 +117,10 @@ def test_committed_baseline_covers_every_pair() -> None:
 @pytest.mark.parametrize("cwd", ["tests", "."])
 def test_the_test_command_does_not_collect_the_micro_benchmarks(cwd: str) -> None:
     # what `make test` runs (cd tests && pytest) and a bare `pytest` at the root (testpaths),
-    # collection only
+    # collection only; -P: meltica comes from where the suite imports it (an installed
+    # package in CI), not from the working directory's source tree
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q"],
+        [sys.executable, "-P", "-m", "pytest", "--collect-only", "-q"],
         cwd=ROOT / cwd, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

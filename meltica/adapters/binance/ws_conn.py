@@ -188,16 +188,21 @@ class Connection:
         """Why a connection we did not close went away: picows closes with a code of its
         own (1009 for a frame over max_frame_size) on a protocol error; else the TCP
         connection simply dropped."""
-        transport = self.transport
-        hs = transport.close_handshake if transport is not None else None
-        sent = hs.sent if hs is not None else None
-        if sent is not None and hs is not None and hs.recv is None:
+        sent = self._close_sent()
+        if sent is not None:
+            # we did not close it ourselves (the first cause would have won): picows did
             if sent.code == WSCloseCode.MESSAGE_TOO_BIG:
                 limit = max(4 * self.max_frame_bytes, 1 << 20)
                 return f"frame over {limit} bytes: {sent.reason}", "frame_too_large"
             if sent.code != WSCloseCode.OK:
                 return f"protocol error {sent.code:d} ({sent.reason})", "protocol_error"
         return f"connection lost ({reason})", "error"
+
+    def _close_sent(self) -> Any:
+        """The CLOSE frame picows sent on this connection, if any."""
+        transport = self.transport
+        hs = transport.close_handshake if transport is not None else None
+        return hs.sent if hs is not None else None
 
     async def wait_closed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -331,6 +336,10 @@ class Connection:
         self._wake.set()
 
     def on_close_frame(self, code: int, reason: str) -> None:
+        if not self.close_reason and self._close_sent() is not None:
+            # the server answers a CLOSE picows sent on its own (e.g. 1009 for a frame over
+            # max_frame_size): that close is the cause, not the server's answer
+            self._set_reason(*self._lost_reason("closed by server"))
         label = f"server_close_{code if code in _KNOWN_CLOSE_CODES else 'other'}"
         self._set_reason(f"closed by server ({code} {reason})".strip(), label)
         transport = self.transport
