@@ -1,13 +1,24 @@
-"""A synthetic fake exchange in its own process (``meltica-engine fake-exchange``),
-for tests that run the gateway as a user would: a real ``run`` subprocess
-against loopback URLs."""
+"""The fake exchange as the gateway tests reach it: a synthetic one in its own
+process (``meltica-engine fake-exchange``), for tests that run the gateway as a
+user would, a real ``run`` subprocess against loopback URLs; and an `Engine`
+pointed at an in-process `FakeExchange`, alone or replaying a capture."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+
+from meltica.commands.common import local_overrides
+from meltica.config import load_config
+from meltica.engine import Engine
+from meltica.replay.exchange import FakeExchange
+from meltica.replay.source import CaptureSource
+
+# the spot capture the replay tests send: BTCUSDT, depth at 100 ms
+REPLAY_CAPTURE = "hftbacktest/examples/spot/btcusdt_20240808.gz"
+REPLAY_SYMBOLS = {"spot": ["btcusdt"]}
 
 
 @contextmanager
@@ -40,3 +51,40 @@ def fake_exchange(*args: str) -> Iterator[tuple[dict[str, str], str]]:
         proc.wait(30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def engine_against(
+    fake: FakeExchange,
+    symbols: Mapping[str, Sequence[str]],
+    *overrides: str,
+    subscribe_on_start: bool = True,
+) -> Engine:
+    """An `Engine` pointed at ``fake`` for ``symbols`` by market (only those
+    markets enabled), with the config ``overrides`` after; not started."""
+    local = local_overrides({m: fake.ws_url(m) for m in symbols}, fake.rest_url, symbols=symbols)
+    config = load_config(None, env={}, overrides=[*local, *overrides])
+    return Engine(config, subscribe_on_start=subscribe_on_start)
+
+
+def replay_engine(fake: FakeExchange, *overrides: str) -> Engine:
+    """An `Engine` for ``fake`` replaying REPLAY_CAPTURE: a bus of 16384, no
+    /metrics, the config ``overrides`` after; nothing subscribed at start
+    (`start_replay` subscribes the capture's streams)."""
+    return engine_against(
+        fake,
+        REPLAY_SYMBOLS,
+        "binance.spot.depth_speed_ms=100",
+        "bus.capacity=16384",
+        "telemetry.metrics_enabled=false",
+        *overrides,
+        subscribe_on_start=False,
+    )
+
+
+async def start_replay(engine: Engine, fake: FakeExchange, source: CaptureSource) -> None:
+    """Start ``engine``, subscribe it to the spot streams of ``source`` and let
+    ``fake`` (started with ``start="manual"``) begin sending."""
+    await engine.start()
+    reply = await engine.subscribe_streams("spot", sorted(source.streams("spot")))
+    assert reply.ok, reply
+    fake.begin()

@@ -22,14 +22,13 @@ import pytest
 from aio import run
 from brokers import NatsServer
 from bus_collector import Collector
+from fakeproc import engine_against
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otlp import OtlpReceiver
 
 from meltica import client as meltica_client
-from meltica.commands.common import local_overrides
-from meltica.config import load_config
 from meltica.control import ControlRequest
 from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
@@ -56,18 +55,15 @@ def _clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
-    symbols = {m: source.symbols(m) for m in source.markets}
-    overrides = [
-        *local_overrides(
-            {m: fake.ws_url(m) for m in source.markets}, fake.rest_url, symbols=symbols
-        ),
+    return engine_against(
+        fake,
+        {m: source.symbols(m) for m in source.markets},
         "telemetry.metrics_enabled=false",
         "binance.spot.streams=[trade, book_ticker, depth]",
         "binance.reconnect_initial_s=0.05",
         "binance.reconnect_max_s=0.5",
         *extra,
-    ]
-    return Engine(load_config(None, env={}, overrides=overrides))
+    )
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
