@@ -111,9 +111,11 @@ def test_ack_reader_holds_an_incomplete_operation_and_reset_forgets_it() -> None
 
 
 def test_ack_reader_passes_a_malformed_message_to_the_client_parser() -> None:
-    reader = AckReader(fresh_window(), SID)
-    bad = b"MSG a b c d e f\r\nxx\r\n" + ack(1)
-    assert reader.feed(bad) == bad  # nats-py's parser raises its ProtocolError on it
+    for op in (b"MSG a b c d e f", b"MSG a 7 x", b"HMSG a b c d e f g", b"HMSG a 7 2 x"):
+        reader = AckReader(fresh_window(), SID)
+        bad = op + b"\r\nxx\r\n" + ack(1)
+        assert reader.feed(bad) == bad, op  # nats-py's parser raises its ProtocolError on it
+        assert reader.fast_acks == 0
 
 
 class _Client:
