@@ -492,7 +492,8 @@ cdef class AckReader:
                 body = le - 1
                 if body > i and p[body - 1] == b"\r":
                     body -= 1
-                # MSG <subject> <sid> [reply] <size>,
+                # the prefix's length and the most tokens after it: 3 or 4 for
+                # MSG <subject> <sid> [reply] <size>, 4 or 5 for
                 # HMSG <subject> <sid> [reply] <header size> <size>
                 if n - i >= 4 and memcmp(p + i, b"MSG ", 4) == 0:
                     head, most = 4, 4
@@ -512,6 +513,7 @@ cdef class AckReader:
                 total = le + size + 2
                 if total > n:
                     break
+                # an ack: a MSG on our subscription, no reply subject, no error payload
                 if head == 4 and k == 3 and size > 0 \
                         and _digits(p, starts[1], ends[1]) == self.sid \
                         and not _find(p + le, size, _ERROR_KEY):
