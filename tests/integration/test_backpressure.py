@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from aio import run
-from fakeproc import REPLAY_CAPTURE, replay_engine, start_replay
+from fakeproc import REPLAY_CAPTURE, batches, replay_engine, start_replay
 
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.source import CaptureSource
@@ -24,11 +24,8 @@ def test_slow_block_consumer_pauses_readers_and_loses_nothing(captures_dir: Path
         kinds: dict[str, int] = {}
         try:
             await start_replay(engine, fake, source)
-            while True:
-                try:
-                    batch = await asyncio.wait_for(consumer.next_batch(), 5.0)
-                except TimeoutError:
-                    break  # the capture is over and everything was read
+            # until a quiet spell: the capture is over and everything was read
+            async for batch in batches(consumer):
                 for ev in batch:
                     kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
                 await asyncio.sleep(0.002)  # a slow consumer: ~256 events per 2 ms at most

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aio import run
 from bus_collector import Collector
-from fakeproc import engine_against
+from fakeproc import synthetic_engine
 
 from meltica.config import load_config
 from meltica.control import ControlRequest
@@ -31,14 +31,11 @@ T = TypeVar("T")
 
 
 def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
-    return engine_against(
+    return synthetic_engine(
         fake,
-        {m: source.symbols(m) for m in source.markets},
+        source,
         "telemetry.metrics_port=0",
-        "binance.spot.streams=[trade, book_ticker, depth]",
         "binance.usdm.streams=[agg_trade, book_ticker, depth]",
-        "binance.reconnect_initial_s=0.05",
-        "binance.reconnect_max_s=0.5",
         *extra,
     )
 

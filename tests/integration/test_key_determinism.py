@@ -12,14 +12,13 @@ exchange times, so the keys agree too.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aio import run
-from fakeproc import REPLAY_CAPTURE, replay_engine, start_replay
+from fakeproc import REPLAY_CAPTURE, batches, replay_engine, start_replay
 
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.source import CaptureSource
@@ -45,17 +44,14 @@ async def replay(
     try:
         await start_replay(engine, fake, source)
         while True:
-            try:
-                batch = await asyncio.wait_for(consumer.next_batch(), 5.0)
-            except TimeoutError:
-                if fake.finished.is_set():
-                    break
-                continue
-            for ev in batch:
-                if ev.kind in CONTROL_KINDS:
-                    continue
-                kinds[ev.kind] += 1
-                events[ev.key] = ev.to_wire()
+            async for batch in batches(consumer):
+                for ev in batch:
+                    if ev.kind in CONTROL_KINDS:
+                        continue
+                    kinds[ev.kind] += 1
+                    events[ev.key] = ev.to_wire()
+            if fake.finished.is_set():
+                break  # else only a quiet spell: wait on
         assert consumer.dropped == 0
     finally:
         await engine.stop()

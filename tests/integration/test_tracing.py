@@ -22,7 +22,7 @@ import pytest
 from aio import run
 from brokers import NatsServer
 from bus_collector import Collector
-from fakeproc import engine_against
+from fakeproc import synthetic_engine
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -54,14 +54,14 @@ def _clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
-    return engine_against(
+def make_engine(fake: FakeExchange, source: SyntheticMarket, endpoint: str, *extra: str) -> Engine:
+    """A gateway that traces every batch to the OTLP ``endpoint``."""
+    return synthetic_engine(
         fake,
-        {m: source.symbols(m) for m in source.markets},
+        source,
         "telemetry.metrics_enabled=false",
-        "binance.spot.streams=[trade, book_ticker, depth]",
-        "binance.reconnect_initial_s=0.05",
-        "binance.reconnect_max_s=0.5",
+        f"telemetry.otlp_endpoint={endpoint}",
+        "telemetry.trace_sample_ratio=1.0",
         *extra,
     )
 
@@ -103,8 +103,7 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint={receiver.url}",
-            "telemetry.trace_sample_ratio=1.0",
+            receiver.url,
             "telemetry.service_name=gw-under-test",
             "telemetry.otlp_metrics_interval_s=0.5",
         )
@@ -251,8 +250,7 @@ def test_a_collector_that_is_down_costs_only_counted_drops(
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint=http://127.0.0.1:{_dead_port()}",
-            "telemetry.trace_sample_ratio=1.0",
+            f"http://127.0.0.1:{_dead_port()}",
             "telemetry.trace_queue_size=16",
             "telemetry.otlp_metrics_interval_s=0.2",
         )
@@ -301,8 +299,7 @@ def test_nats_messages_carry_traceparent_and_the_client_links_its_span(
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint={receiver.url}",
-            "telemetry.trace_sample_ratio=1.0",
+            receiver.url,
             "bus.backend=nats",
             f"nats.url={nats_server.url}",
         )
