@@ -81,8 +81,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -243,17 +245,62 @@ def _otlp_sink(conn: Connection) -> None:
     asyncio.run(main())
 
 
+class OtlpSink:
+    """The `_otlp_sink` process and the pipe to it."""
+
+    def __init__(self, proc: BaseProcess, conn: Connection, url: str) -> None:
+        self.proc, self.conn = proc, conn
+        self.url = url  # the OTLP/HTTP endpoint for telemetry.otlp_endpoint
+
+    def counts(self) -> dict[str, Any]:
+        """Spans, trace posts and metric posts received so far."""
+        self.conn.send("counts")
+        return _wait(self.conn, "counts", 30)
+
+    def stop(self) -> None:
+        self.conn.send("exit")
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def start_otlp_sink() -> OtlpSink:
+    """Start `_otlp_sink` in its own process; returns once it listens."""
+    parent, child = _ctx.Pipe()
+    proc = _ctx.Process(target=_otlp_sink, args=(child,), daemon=True)
+    proc.start()
+    return OtlpSink(proc, parent, f"http://127.0.0.1:{_wait(parent, 'ready', 60)['port']}")
+
+
+# telemetry.trace_sample_ratio of each tracing setting with an endpoint (None: the
+# default, 0.01); "off" is no endpoint at all
+TRACE_RATIOS = {"default": None, "zero": "0", "all": "1"}
+
+
+def tracing_configs(
+    url: str, settings: Sequence[str], extra: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """Gateway overrides of each tracing setting in ``settings`` (``off`` or a key of
+    TRACE_RATIOS): nothing for ``off``; otherwise the endpoint ``url``, the setting's
+    ratio and ``extra``."""
+    configs: dict[str, list[str]] = {}
+    for name in settings:
+        if name == "off":
+            configs[name] = []
+            continue
+        ratio = TRACE_RATIOS[name]
+        configs[name] = [
+            f"telemetry.otlp_endpoint={url}",
+            *([f"telemetry.trace_sample_ratio={ratio}"] if ratio is not None else []),
+            *extra,
+        ]
+    return configs
+
+
 def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict[str, Any]:
     """Gateway throughput with tracing off / on at the default ratio / on at ratio 0."""
-    parent, child = _ctx.Pipe()
-    sink = _ctx.Process(target=_otlp_sink, args=(child,), daemon=True)
-    sink.start()
-    url = f"http://127.0.0.1:{_wait(parent, 'ready', 60)['port']}"
-    configs = {
-        "off": [],
-        "default": [f"telemetry.otlp_endpoint={url}"],
-        "zero": [f"telemetry.otlp_endpoint={url}", "telemetry.trace_sample_ratio=0"],
-    }
+    sink = start_otlp_sink()
+    configs = tracing_configs(sink.url, ("off", "default", "zero"))
     names = list(configs)
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
     try:
@@ -273,13 +320,9 @@ def part_tracing(bench: Bench, frames: int, rounds: int, timeout: float) -> dict
                         else ""
                     )
                 )
-        parent.send("counts")
-        sink_counts = _wait(parent, "counts", 30)
+        sink_counts = sink.counts()
     finally:
-        parent.send("exit")
-        sink.join(10)
-        if sink.is_alive():
-            sink.kill()
+        sink.stop()
 
     def ratio(name: str) -> float:
         vals = [

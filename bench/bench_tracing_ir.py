@@ -497,23 +497,14 @@ def main() -> int:
             print(f"{tool} not found: this benchmark needs valgrind and a C compiler")
             return 2
     sys.path.insert(0, str(HERE))
-    from bench_e2e import Bench, _ctx, _otlp_sink, _wait
+    from bench_e2e import Bench, start_otlp_sink, tracing_configs
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="tracing-ir-"))
     work.mkdir(parents=True, exist_ok=True)
     shim = build_shim(work)
-    parent, child = _ctx.Pipe()
-    sink = _ctx.Process(target=_otlp_sink, args=(child,), daemon=True)
-    sink.start()
-    url = f"http://127.0.0.1:{_wait(parent, 'ready', 60)['port']}"
-    configs = {
-        "off": [],
-        "default": [f"telemetry.otlp_endpoint={url}"],
-        "zero": [f"telemetry.otlp_endpoint={url}", "telemetry.trace_sample_ratio=0"],
-        "all": [f"telemetry.otlp_endpoint={url}", "telemetry.trace_sample_ratio=1"],
-    }
-    for k in ("default", "zero", "all"):  # the metric round is counted on its own (docstring)
-        configs[k].append("telemetry.otlp_metrics_interval_s=3600")
+    sink = start_otlp_sink()
+    # the metric round is counted on its own (docstring)
+    configs = tracing_configs(sink.url, SETTINGS, ["telemetry.otlp_metrics_interval_s=3600"])
     n = args.frames
     bench = Bench(2 * n, args.symbols, args.seed, [])
     runs: list[dict[str, Any]] = []
@@ -548,14 +539,10 @@ def main() -> int:
                             else f"FAILED {res.get('error')} (see {work})"
                         )
                     )
-        parent.send("counts")
-        sink_counts = _wait(parent, "counts", 30)
+        sink_counts = sink.counts()
     finally:
         bench.close()
-        parent.send("exit")
-        sink.join(10)
-        if sink.is_alive():
-            sink.kill()
+        sink.stop()
     summary = summarize(runs, n, args.rounds, args.rate)
     print(table(summary, n, args.rounds))
     notes = ""

@@ -1,7 +1,8 @@
 """Real brokers for the tests: a ``nats-server -js`` of our own on a free loopback
 port, with its JetStream store in a temporary directory, that a test can
 ``kill -9`` and restart on the same port and store; a 3-node JetStream cluster
-of them (`NatsCluster`); a ``redis-server``.
+of them (`NatsCluster`); a ``redis-server``.  Beside them, the client side the
+tests share: connections that close themselves, a started JetStream publisher.
 
 ``.ci/run`` installs Debian's ``nats-server`` when it is missing.  Without it
 the tests that need it skip on a workstation and fail with ``CI=true``.
@@ -9,6 +10,7 @@ the tests that need it skip on a workstation and fail with ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ import nats
 import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from meltica.bus import InMemoryDataBus
+from meltica.bus.nats import NatsPublisher
+from meltica.config import NatsConfig
 
 
 def free_port() -> int:
@@ -321,3 +327,32 @@ async def stream_messages(url: str, stream: str = "MELTICA") -> list[Any]:
         return await read_stream(nc, stream)
     finally:
         await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def nats_clients(url: str, n: int, **options: Any) -> AsyncIterator[list[nats.NATS]]:
+    """``n`` client connections to ``url`` (``options`` as for ``nats.connect``),
+    closed on the way out in the order they were made."""
+    clients: list[nats.NATS] = []
+    try:
+        for _ in range(n):
+            clients.append(await nats.connect(url, **options))
+        yield clients
+    finally:
+        for nc in clients:
+            await nc.close()
+
+
+async def start_publisher(
+    nc: nats.NATS,
+    cfg: NatsConfig,
+    capacity: int = 1 << 14,
+    batch_size: int = 256,
+    **options: Any,
+) -> tuple[InMemoryDataBus, NatsPublisher]:
+    """A fresh in-memory Data Bus and a started `NatsPublisher` on the client ``nc``
+    that reads it (``options`` as for `NatsPublisher`)."""
+    bus = InMemoryDataBus(capacity, batch_size=batch_size)
+    pub = NatsPublisher(nc, cfg, bus, **options)
+    await pub.start()
+    return bus, pub

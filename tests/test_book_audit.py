@@ -51,13 +51,16 @@ def diff(u: int, bids: Any = (), asks: Any = ()) -> BookDepth:
     return depth("book_delta", u, bids, asks, first=u)
 
 
+ASKS = (("11", "1"), ("12", "1"), ("13", "1"))  # the asks of SYNC
+
+
+def snapshot(u: int, bids: Any, asks: Any = ASKS, symbol: str = "AAA") -> BookDepth:
+    """A REST snapshot at update id ``u``."""
+    return depth("book_snapshot", u, bids, asks, symbol=symbol)
+
+
 LIMIT = 3  # levels per side the scripted snapshots were asked for
-SYNC = depth(
-    "book_snapshot",
-    100,
-    [("10", "1"), ("9", "1"), ("8", "1")],
-    [("11", "1"), ("12", "1"), ("13", "1")],
-)
+SYNC = snapshot(100, [("10", "1"), ("9", "1"), ("8", "1")])
 
 
 class Rig:
@@ -137,9 +140,7 @@ def test_levels_wrong_beyond_the_verified_depth_are_rotted() -> None:
         last = r.fused()[-1]
         assert [str(p) for p, _ in last.bids] == ["8"] and last.verified_bids == 1
         # the exchange holds bid 8 alone (a whole side: 1 level of 3 asked for)
-        r.audit_snaps.append(
-            depth("book_snapshot", 102, [("8", "1")], [("11", "1"), ("12", "1"), ("13", "1")])
-        )
+        r.audit_snaps.append(snapshot(102, [("8", "1")]))
         assert await r.audit.audit("spot", "AAA") == "rotted"
         return r
 
@@ -156,14 +157,7 @@ def test_audit_match_extends_verification() -> None:
         book = r.inst.book
         r.feed(diff(102, bids=[("10", "0"), ("9", "0"), ("7", "2")]))
         assert book.verified_bids == 1
-        r.audit_snaps.append(
-            depth(
-                "book_snapshot",
-                102,
-                [("8", "1"), ("7", "2")],
-                [("11", "1"), ("12", "1"), ("13", "1")],
-            )
-        )
+        r.audit_snaps.append(snapshot(102, [("8", "1"), ("7", "2")]))
         assert await r.audit.audit("spot", "AAA") == "match"
         assert (book.verified_bids, book.verified_asks) == (2, 3)
         r.feed(diff(103, asks=[("11", "3")]))
@@ -182,15 +176,8 @@ def test_mismatch_inside_the_verified_depth_resyncs_and_records_it() -> None:
         r = Rig()
         await r.start()
         # the exchange says bid 9 has quantity 5 at id 101: the live book has 1
-        r.audit_snaps.append(
-            depth(
-                "book_snapshot",
-                101,
-                [("10", "1"), ("9", "5"), ("8", "1")],
-                [("11", "1"), ("12", "1"), ("13", "1")],
-            )
-        )
-        r.sync_snaps.append(depth("book_snapshot", 101, [("9", "5")], [("11", "1")]))
+        r.audit_snaps.append(snapshot(101, [("10", "1"), ("9", "5"), ("8", "1")]))
+        r.sync_snaps.append(snapshot(101, [("9", "5")], [("11", "1")]))
         assert await r.audit.audit("spot", "AAA") == "mismatch"
         assert r.inst.state is State.RESYNCING
         r.feed(diff(102, asks=[("12", "1")]))
@@ -229,14 +216,7 @@ def test_snapshot_ahead_of_the_stream_is_compared_at_the_same_update_id() -> Non
     async def scenario() -> Rig:
         r = Rig()
         await r.start()
-        r.audit_snaps.append(
-            depth(
-                "book_snapshot",
-                103,
-                [("10", "4"), ("9", "1"), ("8", "1")],
-                [("11", "1"), ("12", "1"), ("13", "1")],
-            )
-        )
+        r.audit_snaps.append(snapshot(103, [("10", "4"), ("9", "1"), ("8", "1")]))
         task = asyncio.get_running_loop().create_task(r.audit.audit("spot", "AAA"))
         for _ in range(5):
             await asyncio.sleep(0)
@@ -260,12 +240,12 @@ def test_resync_during_the_audit_aborts_it_and_cancel_stops_the_log() -> None:
         r = Rig()
         await r.start()
         r.gate = asyncio.Event()
-        r.audit_snaps.append(depth("book_snapshot", 101, [("10", "1")], [("11", "1")]))
+        r.audit_snaps.append(snapshot(101, [("10", "1")], [("11", "1")]))
         task = asyncio.get_running_loop().create_task(r.audit.audit("spot", "AAA"))
         for _ in range(5):
             await asyncio.sleep(0)
         assert r.inst.book.auditing
-        r.sync_snaps.append(depth("book_snapshot", 110, [("9", "1")], [("11", "1")]))
+        r.sync_snaps.append(snapshot(110, [("9", "1")], [("11", "1")]))
         r.feed(diff(105))  # a gap: the book resyncs, its log goes
         assert not r.inst.book.auditing
         r.gate.set()
@@ -339,7 +319,7 @@ def test_a_book_whose_output_is_cut_is_audited_out_of_turn() -> None:
         await r.start()
         for n, sym in enumerate(others):
             u = 500 + 10 * n
-            r.sync_snaps.append(depth("book_snapshot", u, [("10", "1")], [("11", "1")], symbol=sym))
+            r.sync_snaps.append(snapshot(u, [("10", "1")], [("11", "1")], symbol=sym))
             r.cond.track("spot", sym)
             r.feed(depth("book_delta", u + 1, [], [], first=u + 1, symbol=sym))
             for _ in range(10):

@@ -12,15 +12,13 @@ import asyncio
 import time
 from typing import Any
 
-import nats
 import pytest
-from brokers import NatsServer
+from brokers import NatsServer, nats_clients, start_publisher
 from nats.protocol.parser import Parser
 
 from meltica import Event, FrameParser
-from meltica.bus import InMemoryDataBus
 from meltica.bus._natspub import AckReader, FrameWindow
-from meltica.bus.nats import NatsPublisher, _AckSplitter, ensure_stream
+from meltica.bus.nats import _AckSplitter, ensure_stream
 from meltica.config import NatsConfig
 
 PREFIX = b"_MELTICA_ACK.test"
@@ -113,9 +111,11 @@ def test_ack_reader_holds_an_incomplete_operation_and_reset_forgets_it() -> None
 
 
 def test_ack_reader_passes_a_malformed_message_to_the_client_parser() -> None:
-    reader = AckReader(fresh_window(), SID)
-    bad = b"MSG a b c d e f\r\nxx\r\n" + ack(1)
-    assert reader.feed(bad) == bad  # nats-py's parser raises its ProtocolError on it
+    for op in (b"MSG a b c d e f", b"MSG a 7 x", b"HMSG a b c d e f g", b"HMSG a 7 2 x"):
+        reader = AckReader(fresh_window(), SID)
+        bad = op + b"\r\nxx\r\n" + ack(1)
+        assert reader.feed(bad) == bad, op  # nats-py's parser raises its ProtocolError on it
+        assert reader.fast_acks == 0
 
 
 class _Client:
@@ -184,13 +184,9 @@ def test_publisher_acks_bypass_the_client_message_path_beside_other_traffic(
 
     async def run() -> None:
         cfg = NatsConfig(url=nats_server.url, publish_buffer=4096, storage="memory")
-        nc = await nats.connect(nats_server.url)
-        other = await nats.connect(nats_server.url)
-        try:
+        async with nats_clients(nats_server.url, 2) as (nc, other):
             await ensure_stream(nc, cfg, ["binance"])
-            bus = InMemoryDataBus(1 << 14, batch_size=256)
-            pub = NatsPublisher(nc, cfg, bus)
-            await pub.start()
+            bus, pub = await start_publisher(nc, cfg)
             ack_sid = pub._sub._id
             through_client = 0
             inner = nc._process_msg
@@ -227,8 +223,5 @@ def test_publisher_acks_bypass_the_client_message_path_beside_other_traffic(
             assert info.state.messages == events
             assert through_client == 0
             assert nc._ps.__class__ is Parser  # close hands the parser back
-        finally:
-            await nc.close()
-            await other.close()
 
     asyncio.run(run())

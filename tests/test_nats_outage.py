@@ -14,16 +14,14 @@ import time
 from collections import Counter
 
 import nats
-from brokers import NatsServer, read_stream
+from brokers import NatsServer, nats_clients, read_stream, start_publisher
 from test_nats_acks import HANG_GUARD_S, trades
 
-from meltica.bus import InMemoryDataBus
 from meltica.bus.nats import (
     ACK_TIMEOUT_S,
     PROBE_FIRST_S,
     PROBE_MAX_S,
     TICK_S,
-    NatsPublisher,
     ensure_stream,
 )
 from meltica.config import NatsConfig
@@ -57,13 +55,9 @@ def test_error_replies_hold_the_window_probe_with_backoff_and_resend_it_once(
 ) -> None:
     async def run() -> None:
         cfg = NatsConfig(url=nats_server.url, publish_buffer=8192, storage="memory")
-        nc = await nats.connect(nats_server.url)
-        admin = await nats.connect(nats_server.url)
-        try:
+        async with nats_clients(nats_server.url, 2) as (nc, admin):
             await ensure_stream(admin, cfg, ["binance"])
-            bus = InMemoryDataBus(1 << 14, batch_size=256)
-            pub = NatsPublisher(nc, cfg, bus)
-            await pub.start()
+            bus, pub = await start_publisher(nc, cfg)
             before = trades(1000)
             bus.publish_batch(before)
             await wait_until(lambda: pub.window.acked == 1000, "the first events acked")
@@ -100,9 +94,6 @@ def test_error_replies_hold_the_window_probe_with_backoff_and_resend_it_once(
             assert await pub.close(HANG_GUARD_S) == 0
             keys = Counter(await stream_keys(admin, cfg.stream))
             assert keys == Counter(ev.key for ev in during)  # each once, none lost
-        finally:
-            await nc.close()
-            await admin.close()
 
     asyncio.run(run())
 
@@ -115,12 +106,11 @@ def test_a_reconnect_probes_first_and_then_resends_the_window_once(
 
     async def run() -> None:
         cfg = NatsConfig(url=nats_server.url, publish_buffer=8192, storage="file")
-        nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-        try:
+        async with nats_clients(
+            nats_server.url, 1, max_reconnect_attempts=-1, reconnect_time_wait=0.1
+        ) as (nc,):
             await ensure_stream(nc, cfg, ["binance"])
-            bus = InMemoryDataBus(1 << 14, batch_size=256)
-            pub = NatsPublisher(nc, cfg, bus)
-            await pub.start()
+            bus, pub = await start_publisher(nc, cfg)
             events = trades(4000)
             bus.publish_batch(events[:2000])
             await wait_until(lambda: pub.window.acked == 2000, "the first events acked")
@@ -135,8 +125,6 @@ def test_a_reconnect_probes_first_and_then_resends_the_window_once(
             assert await pub.close(HANG_GUARD_S) == 0
             keys = Counter(await stream_keys(nc, cfg.stream))
             assert keys == Counter(ev.key for ev in events)
-        finally:
-            await nc.close()
 
     asyncio.run(run())
 
@@ -151,14 +139,12 @@ def test_unanswered_publishes_time_out_into_one_outage_and_one_resend(
 
     async def run() -> None:
         cfg = NatsConfig(url=nats_server.url, publish_buffer=1024, storage="memory")
-        nc = await nats.connect(nats_server.url)
-        admin = await nats.connect(nats_server.url)
         skew = 0
 
         def clock() -> int:
             return time.time_ns() + skew
 
-        try:
+        async with nats_clients(nats_server.url, 2) as (nc, admin):
             swallowed = 0
 
             async def swallow(msg: object) -> None:
@@ -167,9 +153,7 @@ def test_unanswered_publishes_time_out_into_one_outage_and_one_resend(
 
             await admin.subscribe("meltica.>", cb=swallow)
             await admin.flush()
-            bus = InMemoryDataBus(1 << 12, batch_size=64)
-            pub = NatsPublisher(nc, cfg, bus, clock=clock)
-            await pub.start()
+            bus, pub = await start_publisher(nc, cfg, 1 << 12, 64, clock=clock)
             events = trades(300)
             bus.publish_batch(events)
             await wait_until(lambda: swallowed == 300, "the publishes delivered, unanswered")
@@ -187,8 +171,5 @@ def test_unanswered_publishes_time_out_into_one_outage_and_one_resend(
             assert await pub.close(HANG_GUARD_S) == 0
             keys = Counter(await stream_keys(admin, cfg.stream))
             assert keys == Counter(ev.key for ev in events)
-        finally:
-            await nc.close()
-            await admin.close()
 
     asyncio.run(run())

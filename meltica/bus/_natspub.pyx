@@ -477,10 +477,10 @@ cdef class AckReader:
         cdef const char *p = PyBytes_AS_STRING(buf)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
         cdef Py_ssize_t i = 0, le, body, total, size, k
+        cdef int head, most
         cdef Py_ssize_t starts[6]
         cdef Py_ssize_t ends[6]
         cdef const char *nl
-        cdef int64_t sid
         cdef FrameWindow window = self.window
         _rest.len = 0
         try:
@@ -492,40 +492,36 @@ cdef class AckReader:
                 body = le - 1
                 if body > i and p[body - 1] == b"\r":
                     body -= 1
+                # the prefix's length and the most tokens after it: 3 or 4 for
+                # MSG <subject> <sid> [reply] <size>, 4 or 5 for
+                # HMSG <subject> <sid> [reply] <header size> <size>
                 if n - i >= 4 and memcmp(p + i, b"MSG ", 4) == 0:
-                    k = _tokens(p, i + 4, body, starts, ends, 4)
-                    size = _digits(p, starts[k - 1], ends[k - 1]) if 3 <= k <= 4 else -1
-                    if size < 0:
-                        # malformed: the client's parser names the error
-                        _rest.put(p + i, n - i)
-                        i = n
-                        break
-                    total = le + size + 2
-                    if total > n:
-                        break
-                    sid = _digits(p, starts[1], ends[1])
-                    if k == 3 and sid == self.sid and size > 0 \
-                            and not _find(p + le, size, _ERROR_KEY):
-                        window._ack(p + starts[0], ends[0] - starts[0], p + le, size, False)
-                        self.fast_acks += 1
-                    else:
-                        _rest.put(p + i, total - i)
-                    i = total
+                    head, most = 4, 4
                 elif n - i >= 5 and memcmp(p + i, b"HMSG ", 5) == 0:
-                    k = _tokens(p, i + 5, body, starts, ends, 5)
-                    size = _digits(p, starts[k - 1], ends[k - 1]) if 4 <= k <= 5 else -1
-                    if size < 0:
-                        _rest.put(p + i, n - i)
-                        i = n
-                        break
-                    total = le + size + 2
-                    if total > n:
-                        break
-                    _rest.put(p + i, total - i)
-                    i = total
+                    head, most = 5, 5
                 else:
                     _rest.put(p + i, le - i)
                     i = le
+                    continue
+                k = _tokens(p, i + head, body, starts, ends, most)
+                size = _digits(p, starts[k - 1], ends[k - 1]) if most - 1 <= k <= most else -1
+                if size < 0:
+                    # malformed: the client's parser names the error
+                    _rest.put(p + i, n - i)
+                    i = n
+                    break
+                total = le + size + 2
+                if total > n:
+                    break
+                # an ack: a MSG on our subscription, no reply subject, no error payload
+                if head == 4 and k == 3 and size > 0 \
+                        and _digits(p, starts[1], ends[1]) == self.sid \
+                        and not _find(p + le, size, _ERROR_KEY):
+                    window._ack(p + starts[0], ends[0] - starts[0], p + le, size, False)
+                    self.fast_acks += 1
+                else:
+                    _rest.put(p + i, total - i)
+                i = total
             self._tail = buf[i:] if i < n else b""
             out = PyBytes_FromStringAndSize(_rest.p, _rest.len) if _rest.len else b""
         finally:

@@ -14,51 +14,27 @@ from fault_harness import Scenario, run_fault
 DROP = "drop:symbol=BTCUSDT,at_frame=120,count=2"
 
 
-@pytest.mark.parametrize(
-    ("fault", "counter", "at_least"),
-    [
-        pytest.param(
-            "rest_status:symbol=BTCUSDT,code=429,retry_after=1",
-            "meltica_rest_rate_limited_total",
-            1,
-            id="429",
-        ),
-        pytest.param(
-            "rest_status:symbol=BTCUSDT,code=418,retry_after=1",
-            "meltica_rest_banned_total",
-            1,
-            id="418",
-        ),
-        pytest.param(
-            "rest_status:symbol=BTCUSDT,code=403", "meltica_rest_status_errors_total", 1, id="403"
-        ),
-        pytest.param(
-            "rest_status:symbol=BTCUSDT,code=500,count=2",
-            "meltica_rest_server_errors_total",
-            2,
-            id="500",
-        ),
-        pytest.param(
-            "rest_status:symbol=BTCUSDT,code=503", "meltica_rest_server_errors_total", 1, id="503"
-        ),
-        pytest.param(
-            "rest_timeout:symbol=BTCUSDT,delay_s=1.5",
-            "meltica_rest_timeouts_total",
-            1,
-            id="timeout",
-        ),
-        pytest.param("rest_slow:symbol=BTCUSDT,delay_s=0.4", None, 0, id="slow"),
-        pytest.param(
-            "rest_stale:symbol=BTCUSDT,count=3", "meltica_book_refetches_total", 1, id="stale"
-        ),
-    ],
-)
+# each fault on the snapshot of BTCUSDT: the counter that must show it (None: no failure
+# nor retry at all) and its least value
+FAULTS = {
+    "429": ("rest_status:code=429,retry_after=1", "meltica_rest_rate_limited_total", 1),
+    "418": ("rest_status:code=418,retry_after=1", "meltica_rest_banned_total", 1),
+    "403": ("rest_status:code=403", "meltica_rest_status_errors_total", 1),
+    "500": ("rest_status:code=500,count=2", "meltica_rest_server_errors_total", 2),
+    "503": ("rest_status:code=503", "meltica_rest_server_errors_total", 1),
+    "timeout": ("rest_timeout:delay_s=1.5", "meltica_rest_timeouts_total", 1),
+    "slow": ("rest_slow:delay_s=0.4", None, 0),
+    "stale": ("rest_stale:count=3", "meltica_book_refetches_total", 1),
+}
+
+
+@pytest.mark.parametrize(("fault", "counter", "at_least"), FAULTS.values(), ids=FAULTS.keys())
 def test_a_rest_fault_on_the_snapshot_heals_the_book(
     fault: str, counter: str | None, at_least: int
 ) -> None:
     out = run_fault(
         Scenario(
-            faults=[fault, DROP],
+            faults=[f"{fault},symbol=BTCUSDT", DROP],
             # a time-out at 0.6 s: the timeout fault holds 1.5 s, the slow one answers at 0.4
             overrides=["binance.rest_request_timeout_s=0.6", "conductor.snapshot_retry_s=0.2"],
         )

@@ -7,43 +7,25 @@ import asyncio
 from pathlib import Path
 
 from aio import run
+from fakeproc import REPLAY_CAPTURE, batches, replay_engine, start_replay
 
-from meltica.commands.common import local_overrides
-from meltica.config import load_config
-from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.source import CaptureSource
 
 
 def test_slow_block_consumer_pauses_readers_and_loses_nothing(captures_dir: Path) -> None:
-    path = captures_dir / "hftbacktest/examples/spot/btcusdt_20240808.gz"
-    source = CaptureSource(path)
-    streams = sorted(source.streams("spot"))
+    source = CaptureSource(captures_dir / REPLAY_CAPTURE)
 
     async def scenario() -> None:
         fake = FakeExchange(source, speed=None, start="manual")
         await fake.start()
-        overrides = [
-            *local_overrides(
-                {"spot": fake.ws_url("spot")}, fake.rest_url, symbols={"spot": ["btcusdt"]}
-            ),
-            "binance.spot.depth_speed_ms=100",
-            "bus.capacity=16384",
-            "telemetry.metrics_enabled=false",
-        ]
-        engine = Engine(load_config(None, env={}, overrides=overrides), subscribe_on_start=False)
+        engine = replay_engine(fake)
         consumer = engine.bus.subscribe("slow", policy="block")
         kinds: dict[str, int] = {}
         try:
-            await engine.start()
-            reply = await engine.subscribe_streams("spot", streams)
-            assert reply.ok, reply
-            fake.begin()
-            while True:
-                try:
-                    batch = await asyncio.wait_for(consumer.next_batch(), 5.0)
-                except TimeoutError:
-                    break  # the capture is over and everything was read
+            await start_replay(engine, fake, source)
+            # until a quiet spell: the capture is over and everything was read
+            async for batch in batches(consumer):
                 for ev in batch:
                     kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
                 await asyncio.sleep(0.002)  # a slow consumer: ~256 events per 2 ms at most

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aio import run
 from bus_collector import Collector
+from fakeproc import synthetic_engine
 
-from meltica.commands.common import local_overrides
 from meltica.config import load_config
 from meltica.control import ControlRequest
 from meltica.engine import Engine
@@ -31,19 +31,13 @@ T = TypeVar("T")
 
 
 def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
-    symbols = {m: source.symbols(m) for m in source.markets}
-    overrides = [
-        *local_overrides(
-            {m: fake.ws_url(m) for m in source.markets}, fake.rest_url, symbols=symbols
-        ),
+    return synthetic_engine(
+        fake,
+        source,
         "telemetry.metrics_port=0",
-        "binance.spot.streams=[trade, book_ticker, depth]",
         "binance.usdm.streams=[agg_trade, book_ticker, depth]",
-        "binance.reconnect_initial_s=0.05",
-        "binance.reconnect_max_s=0.5",
         *extra,
-    ]
-    return Engine(load_config(None, env={}, overrides=overrides))
+    )
 
 
 def test_gateway_end_to_end_with_faults_and_runtime_control() -> None:

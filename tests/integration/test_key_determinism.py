@@ -12,21 +12,17 @@ exchange times, so the keys agree too.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aio import run
+from fakeproc import REPLAY_CAPTURE, batches, replay_engine, start_replay
 
-from meltica.commands.common import local_overrides
-from meltica.config import load_config
-from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
 from meltica.replay.source import CaptureSource
 
-CAPTURE = "hftbacktest/examples/spot/btcusdt_20240808.gz"
 CONTROL_KINDS = {"gap", "resync_started", "resync_done", "stale", "connection_state"}
 # the fields two gateways may set differently for the same exchange event
 MAY_DIFFER = {"ts_recv", "trace"}
@@ -39,37 +35,23 @@ async def replay(
     source = CaptureSource(path)
     fake = FakeExchange(source, speed=None, start="manual")
     await fake.start()
-    overrides = [
-        *local_overrides(
-            {"spot": fake.ws_url("spot")}, fake.rest_url, symbols={"spot": ["btcusdt"]}
-        ),
-        "binance.spot.depth_speed_ms=100",
-        "bus.capacity=16384",
-        "telemetry.metrics_enabled=false",
-        f"gateway.id={gateway}",
-        f"conductor.publish_interval_ms={interval_ms}",
-    ]
-    engine = Engine(load_config(None, env={}, overrides=overrides), subscribe_on_start=False)
+    engine = replay_engine(
+        fake, f"gateway.id={gateway}", f"conductor.publish_interval_ms={interval_ms}"
+    )
     consumer = engine.bus.subscribe("keys", policy="block")
     events: dict[str, dict[str, Any]] = {}
     kinds: Counter[str] = Counter()
     try:
-        await engine.start()
-        reply = await engine.subscribe_streams("spot", sorted(source.streams("spot")))
-        assert reply.ok, reply
-        fake.begin()
+        await start_replay(engine, fake, source)
         while True:
-            try:
-                batch = await asyncio.wait_for(consumer.next_batch(), 5.0)
-            except TimeoutError:
-                if fake.finished.is_set():
-                    break
-                continue
-            for ev in batch:
-                if ev.kind in CONTROL_KINDS:
-                    continue
-                kinds[ev.kind] += 1
-                events[ev.key] = ev.to_wire()
+            async for batch in batches(consumer):
+                for ev in batch:
+                    if ev.kind in CONTROL_KINDS:
+                        continue
+                    kinds[ev.kind] += 1
+                    events[ev.key] = ev.to_wire()
+            if fake.finished.is_set():
+                break  # else only a quiet spell: wait on
         assert consumer.dropped == 0
     finally:
         await engine.stop()
@@ -79,7 +61,7 @@ async def replay(
 
 @pytest.mark.parametrize("interval_ms", [0, 1000])
 def test_two_replays_publish_the_same_keys(captures_dir: Path, interval_ms: int) -> None:
-    path = captures_dir / CAPTURE
+    path = captures_dir / REPLAY_CAPTURE
 
     async def scenario() -> tuple[Any, Any, Any, Any]:
         a, ka = await replay(path, "gw-a", interval_ms)

@@ -22,14 +22,13 @@ import pytest
 from aio import run
 from brokers import NatsServer
 from bus_collector import Collector
+from fakeproc import synthetic_engine
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otlp import OtlpReceiver
 
 from meltica import client as meltica_client
-from meltica.commands.common import local_overrides
-from meltica.config import load_config
 from meltica.control import ControlRequest
 from meltica.engine import Engine
 from meltica.replay.exchange import FakeExchange
@@ -55,19 +54,16 @@ def _clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def make_engine(fake: FakeExchange, source: SyntheticMarket, *extra: str) -> Engine:
-    symbols = {m: source.symbols(m) for m in source.markets}
-    overrides = [
-        *local_overrides(
-            {m: fake.ws_url(m) for m in source.markets}, fake.rest_url, symbols=symbols
-        ),
+def make_engine(fake: FakeExchange, source: SyntheticMarket, endpoint: str, *extra: str) -> Engine:
+    """A gateway that traces every batch to the OTLP ``endpoint``."""
+    return synthetic_engine(
+        fake,
+        source,
         "telemetry.metrics_enabled=false",
-        "binance.spot.streams=[trade, book_ticker, depth]",
-        "binance.reconnect_initial_s=0.05",
-        "binance.reconnect_max_s=0.5",
+        f"telemetry.otlp_endpoint={endpoint}",
+        "telemetry.trace_sample_ratio=1.0",
         *extra,
-    ]
-    return Engine(load_config(None, env={}, overrides=overrides))
+    )
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
@@ -107,8 +103,7 @@ def test_gateway_exports_edge_spans_and_events_name_their_batch_span() -> None:
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint={receiver.url}",
-            "telemetry.trace_sample_ratio=1.0",
+            receiver.url,
             "telemetry.service_name=gw-under-test",
             "telemetry.otlp_metrics_interval_s=0.5",
         )
@@ -255,8 +250,7 @@ def test_a_collector_that_is_down_costs_only_counted_drops(
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint=http://127.0.0.1:{_dead_port()}",
-            "telemetry.trace_sample_ratio=1.0",
+            f"http://127.0.0.1:{_dead_port()}",
             "telemetry.trace_queue_size=16",
             "telemetry.otlp_metrics_interval_s=0.2",
         )
@@ -305,8 +299,7 @@ def test_nats_messages_carry_traceparent_and_the_client_links_its_span(
         engine = make_engine(
             fake,
             source,
-            f"telemetry.otlp_endpoint={receiver.url}",
-            "telemetry.trace_sample_ratio=1.0",
+            receiver.url,
             "bus.backend=nats",
             f"nats.url={nats_server.url}",
         )

@@ -665,18 +665,20 @@ class BinanceRest:
                 "http.request.method": "GET",
             },
         )
-        if span is None:
-            return await self._scheduled(st, endpoint, params, weight, urgent, priority)
-        with trace.use_span(span, end_on_exit=False):
+        # ended inside use_span, which then finds it ended and does not record the error again
+        with contextlib.nullcontext() if span is None else trace.use_span(span, end_on_exit=False):
             try:
                 body = await self._scheduled(st, endpoint, params, weight, urgent, priority)
             except BaseException as exc:
-                span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
-                status = getattr(exc, "status", None)
-                if isinstance(status, int):
-                    span.set_attribute("http.response.status_code", status)
-                end_span(span, error=exc)
+                if span is not None:
+                    span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
+                    status = getattr(exc, "status", None)
+                    if isinstance(status, int):
+                        span.set_attribute("http.response.status_code", status)
+                    end_span(span, error=exc)
                 raise
+        if span is None:
+            return body
         span.set_attributes(
             {"http.response.status_code": 200, "meltica.rest.server_weight": st.last_server_weight}
         )
