@@ -705,10 +705,44 @@ def judge_curve(curve: list[dict[str, Any]]) -> dict[str, Any]:
         out["cpu_per_frame_flat"] = max(cpu) / min(cpu) <= _FLAT_BUDGET
     if len(net) >= 2 and len(net) == len(ok) and min(net) > 0:
         out["net_cpu_per_frame_max_over_min"] = round(max(net) / min(net), 2)
+    fit = mix_fit(ok)
+    if fit is not None:
+        out["cpu_per_frame_mix_fit"] = fit
     natural = [r["base"]["cpu_us_per_frame"] for r in ok if r["base"]["cpu_us_per_frame"]]
     if len(natural) >= 2:  # reported, not judged: each point at its own, lower rate
         out["natural_rate_cpu_per_frame_max_over_min"] = round(max(natural) / min(natural), 2)
     return out
+
+
+def mix_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU per frame at the same rate as ``other + (depth - other) x depth share``, by least
+    squares over the curve's points (reported, not judged).
+
+    The share of depth diffs in what the market offers grows with the symbol count (the
+    tail's symbols send little but a diff every 100 ms), and a diff costs more than a
+    bookTicker or trade (a book to apply and publish).  If one pair of per-stream costs fits
+    every point, the curve's slope is the mix, not a cost that grows with the symbol count.
+    """
+    xy = [
+        (r["offered_mix"]["depth"], r["same_rate"]["cpu_us_per_frame"])
+        for r in points
+        if r.get("offered_mix") and r["same_rate"]["cpu_us_per_frame"]
+    ]
+    if len(xy) < 3:
+        return None
+    n = len(xy)
+    mx, my = sum(x for x, _ in xy) / n, sum(y for _, y in xy) / n
+    sxx = sum((x - mx) ** 2 for x, _ in xy)
+    if sxx <= 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in xy) / sxx
+    other = my - slope * mx
+    worst = max(abs(y - (other + slope * x)) / y for x, y in xy)
+    return {
+        "other_us_per_frame": round(other, 2),
+        "depth_us_per_frame": round(other + slope, 2),
+        "worst_residual": round(worst, 3),
+    }
 
 
 def broken_gateway(w: dict[str, Any]) -> bool:
@@ -756,8 +790,9 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
         "",
         "| symbols | books | live after s | rate bound s | speed | frames/s | RSS MB "
         "| RSS/book KB | added RSS/added book KB | µs CPU/frame | idle cores "
-        "| net µs CPU/frame | natural frames/s | natural µs CPU/frame | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| net µs CPU/frame | depth / bookTicker / trade share | natural frames/s "
+        "| natural µs CPU/frame | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in curve:
         if "same_rate" not in r:
@@ -770,11 +805,19 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
             f"{w['speed']:.3g}x | {w['frames_per_s']:,} | {w['rss_mb']} | "
             f"{round(w['rss_mb'] * 1024 / r['books'], 1)} | "
             f"{r.get('marginal_rss_per_book_kb')} | {w['cpu_us_per_frame']} | {idle} | "
-            f"{i.get('net_us_per_frame')} | {b['frames_per_s']:,} | {b['cpu_us_per_frame']} | "
+            f"{i.get('net_us_per_frame')} | {mix(r)} | {b['frames_per_s']:,} | "
+            f"{b['cpu_us_per_frame']} | "
             f"{w['loadavg'][0]} |"
         )
     lines += ["", "Budgets: " + json.dumps(verdict)]
     return "\n".join(lines)
+
+
+def mix(r: dict[str, Any]) -> str:
+    m = r.get("offered_mix")
+    if not m:
+        return "-"
+    return " / ".join(f"{m[k]:.0%}" for k in ("depth", "bookTicker", "trade"))
 
 
 def plot(curve: list[dict[str, Any]], path: Path) -> None:
@@ -836,23 +879,37 @@ def generation(args: argparse.Namespace, seconds: float = 5.0) -> dict[str, Any]
 _SUBSCRIBED: Final = ("trade", "bookTicker", "depth")
 
 
-def offered_rate(total: int, seed: int, seconds: float) -> float:
-    """Frames per market second of the streams the gateway subscribes, ``total`` symbols.
+def offered_mix(total: int, seed: int, seconds: float) -> dict[str, float]:
+    """Frames per market second of each stream the gateway subscribes, ``total`` symbols.
 
     Counted by generating the first ``seconds`` of the same market the fake serves (same
-    seed), so the ratio of two counts is the clock speed that offers the smaller market
-    the larger one's total rate.
+    seed).
     """
     spot, usdm = split_symbols(total)
     market = SyntheticMarket.binance(spot=spot, usdm=usdm, seed=seed, duration_s=seconds)
-    n = sum(1 for f in market.frames() if f.stream.split("@")[1] in _SUBSCRIBED)
-    return n / seconds
+    counts = dict.fromkeys(_SUBSCRIBED, 0)
+    for f in market.frames():
+        kind = f.stream.split("@")[1]
+        if kind in counts:
+            counts[kind] += 1
+    return {k: n / seconds for k, n in counts.items()}
+
+
+def offered_rate(total: int, seed: int, seconds: float) -> float:
+    """All subscribed frames per market second (``offered_mix`` summed): the ratio of two
+    is the clock speed that offers the smaller market the larger one's total rate."""
+    return sum(offered_mix(total, seed, seconds).values())
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     gen = generation(args)
-    rates = {n: offered_rate(n, args.seed, args.rate_seconds) for n in [*args.curve, args.symbols]}
+    mixes = {n: offered_mix(n, args.seed, args.rate_seconds) for n in [*args.curve, args.symbols]}
+    rates = {n: sum(mix.values()) for n, mix in mixes.items()}
     gen["offered_per_s"] = {str(n): round(r) for n, r in rates.items()}
+    # the share of each stream in what is offered: the mix changes with the symbol count
+    gen["offered_mix"] = {
+        str(n): {k: round(v / rates[n], 3) for k, v in mix.items()} for n, mix in mixes.items()
+    }
     _log(f"offered frames per market second (subscribed streams): {gen['offered_per_s']}")
     curve = []
     for n in args.curve:
@@ -860,6 +917,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         curve.append(await one_run(args, n, headroom=False, speed=speed))
     full = await one_run(args, args.symbols, headroom=bool(args.speeds))
     curve.append(full)
+    for r in curve:
+        r["offered_mix"] = gen["offered_mix"][str(r["symbols"])]
     verdict = judge(full, curve)
     return {
         "command": " ".join(sys.argv),

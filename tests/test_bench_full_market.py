@@ -85,3 +85,18 @@ def test_offered_rate_grows_with_the_symbol_count(small: int, large: int) -> Non
     a, b = bench.offered_rate(small, 1, 2.0), bench.offered_rate(large, 1, 2.0)
     assert 0 < a < b
     assert bench.offered_rate(small, 1, 2.0) == a  # the same market for a seed
+
+
+def test_mix_fit_recovers_per_stream_costs() -> None:
+    # 4 µs per bookTicker / trade, 10 µs per depth diff: the per-frame cost is the mix
+    points = []
+    for n, share in ((10, 0.1), (100, 0.25), (600, 0.4), (2400, 0.5)):
+        r = _point(n, 50.0 + n / 30, 4 + 6 * share)
+        r["offered_mix"] = {"depth": share, "bookTicker": 0.8 - share, "trade": 0.2}
+        points.append(r)
+    fit = bench.mix_fit(points)
+    assert fit == {"other_us_per_frame": 4.0, "depth_us_per_frame": 10.0, "worst_residual": 0.0}
+    verdict = bench.judge_curve(points)
+    assert verdict["cpu_per_frame_flat"] is False  # 7 / 4.6: the verdict stays on the totals
+    assert verdict["cpu_per_frame_mix_fit"] == fit
+    assert bench.mix_fit(points[:2]) is None  # two points always fit a line
