@@ -55,7 +55,8 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   RSS per added book (its first value is the 10 -> 100 step) and for CPU per frame at the
   same offered rate.  The net and natural figures are reported, not judged.
 - start-up trace: per market, every 5 s until every book is live, the books live and the
-  REST client's weight, requests, queue and held requests (``sync_trace`` in the JSON).
+  REST client's weight, requests, queue and held requests, and the gateway's RSS
+  (``sync_trace`` in the JSON).
 
 The machine is a shared 2-core VM: the load average is recorded next to each figure, and
 the fake exchange (one core at most) shares it with the gateway.  A JSON document goes to
@@ -536,7 +537,8 @@ async def one_run(
                         if not live_curve or live_curve[-1][1] != int(live):
                             live_curve.append((t, int(live)))
                         if not sync_trace or t >= sync_trace[-1]["t"] + 5 or live >= books:
-                            sync_trace.append({"t": t, **per_market(m.body, _SYNC_TRACE)})
+                            row = {"t": t, "rss_mb": round(rss_mb(gw.proc.pid), 1)}
+                            sync_trace.append({**row, **per_market(m.body, _SYNC_TRACE)})
                         if live >= books:
                             break
                     await asyncio.sleep(0.5)
