@@ -53,7 +53,10 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   market's own rate (``--no-same-rate`` runs the curve at natural rates only).  Budget:
   "flat" from 10 to 2,400 symbols is max / min <= 1.5 over every point, for the added
   RSS per added book (its first value is the 10 -> 100 step) and for CPU per frame at the
-  same offered rate.  The net and natural figures are reported, not judged.
+  same offered rate.  The net and natural figures are reported, not judged; so are the
+  offered mix of depth diffs / bookTickers / trades per point (``offered_mix``: it changes
+  with the symbol count) and a least-squares fit of CPU per frame to one cost per diff and
+  one per other frame over the points (``cpu_per_frame_mix_fit``).
 - start-up trace: per market, every 5 s until every book is live, the books live and the
   REST client's weight, requests, queue and held requests, and the gateway's RSS
   (``sync_trace`` in the JSON).
@@ -495,7 +498,7 @@ async def one_run(
     ``base``: ``--duration`` s at the market's own (natural) rate.  ``same_rate``: the same
     with the fake's clock ``speed`` times faster (``speed`` 1: the ``base`` window itself),
     so that every curve point is offered the full market's total frame rate.  ``idle``: the
-    fake paused (its clock slowed to a standstill) with every book still live, measured last
+    fake paused (its clock slowed to a standstill) with the books live, measured last
     (after the headroom steps) because a paused clock cannot be resumed; its cores are the
     gateway's fixed cost at that symbol count.
     """
