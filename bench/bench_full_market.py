@@ -40,13 +40,26 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
 - generation: how fast one process generates the full market alone (no serving), in frames
   per CPU second and as a share of a core at the modelled rate.
 - curves: the same run (without headroom) at ``--curve`` symbol counts (default 10, 100,
-  600) plus the full one: RSS per live book (total / books, and the increase over the
-  smallest run per added book) and CPU per frame.  Budget: both flat from 10 to 2,400
-  symbols (judged on the marginal RSS per book and on CPU per frame, max / min <= 1.5 over
-  the runs of 100 symbols or more for memory; for CPU, the largest per-frame cost of a bigger
-  run over that of the 100-symbol run, <= 1.5: a cost that falls as more frames share each
-  socket read is not a scaling problem; at 10 symbols the rate is too low for fixed costs
-  not to dominate, it is printed but not judged).
+  600) plus the full one, every point offered the SAME total frame rate: the full market's
+  modelled rate.  Each smaller market's clock is sped up by (full market's frames per
+  market second) / (its own), both counted offline by generating the first
+  ``--rate-seconds`` of the same seeded market for the streams the gateway subscribes
+  (``offered_rate``), so the curve isolates the cost of the symbol count from the cost of
+  the rate (fixed per-second costs and frames per socket read depend on the rate).  Per
+  point: RSS per live book (total / books, and the RSS each step adds over the previous,
+  smaller point per added book); CPU per frame at that rate; the gateway's CPU with the
+  same books live and the fake paused (``--idle`` s, last; the fake's clock slowed to a
+  standstill), and CPU per frame net of it; and, labelled natural, CPU per frame at the
+  market's own rate (``--no-same-rate`` runs the curve at natural rates only).  Budget:
+  "flat" from 10 to 2,400 symbols is max / min <= 1.5 over every point, for the added
+  RSS per added book (its first value is the 10 -> 100 step) and for CPU per frame at the
+  same offered rate.  The net and natural figures are reported, not judged; so are the
+  offered mix of depth diffs / bookTickers / trades per point (``offered_mix``: it changes
+  with the symbol count) and a least-squares fit of CPU per frame to one cost per diff and
+  one per other frame over the points (``cpu_per_frame_mix_fit``).
+- start-up trace: per market, every 5 s until every book is live, the books live and the
+  REST client's weight, requests, queue and held requests, and the gateway's RSS
+  (``sync_trace`` in the JSON).
 
 The machine is a shared 2-core VM: the load average is recorded next to each figure, and
 the fake exchange (one core at most) shares it with the gateway.  A JSON document goes to
@@ -55,7 +68,8 @@ the fake exchange (one core at most) shares it with the gateway.  A JSON documen
 
 Run (from the repository root):
     PYTHONPATH=. .venv/bin/python bench/bench_full_market.py [--symbols 2400] [--duration 20]
-        [--curve 10,100,600] [--speeds 2,4,8,16] [--depth-limit 100] [--json OUT] [--png OUT]
+        [--curve 10,100,600] [--speeds 2,4,8,16] [--depth-limit 100] [--idle 10]
+        [--same-rate | --no-same-rate] [--rate-seconds 20] [--json OUT] [--png OUT]
 """
 
 from __future__ import annotations
@@ -97,11 +111,25 @@ STREAMS: Final = ["trade", "book_ticker", "depth"]
 # REST weight of a depth snapshot by limit (docs/rest.md); spot charges per band.
 _SPOT_WEIGHT: Final = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 _FUTURES_WEIGHT: Final = ((50, 2), (100, 5), (500, 10), (1000, 20))
+# per market, every 5 s until every book is live: where the start-up time goes
+_SYNC_TRACE: Final = (
+    "meltica_book_live",
+    "meltica_rest_weight_used_total",
+    "meltica_rest_requests_total",
+    "meltica_rest_queue_depth",
+    "meltica_rest_in_flight",
+    "meltica_rest_deferred_total",
+    "meltica_rest_retries_total",
+    "meltica_book_refetches_total",
+    "meltica_book_snapshot_errors_total",
+)
+_PAUSED: Final = 1e-9  # the fake's clock speed that stands for "paused"
 _LIVE_BUDGET: Final = 1.2
 _CPU_BUDGET_CORES: Final = 0.5
 _FLAT_BUDGET: Final = 1.5
 _LINE = re.compile(rb"^(meltica_[a-z_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
 _LE = re.compile(rb'le="([^"]+)"')
+_MARKET = re.compile(rb'market="([^"]+)"')
 
 
 def _log(msg: str) -> None:
@@ -312,6 +340,7 @@ class Metrics:
     """One scrape of the gateway's /metrics: sums per family, the latency histogram."""
 
     def __init__(self, body: bytes) -> None:
+        self.body = body
         self.sums: dict[bytes, float] = {}
         self.buckets: dict[float, float] = {}
         for name, labels, value in _LINE.findall(body):
@@ -324,6 +353,20 @@ class Metrics:
 
     def get(self, name: str) -> float:
         return self.sums.get(name.encode(), 0.0)
+
+
+def per_market(body: bytes, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``name -> market -> value`` (summed over the other labels) from a /metrics body."""
+    out: dict[str, dict[str, float]] = {n: {} for n in names}
+    wanted = {n.encode(): n for n in names}
+    for name, labels, value in _LINE.findall(body):
+        key = wanted.get(name)
+        if key is None:
+            continue
+        m = _MARKET.search(labels or b"")
+        market = m.group(1).decode() if m else ""
+        out[key][market] = out[key].get(market, 0.0) + float(value)
+    return out
 
 
 def p99_between(a: Metrics, b: Metrics) -> float | None:
@@ -396,32 +439,42 @@ class Gateway:
 async def window(
     http: aiohttp.ClientSession, gw: Gateway, fake: Fake, seconds: float, speed: float
 ) -> dict[str, Any]:
-    """Everything measured over ``seconds`` of steady running."""
+    """Everything measured over ``seconds`` of steady running.
+
+    The gateway's CPU is read between the two /metrics scrapes, not across the closing one:
+    a scrape is the benchmark's own load (one costs about 55 ms of CPU at 600 books, and
+    grows with the books), not the feed's.  The rates are over the scrape-to-scrape time.
+    """
     pid, fpid = gw.proc.pid, fake.proc.pid
     m0 = await gw.scrape(http)
+    tm0 = time.perf_counter()
     s0 = await fake.command("stats")
     c0, f0, t0 = cpu_s(pid), cpu_s(fpid), time.perf_counter()
     await asyncio.sleep(seconds)
-    m1 = await gw.scrape(http)
-    s1 = await fake.command("stats")
     c1, f1, t1 = cpu_s(pid), cpu_s(fpid), time.perf_counter()
+    m1 = await gw.scrape(http)
+    tm1 = time.perf_counter()
+    s1 = await fake.command("stats")
     if m0 is None or m1 is None:
         raise RuntimeError("no /metrics from the gateway")
     elapsed = t1 - t0
+    between = tm1 - tm0
     frames = m1.get("meltica_ws_frames_total") - m0.get("meltica_ws_frames_total")
     sent = s1["frames_published"] - s0["frames_published"]
     cores = (c1 - c0) / elapsed
+    rate = frames / between
     p99 = p99_between(m0, m1)
     return {
         "speed": speed,
         "seconds": round(elapsed, 2),
-        "frames_per_s": round(frames / elapsed),
-        "fake_sent_per_s": round(sent / elapsed),
+        "scrape_s": round(tm1 - t1, 3),
+        "frames_per_s": round(rate),
+        "fake_sent_per_s": round(sent / between),
         "received_share": round(frames / sent, 4) if sent else None,
         "gateway_cores": round(cores, 3),
         "fake_cores": round((f1 - f0) / elapsed, 3),
-        "cpu_cores_per_10k": round(cores / (frames / elapsed) * 1e4, 4) if frames else None,
-        "cpu_us_per_frame": round((c1 - c0) / frames * 1e6, 2) if frames else None,
+        "cpu_cores_per_10k": round(cores / rate * 1e4, 4) if frames else None,
+        "cpu_us_per_frame": round(cores / rate * 1e6, 2) if frames else None,
         "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
         "gaps": m1.get("meltica_book_gaps_total") - m0.get("meltica_book_gaps_total"),
         "disconnects": m1.get("meltica_ws_disconnects_total")
@@ -447,7 +500,18 @@ def broken(w: dict[str, Any], args: argparse.Namespace) -> list[str]:
     return out
 
 
-async def one_run(args: argparse.Namespace, total: int, headroom: bool) -> dict[str, Any]:
+async def one_run(
+    args: argparse.Namespace, total: int, headroom: bool, speed: float = 1.0
+) -> dict[str, Any]:
+    """One gateway and one fake for ``total`` symbols: start-up, then the measured windows.
+
+    ``base``: ``--duration`` s at the market's own (natural) rate.  ``same_rate``: the same
+    with the fake's clock ``speed`` times faster (``speed`` 1: the ``base`` window itself),
+    so that every curve point is offered the full market's total frame rate.  ``idle``: the
+    fake paused (its clock slowed to a standstill) with the books live, measured last
+    (after the headroom steps) because a paused clock cannot be resumed; its cores are the
+    gateway's fixed cost at that symbol count.
+    """
     spot, usdm = split_symbols(total)
     market = SyntheticMarket.binance(spot=spot, usdm=usdm, seed=args.seed)
     symbols = {m: market.symbols(m) for m in market.markets}
@@ -473,6 +537,8 @@ async def one_run(args: argparse.Namespace, total: int, headroom: bool) -> dict[
             result["rate_bound_s"] = rate_bound
             result["window_bound_s"] = window_bound
             live_curve: list[tuple[float, int]] = []
+            sync_trace: list[dict[str, Any]] = []
+            result["sync_trace"] = sync_trace
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
                 live = 0.0
                 deadline = t_start + args.live_timeout
@@ -483,6 +549,9 @@ async def one_run(args: argparse.Namespace, total: int, headroom: bool) -> dict[
                         t = round(time.monotonic() - t_start, 1)
                         if not live_curve or live_curve[-1][1] != int(live):
                             live_curve.append((t, int(live)))
+                        if not sync_trace or t >= sync_trace[-1]["t"] + 5 or live >= books:
+                            row = {"t": t, "rss_mb": round(rss_mb(gw.proc.pid), 1)}
+                            sync_trace.append({**row, **per_market(m.body, _SYNC_TRACE)})
                         if live >= books:
                             break
                     await asyncio.sleep(0.5)
@@ -504,14 +573,62 @@ async def one_run(args: argparse.Namespace, total: int, headroom: bool) -> dict[
                 result["base"] = base
                 modelled = base["fake_sent_per_s"]
                 _log(f"1x: {base}")
+                if speed != 1.0:
+                    await fake.command(f"speed {speed}")
+                    await asyncio.sleep(args.settle)
+                    same = await window(http, gw, fake, args.duration, speed)
+                    same["rss_per_book_kb"] = round(same["rss_mb"] * 1024 / books, 1)
+                    _log(f"{speed:.3g}x (the full market's rate): {same}")
+                else:
+                    same = base
+                result["same_rate"] = same
                 if headroom:
                     result["headroom"] = await raise_rate(args, http, gw, fake, modelled)
+                if args.idle > 0:
+                    result["idle"] = await idle_window(args, http, gw, fake, same, books)
             result["fake_ws"] = (await fake.command("stats"))["ws"]
         finally:
             if gw is not None:
                 await gw.stop()
             await fake.stop()
     return result
+
+
+async def idle_window(
+    args: argparse.Namespace,
+    http: aiohttp.ClientSession,
+    gw: Gateway,
+    fake: Fake,
+    loaded: dict[str, Any],
+    books: int,
+) -> dict[str, Any]:
+    """The gateway's CPU with its books live and the fake paused, and per frame net of it.
+
+    ``net_us_per_frame`` = (cores in ``loaded`` - cores idle) / frames per s in ``loaded``:
+    the CPU the frames themselves cost, without the timers, periodic tasks, audits and
+    scrapes that run whatever the rate.  Only counted when the paused window received
+    (almost) nothing and at least 99 % of the books stayed live.
+    """
+    m0 = await gw.scrape(http)
+    await fake.command(f"speed {_PAUSED}")
+    await asyncio.sleep(args.settle)
+    w = await window(http, gw, fake, args.idle, _PAUSED)
+    m1 = await gw.scrape(http)
+    if m0 is not None and m1 is not None:  # from the pause on, the settle included
+        for name in ("gaps", "resyncs", "crossed"):
+            key = f"meltica_book_{name}_total"
+            w[f"{name}_since_pause"] = m1.get(key) - m0.get(key)
+    # a book that left live while paused stays out (no diff comes to bridge its new
+    # snapshot) but costs nothing more; at most 1 % of the books may be out
+    ok = w["books_live"] >= 0.99 * books and w["frames_per_s"] <= 0.01 * loaded["frames_per_s"]
+    w["valid"] = ok
+    w["net_us_per_frame"] = (
+        round((loaded["gateway_cores"] - w["gateway_cores"]) / loaded["frames_per_s"] * 1e6, 2)
+        if ok and loaded["frames_per_s"]
+        else None
+    )
+    _log(f"paused: {w}")
+    return w
 
 
 async def raise_rate(
@@ -560,30 +677,87 @@ def judge(full: dict[str, Any], curve: list[dict[str, Any]]) -> dict[str, Any]:
             None if first is None else f"{first['speed']}x: {'; '.join(first['broken'])}"
         )
         out["headroom_fake_limited"] = any(w["fake_limited"] for w in steps)
-    ok = [r for r in curve if "base" in r]
-    if len(ok) >= 2:
-        smallest = ok[0]
-        for r in ok:
-            added = r["books"] - smallest["books"]
-            r["marginal_rss_per_book_kb"] = (
-                round((r["base"]["rss_mb"] - smallest["base"]["rss_mb"]) * 1024 / added, 1)
-                if added > 0
-                else None
-            )
-        judged = [r for r in ok if r["symbols"] >= 100]
-        mem = [r["marginal_rss_per_book_kb"] for r in judged if r["marginal_rss_per_book_kb"]]
-        cpu = [r["base"]["cpu_us_per_frame"] for r in judged if r["base"]["cpu_us_per_frame"]]
-        # "Flat" is about growth with the symbol count (a cost per book or per frame that
-        # rises with n would be O(n) somewhere); a cost that falls as more frames share each
-        # socket read is reported, not held against the budget.
-        if len(mem) >= 2:
-            out["memory_per_book_max_over_min"] = round(max(mem) / min(mem), 2)
-            out["memory_per_book_flat"] = max(mem) / min(mem) <= _FLAT_BUDGET
-        if len(cpu) >= 2:
-            out["cpu_per_frame_max_over_min"] = round(max(cpu) / min(cpu), 2)
-            out["cpu_per_frame_growth"] = round(max(cpu[1:]) / cpu[0], 2)
-            out["cpu_per_frame_not_rising"] = max(cpu[1:]) / cpu[0] <= _FLAT_BUDGET
+    out.update(judge_curve(curve))
     return out
+
+
+def judge_curve(curve: list[dict[str, Any]]) -> dict[str, Any]:
+    """Memory per book and CPU per frame over the curve: flat is max / min <= 1.5.
+
+    Memory: the RSS each step of the curve adds per added book (from the previous, smaller
+    point; the first point's total RSS is mostly the interpreter), so every point from the
+    smallest on takes part.  CPU: per frame at the same offered rate (``same_rate``), over
+    every point; beside it, per frame net of the paused gateway's CPU where measured.
+    """
+    out: dict[str, Any] = {}
+    ok = sorted((r for r in curve if "same_rate" in r), key=lambda r: r["books"])
+    prev = None
+    for r in ok:
+        r["marginal_rss_per_book_kb"] = (
+            round(
+                (r["same_rate"]["rss_mb"] - prev["same_rate"]["rss_mb"])
+                * 1024
+                / (r["books"] - prev["books"]),
+                1,
+            )
+            if prev is not None and r["books"] > prev["books"]
+            else None
+        )
+        prev = r
+    mem = [r["marginal_rss_per_book_kb"] for r in ok if r["marginal_rss_per_book_kb"] is not None]
+    cpu = [r["same_rate"]["cpu_us_per_frame"] for r in ok if r["same_rate"]["cpu_us_per_frame"]]
+    net = [
+        r["idle"]["net_us_per_frame"] for r in ok if (r.get("idle") or {}).get("net_us_per_frame")
+    ]
+    out["curve_symbols"] = [r["symbols"] for r in ok]
+    if len(mem) >= 2:
+        out["memory_per_book_max_over_min"] = (
+            round(max(mem) / min(mem), 2) if min(mem) > 0 else None
+        )
+        out["memory_per_book_flat"] = min(mem) > 0 and max(mem) / min(mem) <= _FLAT_BUDGET
+    if len(cpu) >= 2:
+        out["cpu_per_frame_max_over_min"] = round(max(cpu) / min(cpu), 2)
+        out["cpu_per_frame_flat"] = max(cpu) / min(cpu) <= _FLAT_BUDGET
+    if len(net) >= 2 and len(net) == len(ok) and min(net) > 0:
+        out["net_cpu_per_frame_max_over_min"] = round(max(net) / min(net), 2)
+    fit = mix_fit(ok)
+    if fit is not None:
+        out["cpu_per_frame_mix_fit"] = fit
+    natural = [r["base"]["cpu_us_per_frame"] for r in ok if r["base"]["cpu_us_per_frame"]]
+    if len(natural) >= 2:  # reported, not judged: each point at its own, lower rate
+        out["natural_rate_cpu_per_frame_max_over_min"] = round(max(natural) / min(natural), 2)
+    return out
+
+
+def mix_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU per frame at the same rate as ``other + (depth - other) x depth share``, by least
+    squares over the curve's points (reported, not judged).
+
+    The share of depth diffs in what the market offers grows with the symbol count (the
+    tail's symbols send little but a diff every 100 ms), and a diff costs more than a
+    bookTicker or trade (a book to apply and publish).  If one pair of per-stream costs fits
+    every point, the curve's slope is the mix, not a cost that grows with the symbol count.
+    """
+    xy = [
+        (r["offered_mix"]["depth"], r["same_rate"]["cpu_us_per_frame"])
+        for r in points
+        if r.get("offered_mix") and r["same_rate"]["cpu_us_per_frame"]
+    ]
+    if len(xy) < 3:
+        return None
+    n = len(xy)
+    mx, my = sum(x for x, _ in xy) / n, sum(y for _, y in xy) / n
+    sxx = sum((x - mx) ** 2 for x, _ in xy)
+    if sxx <= 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in xy) / sxx
+    other = my - slope * mx
+    worst = max(abs(y - (other + slope * x)) / y for x, y in xy)
+    return {
+        "other_us_per_frame": round(other, 2),
+        "depth_us_per_frame": round(other + slope, 2),
+        "worst_residual": round(worst, 3),
+    }
 
 
 def broken_gateway(w: dict[str, Any]) -> bool:
@@ -622,25 +796,43 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
         lines.append(f"RSS per live book (total / books): {b['rss_per_book_kb']} KB")
     lines += [
         "",
-        "## Curves (1x, the modelled rate)",
+        "## Curves at the same offered rate (the full market's)",
         "",
-        "| symbols | books | live after s | rate bound s | frames/s | RSS MB | RSS/book KB "
-        "| marginal RSS/book KB | µs CPU/frame | cores per 10k/s | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Each smaller market's clock sped up so that it offers the full market's total frame "
+        "rate; memory per added book is the RSS a step adds over the previous (smaller) point "
+        "per added book; net CPU is per frame after subtracting the gateway's CPU with the same "
+        "books live and the fake paused. Natural rate: the same market at its own clock.",
+        "",
+        "| symbols | books | live after s | rate bound s | speed | frames/s | RSS MB "
+        "| RSS/book KB | added RSS/added book KB | µs CPU/frame | idle cores "
+        "| net µs CPU/frame | depth / bookTicker / trade share | natural frames/s "
+        "| natural µs CPU/frame | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in curve:
-        if "base" not in r:
+        if "same_rate" not in r:
             lines.append(f"| {r['symbols']} | {r['books']} | {r.get('error', 'failed')} |")
             continue
-        b = r["base"]
+        w, b, i = r["same_rate"], r["base"], r.get("idle") or {}
+        idle = i.get("gateway_cores") if i.get("valid") else None
         lines.append(
             f"| {r['symbols']} | {r['books']} | {r['time_to_live_s']} | {r['rate_bound_s']} | "
-            f"{b['frames_per_s']:,} | {b['rss_mb']} | {b['rss_per_book_kb']} | "
-            f"{r.get('marginal_rss_per_book_kb')} | {b['cpu_us_per_frame']} | "
-            f"{b['cpu_cores_per_10k']} | {b['loadavg'][0]} |"
+            f"{w['speed']:.3g}x | {w['frames_per_s']:,} | {w['rss_mb']} | "
+            f"{round(w['rss_mb'] * 1024 / r['books'], 1)} | "
+            f"{r.get('marginal_rss_per_book_kb')} | {w['cpu_us_per_frame']} | {idle} | "
+            f"{i.get('net_us_per_frame')} | {mix(r)} | {b['frames_per_s']:,} | "
+            f"{b['cpu_us_per_frame']} | "
+            f"{w['loadavg'][0]} |"
         )
     lines += ["", "Budgets: " + json.dumps(verdict)]
     return "\n".join(lines)
+
+
+def mix(r: dict[str, Any]) -> str:
+    m = r.get("offered_mix")
+    if not m:
+        return "-"
+    return " / ".join(f"{m[k]:.0%}" for k in ("depth", "bookTicker", "trade"))
 
 
 def plot(curve: list[dict[str, Any]], path: Path) -> None:
@@ -652,20 +844,29 @@ def plot(curve: list[dict[str, Any]], path: Path) -> None:
     except ImportError:
         _log("matplotlib not installed: no PNG")
         return
-    ok = [r for r in curve if "base" in r]
+    ok = sorted((r for r in curve if "same_rate" in r), key=lambda r: r["books"])
     if not ok:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     xs = [r["symbols"] for r in ok]
-    ax1.plot(xs, [r["base"]["rss_per_book_kb"] for r in ok], "o-", label="RSS / books")
+    ax1.plot(
+        xs, [r["same_rate"]["rss_mb"] * 1024 / r["books"] for r in ok], "o-", label="RSS / books"
+    )
     marg = [(r["symbols"], r.get("marginal_rss_per_book_kb")) for r in ok]
     marg = [(x, y) for x, y in marg if y]
     if marg:
         ax1.plot(*zip(*marg, strict=True), "s--", label="added RSS / added book")
     ax1.set(xscale="log", yscale="log", xlabel="symbols", ylabel="KB per live book", title="memory")
     ax1.legend()
-    ax2.plot(xs, [r["base"]["cpu_us_per_frame"] for r in ok], "o-")
+    ax2.plot(xs, [r["same_rate"]["cpu_us_per_frame"] for r in ok], "o-", label="same offered rate")
+    net = [(r["symbols"], (r.get("idle") or {}).get("net_us_per_frame")) for r in ok]
+    net = [(x, y) for x, y in net if y]
+    if net:
+        ax2.plot(*zip(*net, strict=True), "s--", label="same rate, net of idle")
+    ax2.plot(xs, [r["base"]["cpu_us_per_frame"] for r in ok], "^:", label="natural rate")
     ax2.set(xscale="log", xlabel="symbols", ylabel="µs CPU per frame", title="gateway CPU")
+    ax2.set_ylim(bottom=0)
+    ax2.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -689,13 +890,50 @@ def generation(args: argparse.Namespace, seconds: float = 5.0) -> dict[str, Any]
     return out
 
 
+# the streams the gateway subscribes (STREAMS), as the fake names them
+_SUBSCRIBED: Final = ("trade", "bookTicker", "depth")
+
+
+def offered_mix(total: int, seed: int, seconds: float) -> dict[str, float]:
+    """Frames per market second of each stream the gateway subscribes, ``total`` symbols.
+
+    Counted by generating the first ``seconds`` of the same market the fake serves (same
+    seed).
+    """
+    spot, usdm = split_symbols(total)
+    market = SyntheticMarket.binance(spot=spot, usdm=usdm, seed=seed, duration_s=seconds)
+    counts = dict.fromkeys(_SUBSCRIBED, 0)
+    for f in market.frames():
+        kind = f.stream.split("@")[1]
+        if kind in counts:
+            counts[kind] += 1
+    return {k: n / seconds for k, n in counts.items()}
+
+
+def offered_rate(total: int, seed: int, seconds: float) -> float:
+    """All subscribed frames per market second (``offered_mix`` summed): the ratio of two
+    is the clock speed that offers the smaller market the larger one's total rate."""
+    return sum(offered_mix(total, seed, seconds).values())
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     gen = generation(args)
+    mixes = {n: offered_mix(n, args.seed, args.rate_seconds) for n in [*args.curve, args.symbols]}
+    rates = {n: sum(mix.values()) for n, mix in mixes.items()}
+    gen["offered_per_s"] = {str(n): round(r) for n, r in rates.items()}
+    # the share of each stream in what is offered: the mix changes with the symbol count
+    gen["offered_mix"] = {
+        str(n): {k: round(v / rates[n], 3) for k, v in mix.items()} for n, mix in mixes.items()
+    }
+    _log(f"offered frames per market second (subscribed streams): {gen['offered_per_s']}")
     curve = []
     for n in args.curve:
-        curve.append(await one_run(args, n, headroom=False))
+        speed = round(rates[args.symbols] / rates[n], 3) if args.same_rate else 1.0
+        curve.append(await one_run(args, n, headroom=False, speed=speed))
     full = await one_run(args, args.symbols, headroom=bool(args.speeds))
     curve.append(full)
+    for r in curve:
+        r["offered_mix"] = gen["offered_mix"][str(r["symbols"])]
     verdict = judge(full, curve)
     return {
         "command": " ".join(sys.argv),
@@ -741,6 +979,18 @@ def main() -> int:
     p.add_argument("--p99-bound-ms", type=float, default=10.0, help="headroom latency bound")
     p.add_argument("--live-timeout", type=float, default=900.0, help="seconds to wait for live")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--same-rate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="speed each curve point's clock up to the full market's total frame rate",
+    )
+    p.add_argument(
+        "--rate-seconds", type=float, default=20.0, help="market seconds counted for the rates"
+    )
+    p.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of the paused window (0: none)"
+    )
     p.add_argument("--set", action="append", default=[], help="gateway config override")
     p.add_argument("--json", type=Path, default=RESULTS / "full_market.json")
     p.add_argument("--png", type=Path, default=RESULTS / "full_market.png")

@@ -29,7 +29,7 @@ from meltica._core.events import Control
 from meltica._core.parser import SIMD_KERNEL, SIMD_REASON
 from meltica.adapters.binance.backfill import HoleOutcome, TradeBackfill
 from meltica.adapters.binance.instruments import InstrumentRegistry
-from meltica.adapters.binance.rest import BinanceRest, depth_limit, depth_weight
+from meltica.adapters.binance.rest import REST_MAX_PENDING, BinanceRest, depth_limit, depth_weight
 from meltica.adapters.binance.streams import VOCABULARY, channel_of
 from meltica.adapters.binance.ws import ConnectionManager
 from meltica.broker import connect as broker_connect
@@ -114,10 +114,16 @@ class Engine:
         self._subscribe_on_start = subscribe_on_start
         b = config.binance
         self.markets: tuple[Market, ...] = tuple(b.markets)
+        # at start every book of a market queues one depth snapshot at once, and the weight
+        # budget lets them out over minutes (the whole spot market: 1,920 books against 600
+        # snapshots a minute): the queue holds them all, plus the usual bound for the rest,
+        # so that none fails with RestQueueFull and sleeps in the snapshot back-off
+        books = max((len(b.market(m).symbols) for m in self.markets), default=0)
         self.rest = BinanceRest.from_config(
             b,
             request_timeout_s=b.rest_request_timeout_s,
             retry_deadline_s=b.rest_retry_deadline_s,
+            max_pending=REST_MAX_PENDING + books,
             api_key=b.backfill.api_key or None,
         )
         self.instruments = InstrumentRegistry(self.rest)

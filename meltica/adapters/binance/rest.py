@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_KEY_HEADER",
     "EXCHANGE_INFO_WEIGHT",
+    "REST_MAX_PENDING",
     "SPOT_DEPTH_LIMITS",
     "TRADES_BY_ID",
     "TRADE_ENDPOINTS",
@@ -86,6 +87,9 @@ TRADE_ENDPOINTS: Mapping[str, str] = {"trade": "historicalTrades", "agg_trade": 
 for _m, _prefix in (("spot", "/api/v3"), ("usdm", "/fapi/v1"), ("coinm", "/dapi/v1")):
     for _endpoint in TRADE_ENDPOINTS.values():
         _PATHS[_m][_endpoint] = f"{_prefix}/{_endpoint}"
+# outstanding requests per market by default (the engine adds one per configured book)
+REST_MAX_PENDING = 1024
+
 # (weight, largest limit) per market and endpoint
 TRADES_BY_ID: Mapping[str, Mapping[str, tuple[int, int]]] = {
     "spot": {"aggTrades": (4, 1000), "historicalTrades": (25, 1000)},
@@ -354,7 +358,7 @@ class BinanceRest:
         retry_deadline_s: float = 30.0,
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 5.0,
-        max_pending: int = 1024,
+        max_pending: int = REST_MAX_PENDING,
         max_in_flight: int = 4,
         window_margin_s: float = 0.5,
         max_body_bytes: int = 16 << 20,
