@@ -30,13 +30,18 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   (receive -> Data Bus publish, per batch) over the window, as the upper bound of the bucket
   it falls in; gaps, disconnects and paused readers in the window.  Budget: the whole market
   at the modelled rate uses at most half a core.
-- headroom: the fake exchange's clock is sped up (``--speeds``, default 2, 4, 8, 16 x; every
-  stream's rate scales) until the first budget breaks: the gateway over one core, p99 over
-  ``--p99-bound-ms``, the gateway receiving less than 90 % of what the fake sent, a paused
-  reader, a gap or disconnect.  The fake is one Python process generating the market; a
-  step where it sends less than 90 % of the asked rate is marked, and once its rate stops
-  growing (< 10 % more than the step before) the climb stops: the gateway's headroom is then
-  above what this set-up can offer, and the report says so.
+- headroom: the fake exchange's clock is sped up (``--speeds``, default 2, 4, 8, 16, 24, 32 x;
+  every stream's rate scales; a ``--step-duration`` window each, default 10 s) until the
+  first budget breaks: the gateway over half a core (the whole-market budget), over one core,
+  p99 over ``--p99-bound-ms``, the gateway receiving less than 90 % of what the fake sent, a
+  paused reader, a gap or disconnect.  Generating the market costs the fake far more than
+  sending it, so before each step it drops back to 1x and generates the step's market ahead
+  of the stream (``meltica/replay/runahead.py``: at most 5M frames, about 1.9 GB), then
+  serves that buffer at the step's speed, sending frames due within the next millisecond
+  together (``FakeExchange``'s quantum); during a step it only sends.  A step where it
+  sends less than 90 % of the asked rate is marked, and once its rate stops growing (< 10 %
+  more than the step before) the climb stops: the gateway's headroom is then above what
+  this set-up can offer, and the report says so.
 - generation: how fast one process generates the full market alone (no serving), in frames
   per CPU second and as a share of a core at the modelled rate.
 - curves: the same run (without headroom) at ``--curve`` symbol counts (default 10, 100,
@@ -55,7 +60,9 @@ the fake exchange (one core at most) shares it with the gateway.  A JSON documen
 
 Run (from the repository root):
     PYTHONPATH=. .venv/bin/python bench/bench_full_market.py [--symbols 2400] [--duration 20]
-        [--curve 10,100,600] [--speeds 2,4,8,16] [--depth-limit 100] [--json OUT] [--png OUT]
+        [--curve 10,100,600] [--speeds 2,4,8,16,24,32] [--step-duration 10] [--depth-limit 100]
+        [--json OUT] [--png OUT]
+    (``--curve ''`` runs the full market only; ``--speeds ''`` skips the headroom)
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ _FLAT_BUDGET: Final = 1.5
 # (about 370 bytes each: ~1.9 GB), the market seconds a step reads beyond settle + window,
 # and how long one step's generation may take
 _AHEAD_CAPACITY: Final = 5_000_000
-_AHEAD_MARGIN_S: Final = 5.0
+_AHEAD_MARGIN_S: Final = 3.0
 _AHEAD_TIMEOUT_S: Final = 900.0
 _PACE_QUANTUM_S: Final = 0.001
 _LINE = re.compile(rb"^(meltica_[a-z_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
@@ -727,7 +734,7 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=5.0, help="seconds before each window")
     p.add_argument("--curve", type=_ints, default=[10, 100, 600], help="smaller runs")
     p.add_argument(
-        "--speeds", type=_floats, default=[2.0, 4.0, 6.0, 8.0, 12.0, 16.0], help="headroom steps"
+        "--speeds", type=_floats, default=[2.0, 4.0, 8.0, 16.0, 24.0, 32.0], help="headroom steps"
     )
     p.add_argument("--step-duration", type=float, default=10.0, help="seconds per headroom window")
     p.add_argument("--depth-limit", type=int, default=100, help="depth_snapshot_limit")

@@ -109,6 +109,8 @@ class RunAhead:
             return 0
         buffer = self._buffer
         n = min(n, self.capacity - len(buffer))
+        if n <= 0:
+            return 0
         append = buffer.append
         got = 0
         for frame in it:
