@@ -30,13 +30,21 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   (receive -> Data Bus publish, per batch) over the window, as the upper bound of the bucket
   it falls in; gaps, disconnects and paused readers in the window.  Budget: the whole market
   at the modelled rate uses at most half a core.
-- headroom: the fake exchange's clock is sped up (``--speeds``, default 2, 4, 8, 16 x; every
-  stream's rate scales) until the first budget breaks: the gateway over one core, p99 over
-  ``--p99-bound-ms``, the gateway receiving less than 90 % of what the fake sent, a paused
-  reader, a gap or disconnect.  The fake is one Python process generating the market; a
-  step where it sends less than 90 % of the asked rate is marked, and once its rate stops
-  growing (< 10 % more than the step before) the climb stops: the gateway's headroom is then
-  above what this set-up can offer, and the report says so.
+- headroom: the fake exchange's clock is sped up (``--speeds``, default 2, 4, 8, 12, 16, 20, 24,
+  32 x; every stream's rate scales; a ``--step-duration`` window each, default 10 s) until the
+  first budget breaks: the gateway over half a core (the whole-market budget), over one core, p99
+  over ``--p99-bound-ms``, the gateway receiving less than 90 % of what the fake sent, a paused
+  reader, a gap or disconnect. Generating the market costs the fake far more than sending it, so
+  before each step it drops back to 1x and generates the step's market ahead of the stream
+  (``meltica/replay/runahead.py``: at most 5M frames, about 1.9 GB), then serves that buffer at
+  the step's speed, sending frames due within the next millisecond together (``FakeExchange``'s
+  quantum); during a step it only sends. A step where it sends less than 90 % of the asked rate is
+  marked, and once its rate stops growing (< 10 % more than the step before) the climb stops: the
+  gateway's headroom is then above what this set-up can offer, and the report says so. Measured on
+  2026-12-05 (``--curve '' --speeds 16,20,24,28``, load average 1.5-1.7): the half-core budget
+  breaks first, held at 16x (154k frames/s offered and received, 0.46 of a core, p99 within 1 ms)
+  and broken at 20x (193k frames/s, 0.54 of a core); the fake sent what was asked up to 32x (293k
+  frames/s at 0.64 of a core). docs/benchmarks.md ("Full market") has both runs.
 - generation: how fast one process generates the full market alone (no serving), in frames
   per CPU second and as a share of a core at the modelled rate.
 - curves: the same run (without headroom) at ``--curve`` symbol counts (default 10, 100,
@@ -68,8 +76,10 @@ the fake exchange (one core at most) shares it with the gateway.  A JSON documen
 
 Run (from the repository root):
     PYTHONPATH=. .venv/bin/python bench/bench_full_market.py [--symbols 2400] [--duration 20]
-        [--curve 10,100,600] [--speeds 2,4,8,16] [--depth-limit 100] [--idle 10]
-        [--same-rate | --no-same-rate] [--rate-seconds 20] [--json OUT] [--png OUT]
+        [--curve 10,100,600] [--speeds 2,4,8,12,16,20,24,32] [--step-duration 10]
+        [--depth-limit 100] [--idle 10] [--same-rate | --no-same-rate] [--rate-seconds 20]
+        [--json OUT] [--png OUT]
+    (``--curve ''`` runs the full market only; ``--speeds ''`` skips the headroom)
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -88,7 +99,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,7 +113,6 @@ import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 from harness import free_port, stop_process  # noqa: E402
 
-from meltica.replay.source import StreamFrame  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results"
@@ -127,6 +136,13 @@ _PAUSED: Final = 1e-9  # the fake's clock speed that stands for "paused"
 _LIVE_BUDGET: Final = 1.2
 _CPU_BUDGET_CORES: Final = 0.5
 _FLAT_BUDGET: Final = 1.5
+# headroom run-ahead (meltica/replay/runahead.py): at most this many frames generated ahead
+# (about 370 bytes each: ~1.9 GB), the market seconds a step reads beyond settle + window,
+# and how long one step's generation may take
+_AHEAD_CAPACITY: Final = 5_000_000
+_AHEAD_MARGIN_S: Final = 3.0
+_AHEAD_TIMEOUT_S: Final = 900.0
+_PACE_QUANTUM_S: Final = 0.001
 _LINE = re.compile(rb"^(meltica_[a-z_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
 _LE = re.compile(rb'le="([^"]+)"')
 _MARKET = re.compile(rb'market="([^"]+)"')
@@ -177,54 +193,14 @@ def lower_bounds(
 # ---------------------------------------------------------------- the fake exchange process
 
 
-class Retimed:
-    """A ``MarketSource`` whose clock runs ``speed`` times faster from any frame on.
-
-    The fake exchange paces frames by their ``ts_ns``; compressing the timestamps from the
-    frame where the speed changes raises every stream's rate by that factor without
-    restarting (so no book has to resync).  Payloads are untouched.
-    """
-
-    def __init__(self, source: SyntheticMarket) -> None:
-        self.source = source
-        self.markets = source.markets
-        self.speed = 1.0
-
-    def symbols(self, market: str) -> list[str]:
-        return self.source.symbols(market)
-
-    def streams(self, market: str) -> set[str]:
-        return self.source.streams(market)
-
-    def exchange_info(self, market: str) -> dict[str, Any]:
-        return self.source.exchange_info(market)
-
-    def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:
-        return self.source.depth_snapshot(market, symbol, limit)
-
-    @property
-    def tape(self) -> Any:  # trades by id over REST
-        return self.source.tape
-
-    def frames(self) -> Iterator[StreamFrame]:
-        speed = self.speed
-        anchor_in = anchor_out = -1.0
-        for f in self.source.frames():
-            if anchor_in < 0:
-                anchor_in = anchor_out = float(f.ts_ns)
-            elif self.speed != speed:
-                anchor_out += (f.ts_ns - anchor_in) / speed
-                anchor_in, speed = float(f.ts_ns), self.speed
-            ts = int(anchor_out + (f.ts_ns - anchor_in) / speed)
-            yield StreamFrame(ts, f.market, f.stream, f.payload, f.envelope)
-
-
 async def serve(args: argparse.Namespace) -> int:
-    """The fake exchange: prints its URLs, then answers ``speed X`` and ``stats`` on stdin."""
+    """The fake exchange: prints its URLs, then answers ``speed X``, ``ahead S`` (generate
+    ``S`` seconds of the market ahead of the stream, ``RunAhead``) and ``stats`` on stdin."""
     from meltica.replay.exchange import FakeExchange
+    from meltica.replay.runahead import RunAhead
 
     market = SyntheticMarket.binance(spot=args.spot, usdm=args.usdm, seed=args.seed)
-    source = Retimed(market)
+    source = RunAhead(market, _AHEAD_CAPACITY)
     exchange = FakeExchange(source, speed=1.0)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -236,12 +212,29 @@ async def serve(args: argparse.Namespace) -> int:
     async def commands() -> None:
         while line := (await reader.readline()).decode().split():
             if line[0] == "speed":
-                source.speed = float(line[1])
+                exchange.speed = float(line[1])
+            elif line[0] == "quantum":
+                exchange.quantum = float(line[1])
+            elif line[0] == "ahead":
+                t0 = time.process_time()
+                # millions of buffered frames: no collection scans them while they pile up,
+                # nor afterwards (frozen; each is still freed as it is sent)
+                gc.disable()
+                try:
+                    await source.run_ahead(float(line[1]))
+                finally:
+                    gc.freeze()
+                    gc.enable()
+                cpu = time.process_time() - t0
             reply = {
                 "frames_read": exchange.frames_read,
                 "frames_published": exchange.frames_published,
+                "ahead_s": round(source.ahead_s(), 1),
+                "buffered": source.buffered,
                 "ws": {m: dataclasses.asdict(s.counters) for m, s in exchange.ws.items()},
             }
+            if line[0] == "ahead":
+                reply["ahead_cpu_s"] = round(cpu, 1)
             print(json.dumps(reply), flush=True)
         stop.set()
 
@@ -294,11 +287,11 @@ class Fake:
                     rest = url
         return cls(proc, ws, rest)
 
-    async def command(self, text: str) -> dict[str, Any]:
+    async def command(self, text: str, timeout: float = 30) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(text.encode() + b"\n")
         await self.proc.stdin.drain()
-        return dict(json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30)))
+        return dict(json.loads(await asyncio.wait_for(self.proc.stdout.readline(), timeout)))
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -489,6 +482,8 @@ async def window(
 def broken(w: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """The gateway budgets a window breaks (empty: all held)."""
     out = []
+    if w["gateway_cores"] > _CPU_BUDGET_CORES:
+        out.append(f"gateway CPU {w['gateway_cores']:.2f} cores > {_CPU_BUDGET_CORES} (budget)")
     if w["gateway_cores"] > 1.0:
         out.append(f"gateway CPU {w['gateway_cores']:.2f} cores > 1")
     if w["p99_ms"] is not None and w["p99_ms"] > args.p99_bound_ms:
@@ -642,10 +637,24 @@ async def raise_rate(
     gateway's headroom is then above what this set-up can offer.
     """
     steps: list[dict[str, Any]] = []
+    # frames due within the next millisecond go out together (FakeExchange's quantum): at
+    # 100k frames/s a write per connection every few frames would cost the fake more than
+    # the gateway spends
+    await fake.command(f"quantum {_PACE_QUANTUM_S}")
     for speed in args.speeds:
+        # generate the step's market ahead while serving at 1x, then serve it at ``speed``:
+        # the step reads (settle + window + the scrapes' few seconds) x speed of market time
+        await fake.command("speed 1")
+        need = (args.settle + args.step_duration + _AHEAD_MARGIN_S) * speed
+        ahead = await fake.command(f"ahead {need}", timeout=_AHEAD_TIMEOUT_S)
+        _log(
+            f"{speed}x: {ahead['ahead_s']} s of market generated ahead ({ahead['buffered']:,} "
+            f"frames, {ahead['ahead_cpu_s']} CPU s)"
+        )
         await fake.command(f"speed {speed}")
         await asyncio.sleep(args.settle)
-        w = await window(http, gw, fake, args.duration, speed)
+        w = await window(http, gw, fake, args.step_duration, speed)
+        w["ahead_s"] = ahead["ahead_s"]
         w["asked_per_s"] = round(modelled * speed)
         w["fake_limited"] = w["fake_sent_per_s"] < 0.9 * modelled * speed
         w["broken"] = broken(w, args)
@@ -973,7 +982,13 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=20.0, help="seconds per measured window")
     p.add_argument("--settle", type=float, default=5.0, help="seconds before each window")
     p.add_argument("--curve", type=_ints, default=[10, 100, 600], help="smaller runs")
-    p.add_argument("--speeds", type=_floats, default=[2.0, 4.0, 8.0, 16.0], help="headroom steps")
+    p.add_argument(
+        "--speeds",
+        type=_floats,
+        default=[2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0],
+        help="headroom steps",
+    )
+    p.add_argument("--step-duration", type=float, default=10.0, help="seconds per headroom window")
     p.add_argument("--depth-limit", type=int, default=100, help="depth_snapshot_limit")
     p.add_argument("--budget-fraction", type=float, default=0.5, help="REST budget fraction")
     p.add_argument("--p99-bound-ms", type=float, default=10.0, help="headroom latency bound")

@@ -607,3 +607,22 @@ def test_snapshot_limit_and_fast_frame_constructor() -> None:
     assert made.envelope is None and hash(made) == hash(
         StreamFrame(5, "spot", "btcusdt@trade", b"{}")
     )
+
+
+def test_the_tape_holds_what_observing_every_frame_would() -> None:
+    """frames() puts trades on the tape by the ids it made; a tape that parses every yielded
+    frame (TradeTape.observe) ends up the same, trade for trade."""
+    from meltica.replay.tape import TradeTape
+
+    market = SyntheticMarket(
+        markets=("spot", "usdm"), symbols_per_market=3, seed=11, duration_s=5.0
+    )
+    observed = TradeTape()
+    kinds = set()
+    for frame in market.frames():
+        observed.observe(frame)
+        kinds.add(frame.stream.rpartition("@")[2])
+    assert {"trade", "aggTrade"} <= kinds
+    made = {k: (st.ids, st.payloads) for k, st in market.tape._streams.items()}
+    assert made == {k: (st.ids, st.payloads) for k, st in observed._streams.items()}
+    assert len(market.tape) > 100

@@ -33,7 +33,9 @@ BATCH = 1024
 class FakeExchange:
     """A local Binance serving ``source`` on loopback.
 
-    speed: None = as fast as clients read; 1.0 = recorded time; N = N times faster.
+    speed: None = as fast as clients read; 1.0 = recorded time; N = N times faster.  A paced
+    timeline may be given another (paced) ``speed`` while it runs: the frames after the
+    change follow at the new rate, without a jump.
     start: "first_subscribe" (the timeline waits for a subscription), "now", or
     "manual" (it waits for `begin()`: a client subscribes everything first).
     subscribers: with "first_subscribe", the timeline waits until every stream the
@@ -41,6 +43,12 @@ class FakeExchange:
     subscription), so that N clients, e.g. a hot-hot pair of gateways, receive the
     same frames from the first one on.
     ws_options / rest_options: passed to each WsServer / the RestServer.
+    quantum: when paced, frames due within this many seconds (wall time) of the clock go
+    out together with the run being built, up to ``quantum`` early, instead of a write and a
+    sleep each (0, the default: every frame waits until it is due).  At 100k frames/s the
+    frames are microseconds apart; a quantum of a millisecond turns a write per connection
+    every few frames into one per millisecond.  Frames, their order and their pacing at any
+    coarser scale are the same.
     """
 
     def __init__(
@@ -56,7 +64,10 @@ class FakeExchange:
         ws_options: dict[str, Any] | None = None,
         rest_options: dict[str, Any] | None = None,
         subscribers: int = 1,
+        quantum: float = 0.0,
     ) -> None:
+        if quantum < 0:
+            raise ValueError("quantum must be >= 0")
         if subscribers < 1:
             raise ValueError("subscribers must be at least 1")
         if speed is not None and speed <= 0:
@@ -65,6 +76,7 @@ class FakeExchange:
             raise ValueError("start must be 'first_subscribe', 'now' or 'manual'")
         self.source = source
         self.speed = speed
+        self.quantum = quantum
         self.faults = faults or FaultPlan()
         self._start_mode = start
         self._subscribers = subscribers
@@ -153,12 +165,15 @@ class FakeExchange:
         if self._start_mode != "now":
             await self._subscribed.wait()
         t0_wall = loop.time()
-        t0_ts: int | None = None
+        t0_ts = 0
+        # frames with ts_ns <= horizon were due (within the quantum) at the last clock read
+        horizon = -1
         # Frames go out in runs (one write per connection per run): a run ends when
         # it is BATCH long, or, when paced, at the first frame not yet due.
         run: list[StreamFrame] = []
         markets = self.ws.keys()
         paced = self.speed is not None
+        speed = self.speed or 1.0  # the speed the anchors below were taken at
         frames = iter(self.source.frames())
         if not paced:
             # "max": take runs straight off the source (no per-frame Python step here)
@@ -170,13 +185,23 @@ class FakeExchange:
             if frame.market not in markets:
                 continue
             if paced:
-                assert self.speed is not None
-                if t0_ts is None:
-                    t0_ts = frame.ts_ns
-                delay = t0_wall + (frame.ts_ns - t0_ts) / 1e9 / self.speed - loop.time()
-                if delay > 0:
-                    await self._flush(run)
-                    await asyncio.sleep(delay)
+                ts = frame.ts_ns
+                if horizon < 0:  # the first frame
+                    t0_ts, speed = ts, self.speed or speed
+                elif self.speed != speed:
+                    # re-anchor at this frame: it stays due when the old speed had it due,
+                    # the frames after it follow at the new speed (no jump, no restart)
+                    t0_wall += (ts - t0_ts) / 1e9 / speed
+                    t0_ts, speed = ts, self.speed or speed
+                    horizon = 0
+                if ts > horizon:
+                    now = loop.time()
+                    delay = t0_wall + (ts - t0_ts) / 1e9 / speed - now
+                    if delay > self.quantum:
+                        await self._flush(run)
+                        await asyncio.sleep(delay)
+                        now = loop.time()
+                    horizon = t0_ts + int((now + self.quantum - t0_wall) * speed * 1e9)
             run.append(frame)
             if len(run) >= BATCH:
                 await self._flush(run)

@@ -298,6 +298,7 @@ class _Instrument:
         "fmt_qty",
         "fmt_quote",
         "futures",
+        "hooks",
         "k_L",
         "k_Q",
         "k_V",
@@ -502,6 +503,9 @@ class _Instrument:
                 self.step_ns.append(mean)
                 self.next_t.append(start_ns + self._gap(mean))
         self.out: list[StreamFrame] = []
+        # id(frame) -> what yielding it does (SyntheticMarket.frames(), per batch): the trades'
+        # (market, SYMBOL, kind, id) for the tape
+        self.hooks: dict[int, Any] = {}
 
     @property
     def active(self) -> bool:
@@ -790,7 +794,9 @@ class _Instrument:
                 f'{{"e":"trade","E":{ms},"s":"{self.sym}","t":{trade_id},"p":"{p}","q":"{q}",'
                 f'"T":{ms},"m":{m},"M":true}}'
             )
-        self.out.append(_frame(ts, self.market, self.stream["trade"], body.encode()))
+        frame = _frame(ts, self.market, self.stream["trade"], body.encode())
+        self.hooks[id(frame)] = (self.market, self.sym, "trade", trade_id)
+        self.out.append(frame)
 
     def _agg_trade(
         self, ts: int, ms: int, tick: int, lots: int, first: int, last: int, buy: bool
@@ -810,7 +816,9 @@ class _Instrument:
                 f'{{"e":"aggTrade","E":{ms},"s":"{self.sym}","a":{self.agg_id},"p":"{p}",'
                 f'"q":"{q}","f":{first},"l":{last},"T":{ms},"m":{m},"M":true}}'
             )
-        self.out.append(_frame(ts, self.market, self.stream["agg_trade"], body.encode()))
+        frame = _frame(ts, self.market, self.stream["agg_trade"], body.encode())
+        self.hooks[id(frame)] = (self.market, self.sym, "agg_trade", self.agg_id)
+        self.out.append(frame)
 
     # -- periodic pushes ----------------------------------------------------------------------
 
@@ -1298,7 +1306,7 @@ class SyntheticMarket:
             None if self.duration_s is None else self.start_ns + round(self.duration_s * _NS_PER_S)
         )
         by_time = attrgetter("ts_ns")
-        observe = self.tape.observe
+        record = self.tape.record
         # Every instrument's depth windows share one grid, so a run of windows of all
         # instruments is a closed time range: it is merged with one (C) sort instead of a heap
         # operation per frame.  Each instrument simulates several windows in a row (its book
@@ -1308,9 +1316,12 @@ class SyntheticMarket:
         t0 = self.start_ns
         while insts and (end_ns is None or t0 < end_ns):
             batch: list[StreamFrame] = []
-            depth_of: dict[int, _Instrument] = {}  # id(depth frame) -> its instrument
+            # id(frame) -> a depth frame's instrument, or a trade's tape entry (the instruments
+            # add those): the frames themselves are never parsed again
+            hooks: dict[int, Any] = {}
             t1 = t0
             for inst in insts:
+                inst.hooks = hooks
                 t1 = t0
                 for _ in range(span):
                     if end_ns is not None and t1 >= end_ns:
@@ -1319,20 +1330,24 @@ class SyntheticMarket:
                     frame = inst.window(t1, batch)
                     if frame is not None:
                         batch.append(frame)
-                        depth_of[id(frame)] = inst
+                        hooks[id(frame)] = inst
             t0 = t1
             batch.sort(key=by_time)  # stable: ties keep instrument order, then event order
             if end_ns is not None and t1 > end_ns:
                 batch = [f for f in batch if f.ts_ns <= end_ns]
-            get_depth = depth_of.get
+            get_hook = hooks.get
             for frame in batch:
                 # A depth frame publishes its window as it goes out, so a snapshot taken
-                # between two frames reflects exactly the depth frames already yielded.
-                owner = get_depth(id(frame))
-                if owner is not None:
-                    owner.publish()
+                # between two frames reflects exactly the depth frames already yielded; a
+                # trade goes on the tape as it goes out (as TradeTape.observe would put it).
+                hook = get_hook(id(frame))
+                if hook is not None:
+                    if type(hook) is tuple:
+                        market, symbol, kind, tid = hook
+                        record(market, symbol, kind, tid, frame.payload)
+                    else:
+                        hook.publish()
                 self._now_ns = frame.ts_ns
-                observe(frame)
                 yield frame
 
     def depth_snapshot(self, market: str, symbol: str, limit: int) -> bytes | None:

@@ -59,13 +59,18 @@ class TradeTape:
             return  # a malformed frame (a fault or the recording): nothing to serve
         if type(tid) is not int or not isinstance(symbol, str):
             return
-        st = self._streams.get((frame.market, symbol, kind))
+        self.record(frame.market, symbol, kind, tid, frame.payload)
+
+    def record(self, market: str, symbol: str, kind: str, tid: int, payload: bytes) -> None:
+        """Keep a trade (``kind`` "trade") or agg trade ("agg_trade") whose symbol and id the
+        caller knows (a source that made the payload itself); ``observe`` reads them."""
+        st = self._streams.get((market, symbol, kind))
         if st is None:
-            st = self._streams[(frame.market, symbol, kind)] = _Stream()
+            st = self._streams[(market, symbol, kind)] = _Stream()
         if st.ids and tid <= st.ids[-1]:
             return  # a repeat (a recorded reconnect overlap) or out of order: first wins
         st.ids.append(tid)
-        st.payloads.append(frame.payload)
+        st.payloads.append(payload)
         if len(st.ids) >= 2 * self.capacity:
             del st.ids[: -self.capacity]
             del st.payloads[: -self.capacity]

@@ -122,6 +122,10 @@ def _ws_header(n: int) -> bytes:
 
 
 _SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+# a WsServer keeps the combined-frame heads of at most this many streams (then starts over)
+_MAX_ENVELOPE_HEADS = 100_000
+# headers by payload length, made on first use (at most 65,536: the 2-byte length forms)
+_HEADERS: dict[int, bytes] = dict(enumerate(_SHORT_HEADERS))
 
 
 def _raw_ws_frame(payload: bytes) -> bytes:
@@ -317,8 +321,15 @@ class _Connection(WSListener):
         assert self.transport is not None
         parts: list[bytes] = []
         append = parts.append
+        headers = _HEADERS
         for message in messages:
-            append(_ws_header(len(message)))
+            n = len(message)
+            header = headers.get(n)
+            if header is None:
+                header = _ws_header(n)
+                if n < 1 << 16:
+                    headers[n] = header
+            append(header)
             append(message)
         self.transport.underlying_transport.write(b"".join(parts))
         self.frames += len(messages)
@@ -777,6 +788,8 @@ class WsServer:
         self._faults = faults.ws(market)
         self._conns: dict[_Connection, None] = {}
         self._by_stream: dict[str, dict[_Connection, None]] = {}
+        # stream -> b'{"stream":"<stream>","data":', the head of its combined frames
+        self._envelope_heads: dict[str, bytes] = {}
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -863,15 +876,23 @@ class WsServer:
         batches: dict[_Connection, list[bytes]] = {}
         written = 0
         by_stream = self._by_stream
+        heads = self._envelope_heads
         for frame in frames:
-            conns = by_stream.get(frame.stream)
+            stream = frame.stream
+            conns = by_stream.get(stream)
             if not conns:
                 continue
             combined = frame.envelope
             for conn in conns:
                 if conn.combined:
                     if combined is None:
-                        combined = combined_frame(frame)
+                        # combined_frame(frame), with the stream's head made once
+                        head = heads.get(stream)
+                        if head is None:
+                            if len(heads) >= _MAX_ENVELOPE_HEADS:
+                                heads.clear()
+                            head = heads[stream] = b'{"stream":"' + stream.encode() + b'","data":'
+                        combined = head + frame.payload + b"}"
                     data = combined
                 else:
                     data = frame.payload
