@@ -34,7 +34,8 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   32 x; every stream's rate scales; a ``--step-duration`` window each, default 10 s) until the
   first budget breaks: the gateway over half a core (the whole-market budget), over one core, p99
   over ``--p99-bound-ms``, the gateway receiving less than 90 % of what the fake sent, a paused
-  reader, a gap or disconnect. Generating the market costs the fake far more than sending it, so
+  reader, a gap or disconnect, or a ``/metrics`` scrape unanswered for 20 s. Generating the
+  market costs the fake far more than sending it, so
   before each step it drops back to 1x and generates the step's market ahead of the stream
   (``meltica/replay/runahead.py``: at most 5M frames, about 1.9 GB), then serves that buffer at
   the step's speed, sending frames due within the next millisecond together (``FakeExchange``'s
@@ -135,6 +136,7 @@ _SYNC_TRACE: Final = (
 _PAUSED: Final = 1e-9  # the fake's clock speed that stands for "paused"
 _LIVE_BUDGET: Final = 1.2
 _CPU_BUDGET_CORES: Final = 0.5
+_SCRAPE_S: Final = 20.0  # a /metrics scrape unanswered this long breaks the step
 _FLAT_BUDGET: Final = 1.5
 # headroom run-ahead (meltica/replay/runahead.py): at most this many frames generated ahead
 # (about 370 bytes each: ~1.9 GB), the market seconds a step reads beyond settle + window,
@@ -429,6 +431,10 @@ class Gateway:
         await stop_process(self.proc, 30)
 
 
+class MetricsUnanswered(RuntimeError):
+    """The gateway did not answer a /metrics scrape within ``_SCRAPE_S``."""
+
+
 async def window(
     http: aiohttp.ClientSession, gw: Gateway, fake: Fake, seconds: float, speed: float
 ) -> dict[str, Any]:
@@ -449,7 +455,7 @@ async def window(
     tm1 = time.perf_counter()
     s1 = await fake.command("stats")
     if m0 is None or m1 is None:
-        raise RuntimeError("no /metrics from the gateway")
+        raise MetricsUnanswered(f"the gateway's /metrics did not answer within {_SCRAPE_S:g} s")
     elapsed = t1 - t0
     between = tm1 - tm0
     frames = m1.get("meltica_ws_frames_total") - m0.get("meltica_ws_frames_total")
@@ -534,7 +540,8 @@ async def one_run(
             live_curve: list[tuple[float, int]] = []
             sync_trace: list[dict[str, Any]] = []
             result["sync_trace"] = sync_trace
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            timeout = aiohttp.ClientTimeout(total=_SCRAPE_S)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
                 live = 0.0
                 deadline = t_start + args.live_timeout
                 while time.monotonic() < deadline:
@@ -653,7 +660,13 @@ async def raise_rate(
         )
         await fake.command(f"speed {speed}")
         await asyncio.sleep(args.settle)
-        w = await window(http, gw, fake, args.step_duration, speed)
+        try:
+            w = await window(http, gw, fake, args.step_duration, speed)
+        except MetricsUnanswered as exc:
+            # an operator's scrape that gets no answer is a broken gateway, not a bench error
+            steps.append({"speed": speed, "broken": [str(exc)], "loadavg": loadavg()})
+            _log(f"{speed}x: {exc}")
+            break
         w["ahead_s"] = ahead["ahead_s"]
         w["asked_per_s"] = round(modelled * speed)
         w["fake_limited"] = w["fake_sent_per_s"] < 0.9 * modelled * speed
@@ -685,7 +698,7 @@ def judge(full: dict[str, Any], curve: list[dict[str, Any]]) -> dict[str, Any]:
         out["headroom_first_broken"] = (
             None if first is None else f"{first['speed']}x: {'; '.join(first['broken'])}"
         )
-        out["headroom_fake_limited"] = any(w["fake_limited"] for w in steps)
+        out["headroom_fake_limited"] = any(w.get("fake_limited") for w in steps)
     out.update(judge_curve(curve))
     return out
 
@@ -794,6 +807,9 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for w in [b, *full.get("headroom", [])]:
+            if "frames_per_s" not in w:  # no /metrics answer in that step
+                lines.append(f"| {w['speed']}x | {'; '.join(w['broken'])} |")
+                continue
             asked = f" ({w['asked_per_s']:,})" if "asked_per_s" in w else ""
             lines.append(
                 f"| {w['speed']}x | {w['frames_per_s']:,} | {w['fake_sent_per_s']:,}{asked} | "

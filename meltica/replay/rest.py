@@ -10,14 +10,16 @@ server" and "Faults").  It listens on loopback only.
 
 Weight accounting, as Binance does it: one bucket per market (spot, usdm, coinm are separate
 hosts with separate limits), each counting the weight used in the current clock minute
-(``floor(clock() / 60)``), reported in ``X-MBX-USED-WEIGHT-1M`` on every response of a known
-route, errors included.  A request whose weight would push the bucket past its limit is
-refused with 429 and starts a back-off that lasts until the minute ends (``Retry-After``).
-Every request to that bucket during the back-off is refused too (429); the
-``ban_after_429 + 1``-th one is answered 418 and bans the bucket for ``ban_s`` seconds,
-during which every request is 418.  Refused requests are not charged.  Requests that pass
-the limiter are charged even when they then fail validation (invalid limits are charged the
-default limit's weight) or are hit by a scripted fault.
+(``floor(clock() / 60)``; by default wall-clock minutes, as Binance's and the gateway's
+windows are: a fake on another clock would have its minutes turn over at a different second
+and report the budget spent into the client's fresh window), reported in
+``X-MBX-USED-WEIGHT-1M`` on every response of a known route, errors included.  A request
+whose weight would push the bucket past its limit is refused with 429 and starts a back-off
+that lasts until the minute ends (``Retry-After``). Every request to that bucket during the
+back-off is refused too (429); the ``ban_after_429 + 1``-th one is answered 418 and bans the
+bucket for ``ban_s`` seconds, during which every request is 418.  Refused requests are not
+charged.  Requests that pass the limiter are charged even when they then fail validation
+(invalid limits are charged the default limit's weight) or are hit by a scripted fault.
 
 REST faults (``Fault.kind``): ``rest_status`` answers ``code`` (default 500) with a
 Binance-like error body and ``Retry-After: retry_after`` when set; ``rest_timeout`` holds the
@@ -308,7 +310,7 @@ class RestServer:
         weight_limits: Mapping[str, int] | None = None,
         ban_after_429: int = 3,
         ban_s: float = 120.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         limits = dict(DEFAULT_WEIGHT_LIMITS)
         for market, limit in (weight_limits or {}).items():
