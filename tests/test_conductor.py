@@ -678,6 +678,25 @@ def test_memory_store_is_written_from_c_with_the_same_cas_rules() -> None:
     assert book.store_key == k and book.store_version == 999
 
 
+def test_batches_and_store_writes_counted_in_c_read_through_counters_and_status() -> None:
+    """The per-batch path keeps ``batches`` and ``store_writes`` as C ints; the
+    counters dict and status() show them on every read."""
+    store = MemorySnapshotStore()
+
+    async def scenario() -> Harness:
+        h = await aaa_live(store=store)
+        return h
+
+    h = run(scenario)
+    start = h.cond.counters["batches"]
+    writes = h.cond.counters["store_writes"]
+    h.feed()
+    h.feed(delta("AAA", 102, 102), delta("AAA", 103, 103))
+    assert h.cond.counters["batches"] == start + 2
+    assert h.cond.counters["store_writes"] == writes + 1  # one write per book per batch
+    assert h.cond.status()["counters"]["batches"] == start + 2
+
+
 def test_memory_store_full_is_a_counted_store_error_and_the_batch_goes_on() -> None:
     store = MemorySnapshotStore(max_entries=1)
     k = "binance:spot:AAA:book"

@@ -17,6 +17,7 @@
 from libc.stdint cimport int64_t, uint64_t
 
 from meltica._core.events cimport BookDepth
+from meltica._core.snapshot cimport SnapshotTable
 
 
 cdef extern from "book_side.hpp" nogil:
@@ -131,3 +132,6 @@ cdef class BookSet:
 
     cdef OrderBook _lookup(self, str market, str symbol)
     cpdef Py_ssize_t apply_batch(self, list batch, Py_ssize_t start, list out) except -1
+    # store_fused for C callers (the Conductor's Flow, once per batch)
+    cdef Py_ssize_t store_into(self, SnapshotTable table, int64_t ttl_ns, int64_t now_ns,
+                               list failed) except -1

@@ -18,7 +18,7 @@ from meltica._core.events cimport (
     BOOK_DELTA, BOOK_SNAPSHOT, MT_DEC_NA, MT_NA, SOURCE_BBO, SOURCE_BOOK,
     BookDepth, fixed_new, mt_level,
 )
-from meltica._core.snapshot cimport SNAP_OK, SnapshotTable
+from meltica._core.snapshot cimport SNAP_OK
 
 STATUS_NAMES = (
     "applied", "synced", "stale", "gap", "unbridged", "crossed", "overflow",
@@ -681,11 +681,18 @@ cdef class BookSet:
         A write that does not succeed appends ``(book, status)`` to ``failed``
         for the caller's slow path; books no longer in this set are skipped.
         Returns how many were written."""
+        return self.store_into(table, ttl_ns, now_ns, failed)
+
+    cdef Py_ssize_t store_into(self, SnapshotTable table, int64_t ttl_ns, int64_t now_ns,
+                               list failed) except -1:
+        """``store_fused`` without a Python call: no method lookup, no boxed
+        arguments or result (the Flow calls it once per batch with fused books)."""
         cdef OrderBook book
         cdef BookDepth ev
         cdef int st
         cdef Py_ssize_t written = 0
-        books, self.fused = self.fused, []
+        cdef list books = self.fused
+        self.fused = []
         for book in books:
             book.in_fused = False
             ev = book.last_fused

@@ -7,12 +7,13 @@ from meltica._core.book import BookSet, OrderBook
 class Flow:
     downstream: Callable[[list[Any]], None]
     clocks: dict[str, int]
+    batches: int
+    store_writes: int
     def __init__(
         self,
         conductor: Any,
         books: BookSet,
         downstream: Callable[[list[Any]], None],
-        counters: dict[str, int],
         hooks: bool,
         trade_hooks: bool,
         mem: Any = None,

@@ -30,6 +30,7 @@ from libc.stdint cimport int64_t
 
 from meltica._core.book cimport BOOK_SYNCED, BookSet, OrderBook
 from meltica._core.events cimport BOOK_DELTA, MT_NA, BookDepth, Event
+from meltica._core.snapshot cimport SnapshotTable
 
 
 @cython.final
@@ -37,12 +38,14 @@ cdef class Flow:
     """The per-batch path of one Conductor (see the module docstring).
 
     conductor: the Conductor (its handlers above); books: its BookSet;
-    downstream: where every batch goes (the Data Bus's publish); counters:
-    the Conductor's counters dict (``batches`` and ``store_writes`` are
-    counted here); hooks / trade_hooks: analytics hooks on outputs / on
-    trades exist; mem, mem_ttl_ns: the in-memory SnapshotStore and its entry
-    TTL, written here through its C table (held) and its clock (read per
-    batch); mem None: every store write goes through ``conductor._store_book``.
+    downstream: where every batch goes (the Data Bus's publish); batches,
+    store_writes: the Conductor's counters of those names, kept here as C
+    ints (a dict update per batch cost about as much as the bus publish;
+    the Conductor copies them into its counters when they are read);
+    hooks / trade_hooks: analytics hooks on outputs / on trades exist;
+    mem, mem_ttl_ns: the in-memory SnapshotStore and its entry TTL, written
+    here through its C table (held) and its clock (read per batch); mem
+    None: every store write goes through ``conductor._store_book``.
     mirror: None, or called once per batch with the books fused in it (the
     Redis writer's ``offer``: it queues their latest states, no I/O).
     bucket_ns: the publish interval in ns (0: the books publish on every
@@ -51,23 +54,23 @@ cdef class Flow:
     cdef object conductor
     cdef BookSet books
     cdef public object downstream
-    cdef dict counters
+    cdef public int64_t batches       # batches handed downstream
+    cdef public int64_t store_writes  # successful SnapshotStore writes (also the Conductor's)
     cdef bint hooks, trade_hooks
     cdef object mem
-    cdef object mem_table
+    cdef SnapshotTable mem_table
     cdef int64_t mem_ttl_ns
     cdef object mirror
     cdef int64_t bucket_ns
     cdef OrderBook cut_book  # the book of the diff _next_cut stopped at
     cdef readonly dict clocks  # market -> the latest exchange time (ns) read, bucketed mode
 
-    def __init__(self, conductor, BookSet books not None, downstream, dict counters not None,
-                 bint hooks, bint trade_hooks, mem=None, int64_t mem_ttl_ns=0, mirror=None,
+    def __init__(self, conductor, BookSet books not None, downstream, bint hooks,
+                 bint trade_hooks, mem=None, int64_t mem_ttl_ns=0, mirror=None,
                  int64_t bucket_ns=0):
         self.conductor = conductor
         self.books = books
         self.downstream = downstream
-        self.counters = counters
         self.hooks = hooks
         self.trade_hooks = trade_hooks
         self.mem = mem
@@ -101,7 +104,7 @@ cdef class Flow:
             conductor._post(out)
         if self.trade_hooks:
             conductor._trades(batch, out)
-        self.counters["batches"] += 1
+        self.batches += 1
         if out:
             batch.extend(out)
         self.downstream(batch)
@@ -206,7 +209,7 @@ cdef class Flow:
                 self.conductor._store_book(book)
         else:
             failed = []
-            self.counters["store_writes"] += self.books.store_fused(
+            self.store_writes += self.books.store_into(
                 self.mem_table, self.mem_ttl_ns, mem.clock(), failed)
             if failed:
                 self.conductor._store_failed(failed)

@@ -220,7 +220,8 @@ class Conductor:
         # the gap manifest (meltica/gaps.py), set by the engine: a continuity gap
         # opens an entry, the book going live again closes it ``resynced``
         self.gaps: GapManifest | None = None
-        self.counters: dict[str, int] = dict.fromkeys(
+        # batches and store_writes are counted by the Flow (C ints): see `counters`
+        self._counters: dict[str, int] = dict.fromkeys(
             (
                 "batches",
                 "control",
@@ -241,7 +242,6 @@ class Conductor:
             self,
             self.books,
             downstream,
-            self.counters,
             bool(self._hooks_by_kind),
             self._trade_hooks,
             self._mem,
@@ -318,6 +318,16 @@ class Conductor:
     def book(self, market: str, symbol: str) -> OrderBook | None:
         inst = self._instruments.get((market, symbol))
         return inst.book if inst else None
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The Conductor's counters (one dict, updated in place).  ``batches`` and
+        ``store_writes`` are counted in C by the per-batch path and copied in here on
+        every read."""
+        c = self._counters
+        c["batches"] = self._flow.batches
+        c["store_writes"] = self._flow.store_writes
+        return c
 
     def status(self) -> dict[str, Any]:
         return {
@@ -862,7 +872,7 @@ class Conductor:
                     book.store_version = cur_v
                     return
             book.store_version = version
-            self.counters["store_writes"] += 1
+            self._flow.store_writes += 1
         except Exception as exc:
             self._store_error(exc)
 
