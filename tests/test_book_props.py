@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from bookref import RefBook, depth_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -271,3 +272,21 @@ def test_verified_depth_follows_the_model(
         c.publish_unverified = True
         assert c.snapshot(50).bids == c.bids(50)
         c.publish_unverified = False
+
+
+@pytest.mark.parametrize(
+    ("asks", "want"),
+    [
+        ([["2.5", "1"], ["2.5", "0"]], {}),
+        ([["2.5", "1"], ["2.5", "3"]], {Decimal("2.5"): Decimal("3")}),
+        ([["2.5", "0"], ["2.5", "3"]], {Decimal("2.5"): Decimal("3")}),
+    ],
+)
+def test_a_snapshot_price_given_twice_keeps_the_last(asks: Any, want: Any) -> None:
+    """Found by the model test above: a snapshot repeating a price with a last quantity of
+    0 kept the earlier level, where the levels applied in order leave none."""
+    c = OrderBook("spot", "TEST", futures=False, max_levels=0)
+    snap = _event("book_snapshot", 1000, None, None, [["1.0", "1"]], asks, "spot")
+    assert STATUS_NAMES[c.load_snapshot(snap, 0, bridged=True)] == "applied"
+    assert _c_levels(c) == ({Decimal("1.0"): Decimal("1")}, want)
+    assert c.n_asks == len(want)

@@ -434,8 +434,6 @@ cdef class OrderBook:
                 n = snap.n_bids if side == 0 else snap.n_asks
                 j = 0
                 for i in range(n):
-                    if lv[i].qty == 0:
-                        continue
                     _scale(lv[i].price, lv[i].price_exp, self.price_exp, &tmp[j].key)
                     _scale(lv[i].qty, lv[i].qty_exp, self.qty_exp, &tmp[j].qty)
                     if side:

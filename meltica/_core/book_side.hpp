@@ -273,8 +273,8 @@ static inline ptrdiff_t bk_trim(bk_side *s, ptrdiff_t keep) {
     return k;
 }
 
-/* Replace the side with lv[0..n) (any order, qty > 0; where a key repeats
- * the last one wins), nothing verified (the caller sets vmin: bk_verify).
+/* Replace the side with lv[0..n) (any order; where a key repeats the last
+ * one wins, and a key whose last qty is 0 is left out), nothing verified (the caller sets vmin: bk_verify).
  * Sorts lv in place.  0, or -1 when out of memory (the
  * side is then partly filled: the caller resets it). */
 static inline int bk_assign(bk_side *s, bk_pair *lv, ptrdiff_t n) {
@@ -284,6 +284,13 @@ static inline int bk_assign(bk_side *s, bk_pair *lv, ptrdiff_t n) {
         if (m && lv[m - 1].key == lv[i].key) lv[m - 1].qty = lv[i].qty;
         else lv[m++] = lv[i];
     }
+    /* a price given more than once: the last one wins, and a last quantity of 0 leaves no
+       level (as the same levels applied in order as a diff would) */
+    ptrdiff_t kept = 0;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        if (lv[i].qty != 0) lv[kept++] = lv[i];
+    }
+    m = kept;
     bk_clear(s);
     for (ptrdiff_t i = 0; i < m; i += BK_FILL) {
         bk_block *b = bk_insert_block(s, s->nb);
