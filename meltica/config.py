@@ -545,8 +545,8 @@ class ConductorConfig(_Section):
     publish_interval_ms: int = _f(0, _at_least(0))
     snapshot_buffer_max: int = _f(10_000, _between(1, 10_000_000))
     # Diffs kept per instrument while its snapshot request still waits for the
-    # REST weight budget (not sent yet): the newest ones only.
-    snapshot_wait_tail: int = _f(10, _between(1, 10_000_000))
+    # REST weight budget (not sent yet): the newest ones only; 0 keeps every one.
+    snapshot_wait_tail: int = _f(10, _between(0, 10_000_000))
     # A snapshot that did not sync its book (stale, failed) is refetched after a
     # backoff doubling from the first to the second, with jitter.
     snapshot_retry_s: float = _f(0.5, _between(0.01, 60))

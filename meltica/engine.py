@@ -159,7 +159,7 @@ class Engine:
             book_depth=c.book_depth,
             publish_interval_ms=c.publish_interval_ms,
             snapshot_buffer_max=c.snapshot_buffer_max,
-            snapshot_wait_tail=c.snapshot_wait_tail,
+            snapshot_wait_tail=c.snapshot_wait_tail or None,
             snapshot_retry_s=c.snapshot_retry_s,
             snapshot_retry_max_s=c.snapshot_retry_max_s,
             snapshot_ttl_s=config.snapshot.ttl_s,
