@@ -544,6 +544,9 @@ class ConductorConfig(_Section):
     book_depth: int = _f(20, _between(1, 5000))
     publish_interval_ms: int = _f(0, _at_least(0))
     snapshot_buffer_max: int = _f(10_000, _between(1, 10_000_000))
+    # Diffs kept per instrument while its snapshot request still waits for the
+    # REST weight budget (not sent yet): the newest ones only; 0 keeps every one.
+    snapshot_wait_tail: int = _f(10, _between(0, 10_000_000))
     # A snapshot that did not sync its book (stale, failed) is refetched after a
     # backoff doubling from the first to the second, with jitter.
     snapshot_retry_s: float = _f(0.5, _between(0.01, 60))
@@ -556,6 +559,12 @@ class ConductorConfig(_Section):
     audit_interval_s: float = _f(30.0, _between(0, 86400))
 
     def _check_together(self) -> None:
+        if self.snapshot_wait_tail > self.snapshot_buffer_max:
+            self._reject(
+                "snapshot_wait_tail",
+                f"must not exceed snapshot_buffer_max ({self.snapshot_buffer_max}), "
+                f"got {self.snapshot_wait_tail}",
+            )
         if self.snapshot_retry_s > self.snapshot_retry_max_s:
             self._reject(
                 "snapshot_retry_s",

@@ -17,7 +17,7 @@ import functools
 import gc
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from aiohttp import web
@@ -159,6 +159,7 @@ class Engine:
             book_depth=c.book_depth,
             publish_interval_ms=c.publish_interval_ms,
             snapshot_buffer_max=c.snapshot_buffer_max,
+            snapshot_wait_tail=c.snapshot_wait_tail or None,
             snapshot_retry_s=c.snapshot_retry_s,
             snapshot_retry_max_s=c.snapshot_retry_max_s,
             snapshot_ttl_s=config.snapshot.ttl_s,
@@ -349,8 +350,10 @@ class Engine:
             detected_ns=hole.found_ns,
         )
 
-    def _fetch_snapshot(self, market: str, symbol: str) -> Any:
-        return self.rest.depth_snapshot(market, symbol, urgent=True)
+    def _fetch_snapshot(
+        self, market: str, symbol: str, on_sent: Callable[[], None] | None = None
+    ) -> Any:
+        return self.rest.depth_snapshot(market, symbol, urgent=True, on_sent=on_sent)
 
     def _fetch_audit_snapshot(self, market: str, symbol: str) -> Any:
         return self.rest.depth_snapshot(market, symbol, low=True)

@@ -66,7 +66,12 @@ def engine_against(
 ) -> Engine:
     """An `Engine` pointed at ``fake`` for ``symbols`` by market (only those
     markets enabled), with the config ``overrides`` after; not started."""
-    local = local_overrides({m: fake.ws_url(m) for m in symbols}, fake.rest_url, symbols=symbols)
+    local = local_overrides(
+        {m: fake.ws_url(m) for m in symbols},
+        fake.rest_url,
+        symbols=symbols,
+        recorded_snapshots=isinstance(fake.source, CaptureSource),
+    )
     config = load_config(None, env={}, overrides=[*local, *overrides])
     return Engine(config, subscribe_on_start=subscribe_on_start)
 

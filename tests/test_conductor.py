@@ -372,6 +372,170 @@ def test_buffer_overflow_restarts_the_sync() -> None:
     assert h.fetches == ["AAA", "AAA"]
 
 
+class TailHarness(Harness):
+    """A Harness whose fetch reports its send (``on_sent``) like the REST client: the
+    request waits for `let_out` (the weight budget), then for `answer` (the reply)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.budget: asyncio.Queue[None] = asyncio.Queue()
+        self.answer = asyncio.Event()
+        self.answer.set()
+
+    async def fetch(  # type: ignore[override]
+        self, market: str, symbol: str, on_sent: Any = None
+    ) -> BookDepth:
+        assert on_sent is not None
+        self.fetches.append(symbol)
+        await self.budget.get()
+        on_sent()
+        await self.answer.wait()
+        return self.snaps[symbol].pop(0)
+
+    def status(self, sym: str = "AAA") -> dict[str, Any]:
+        return self.cond.status()["instruments"][f"spot:{sym}"]  # type: ignore[no-any-return]
+
+
+def test_a_book_waiting_for_the_budget_keeps_only_the_newest_diffs() -> None:
+    async def scenario() -> tuple[TailHarness, list[dict[str, Any]]]:
+        h = TailHarness(snapshot_wait_tail=3)
+        h.answer.clear()
+        h.snaps = {"AAA": [rest("AAA", 108)]}
+        h.cond.track("spot", "AAA")
+        seen = []
+        for u in range(101, 111):  # queued behind the budget: nothing sent yet
+            h.feed(delta("AAA", u, u))
+            await settle()
+        seen.append(h.status())
+        h.budget.put_nowait(None)  # sent: from now on every diff is kept
+        await settle()
+        seen.append(h.status())
+        for u in range(111, 116):
+            h.feed(delta("AAA", u, u))
+        seen.append(h.status())
+        h.answer.set()
+        await settle()
+        return h, seen
+
+    h, (waiting, sent, answered) = run(scenario)
+    assert waiting["buffered"] == 3 and waiting["superseded"] == 7
+    assert not waiting["snapshot_sent"] and waiting["fetching"]
+    assert sent["snapshot_sent"] and sent["buffered"] == 3
+    assert answered["buffered"] == 8 and answered["superseded"] == 7
+    s = h.status()
+    assert s["state"] == "live" and s["gaps"] == 0 and s["refetches"] == 0
+    assert s["buffered"] == 0 and not s["snapshot_sent"]
+    assert h.cond.book("spot", "AAA").update_id == 115  # type: ignore[union-attr]
+    assert h.fused("AAA") == [115] and h.fetches == ["AAA"]
+
+
+def test_stale_against_the_kept_tail_and_each_attempt_waits_in_the_tail() -> None:
+    async def scenario() -> tuple[TailHarness, dict[str, Any]]:
+        h = TailHarness(snapshot_wait_tail=3)
+        # 105 is older than the first kept diff (108): stale; 119 bridges 120
+        h.snaps = {"AAA": [rest("AAA", 105), rest("AAA", 119)]}
+        h.cond.track("spot", "AAA")
+        for u in range(101, 111):
+            h.feed(delta("AAA", u, u))
+        await settle()
+        h.budget.put_nowait(None)
+        await settle()
+        # the refetch is queued again: not sent, the buffer goes back to the tail
+        for u in range(111, 121):
+            h.feed(delta("AAA", u, u))
+        requeued = h.status()
+        h.budget.put_nowait(None)
+        await settle()
+        return h, requeued
+
+    h, requeued = run(scenario)
+    assert requeued["refetches"] == 1 and requeued["sync_issue"] == "stale_snapshot"
+    assert not requeued["snapshot_sent"] and requeued["buffered"] == 3
+    s = h.status()
+    assert s["state"] == "live" and s["gaps"] == 0 and s["refetches"] == 1
+    assert s["stale_dropped"] == 2  # 118 and 119 are not newer than the snapshot
+    assert h.cond.book("spot", "AAA").update_id == 120  # type: ignore[union-attr]
+    assert h.fetches == ["AAA", "AAA"]
+
+
+def test_futures_tail_keeps_the_pu_chain() -> None:
+    async def scenario() -> TailHarness:
+        h = TailHarness(snapshot_wait_tail=2)
+        h.snaps = {"AAA": [rest("AAA", 130, market="usdm")]}
+        h.cond.track("usdm", "AAA")
+        for i in range(6):  # u = 110, 120, ..., 160, each pu the one before
+            u = 110 + 10 * i
+            h.feed(delta("AAA", u - 9, u, market="usdm", pu=u - 10))
+        await settle()
+        h.budget.put_nowait(None)
+        await settle()
+        return h
+
+    h = run(scenario)
+    s = h.cond.status()["instruments"]["usdm:AAA"]
+    # kept 150, 160: the snapshot at 130 is older than U=141 of the first: stale
+    assert s["refetches"] == 1 and s["superseded"] == 4 and s["state"] == "syncing"
+    h2 = run(_futures_bridge)
+    s2 = h2.cond.status()["instruments"]["usdm:AAA"]
+    assert s2["state"] == "live" and s2["refetches"] == 0 and s2["gaps"] == 0
+    assert h2.cond.book("usdm", "AAA").update_id == 170  # type: ignore[union-attr]
+
+
+async def _futures_bridge() -> TailHarness:
+    h = TailHarness(snapshot_wait_tail=2)
+    h.snaps = {"AAA": [rest("AAA", 155, market="usdm")]}  # U=151 <= 155 <= u=160
+    h.cond.track("usdm", "AAA")
+    for i in range(6):
+        u = 110 + 10 * i
+        h.feed(delta("AAA", u - 9, u, market="usdm", pu=u - 10))
+    await settle()
+    h.budget.put_nowait(None)
+    await settle()
+    h.feed(delta("AAA", 161, 170, market="usdm", pu=160))
+    return h
+
+
+def test_only_a_sent_request_can_overflow_the_buffer() -> None:
+    async def scenario() -> tuple[TailHarness, dict[str, Any], dict[str, Any]]:
+        h = TailHarness(snapshot_wait_tail=2, snapshot_buffer_max=4)
+        h.answer.clear()
+        h.snaps = {"AAA": [rest("AAA", 129)]}  # the cancelled fetch takes none
+        h.cond.track("spot", "AAA")
+        for u in range(101, 121):  # 20 diffs while queued: the tail, no overflow
+            h.feed(delta("AAA", u, u))
+        await settle()
+        queued = h.status()
+        h.budget.put_nowait(None)
+        await settle()
+        for u in range(121, 124):  # sent: 2 + 3 > 4 overflows and restarts the sync
+            h.feed(delta("AAA", u, u))
+        await settle()
+        restarted = h.status()
+        for u in range(124, 131):
+            h.feed(delta("AAA", u, u))
+        h.answer.set()
+        h.budget.put_nowait(None)
+        await settle()
+        return h, queued, restarted
+
+    h, queued, restarted = run(scenario)
+    assert queued["buffer_overflows"] == 0 and queued["buffered"] == 2
+    assert restarted["buffer_overflows"] == 1 and not restarted["snapshot_sent"]
+    assert h.fetches == ["AAA", "AAA"]
+    s = h.status()
+    assert s["state"] == "live" and s["gaps"] == 0
+    assert h.cond.book("spot", "AAA").update_id == 130  # type: ignore[union-attr]
+
+
+def test_wait_tail_is_validated() -> None:
+    async def fetch(market: str, symbol: str) -> BookDepth:
+        raise AssertionError
+
+    for tail in (0, 6):
+        with pytest.raises(ValueError, match="snapshot_wait_tail"):
+            Conductor(lambda b: None, fetch, snapshot_buffer_max=5, snapshot_wait_tail=tail)
+
+
 def test_crossed_book_is_a_desync() -> None:
     async def scenario() -> Harness:
         h = Harness()

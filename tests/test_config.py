@@ -348,6 +348,8 @@ def test_wrong_type_in_override() -> None:
         ("conductor.book_depth=0", "conductor.book_depth: must be in [1, 5000]"),
         ("conductor.publish_interval_ms=-1", "conductor.publish_interval_ms: must be >= 0"),
         ("conductor.snapshot_buffer_max=-5", "conductor.snapshot_buffer_max: must be in"),
+        ("conductor.snapshot_wait_tail=-1", "conductor.snapshot_wait_tail: must be in"),
+        ("conductor.snapshot_wait_tail=10001", "conductor.snapshot_wait_tail: must not exceed"),
         ("conductor.snapshot_retry_s=0", "conductor.snapshot_retry_s: must be in"),
         ("conductor.snapshot_retry_s=40", "conductor.snapshot_retry_s: must not exceed"),
         ("conductor.analytics=[not a path]", "conductor.analytics: invalid import path"),

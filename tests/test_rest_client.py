@@ -532,6 +532,41 @@ def test_urgent_requests_jump_the_queue(run: Runner) -> None:
     serving(run, body, auto=False, weight_limits={"usdm": 20})
 
 
+def test_on_sent_is_called_once_when_the_budget_lets_the_request_out(run: Runner) -> None:
+    """One request per window (budget 20, weight 20): the second request's ``on_sent`` is
+    not called while it waits for the next window, then once, before it is sent."""
+    started: list[tuple[float, str]] = []
+    sent: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def body(server: RestServer, clock: FakeTime) -> None:
+        async with client_for(
+            server, clock, limits={"usdm": (40, 0.5)}, trace_configs=[tracer(clock, started)]
+        ) as client:
+            jobs = [
+                asyncio.create_task(
+                    client.depth_snapshot(
+                        "usdm",
+                        sym,
+                        1000,
+                        urgent=True,
+                        on_sent=lambda k=k: sent[k].append(len(started)),
+                    )
+                )
+                for k, sym in (("a", "BTCUSDT"), ("b", "ETHUSDT"))
+            ]
+            await wait_until(lambda: jobs[0].done() and clock.sleeping == 1, "first answered")
+            assert sent == {"a": [0], "b": []}  # b waits for the budget: not sent
+            while not jobs[1].done():
+                if clock.sleeping:
+                    clock.advance(60)
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*jobs)
+        # each called once, before its own request started
+        assert sent == {"a": [0], "b": [1]} and len(started) == 2
+
+    serving(run, body, auto=False, weight_limits={"usdm": 20})
+
+
 def test_low_requests_wait_behind_every_other_and_headroom_counts_the_queue(
     run: Runner,
 ) -> None:

@@ -58,13 +58,19 @@ def local_overrides(
     *,
     symbols: Mapping[str, Sequence[str]] | None = None,
     streams: Mapping[str, Sequence[str]] | None = None,
+    recorded_snapshots: bool = False,
 ) -> list[str]:
     """Config overrides that point the gateway at a fake exchange on loopback.
 
     Only the markets in ``ws_urls`` are enabled.  USD-M uses the routed
     ``/public`` and ``/market`` paths under its URL, as Binance does.
+    ``recorded_snapshots``: the fake replays a capture, whose REST snapshots are
+    recordings that can be older than the diffs received before the request, so
+    every diff is kept while a snapshot waits (``conductor.snapshot_wait_tail=0``).
     """
     out = [f"binance.markets={_yaml_list(sorted(ws_urls))}"]
+    if recorded_snapshots:
+        out.append("conductor.snapshot_wait_tail=0")
     for market, url in ws_urls.items():
         out.append(f"binance.{market}.ws_url={url}")
         out.append(f"binance.{market}.rest_url={rest_url}")

@@ -199,6 +199,7 @@ async def _replay(
             {market: fake.ws_url(market)},
             fake.rest_url,
             symbols={market: [s.lower() for s in source.symbols(market)]},
+            recorded_snapshots=True,
         )
         if depth_speed is not None:
             overrides.append(f"binance.{market}.depth_speed_ms={depth_speed}")

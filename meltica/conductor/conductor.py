@@ -82,6 +82,10 @@ class Instrument:
         self.state = State.SYNCING
         self.buffer: deque[BookDepth] = deque()
         self.fetch: asyncio.Task[None] | None = None
+        # the current snapshot request has left the REST queue (was sent); until
+        # then only the newest few diffs are buffered (`Conductor._buffer`)
+        self.sent = False
+        self.superseded = 0  # buffered diffs dropped as older than any snapshot to come
         self.flush: asyncio.TimerHandle | None = None
         self.flush_bucket: int | None = None  # the bucket (E // interval) `flush` is for
         self.flush_clock: int | None = None  # its market's exchange time at the last look
@@ -115,6 +119,8 @@ class Instrument:
             "asks": b.n_asks,
             "buffered": len(self.buffer),
             "fetching": self.fetch is not None,
+            "snapshot_sent": self.sent,
+            "superseded": self.superseded,
             "gaps": self.gaps,
             "resyncs": self.resyncs,
             "refetches": self.refetches,
@@ -148,7 +154,12 @@ class Conductor:
     outputs per bucket of exchange time (``E // interval``), the state as of
     each bucket's last update (0 = on every applied update; see `_throttle`).
     snapshot_buffer_max: diffs buffered per instrument while syncing
-    (overflow restarts the sync).  snapshot_ttl_s: TTL of store entries.
+    (overflow restarts the sync).  snapshot_wait_tail: None, or the fetch is
+    called with ``on_sent=``, a callable it calls when the request is sent
+    (leaves the REST weight-budget queue), and until then only the newest
+    ``snapshot_wait_tail`` diffs are kept: the snapshot supersedes the older
+    ones (docs/conductor.md "States and rules").  snapshot_ttl_s: TTL of store
+    entries.
     snapshot_retry_s / snapshot_retry_max_s: a snapshot that did not sync the
     book (stale, failed, rejected) is fetched again after an exponential
     backoff from the first up to the second, with jitter; the first stale one
@@ -166,12 +177,13 @@ class Conductor:
     def __init__(
         self,
         downstream: Callable[[list[Any]], None],
-        fetch_snapshot: Callable[[str, str], Awaitable[BookDepth]],
+        fetch_snapshot: Callable[..., Awaitable[BookDepth]],
         *,
         store: SnapshotStoreLike | None = None,
         book_depth: int = 20,
         publish_interval_ms: float = 0,
         snapshot_buffer_max: int = 10000,
+        snapshot_wait_tail: int | None = None,
         snapshot_ttl_s: float | None = 60.0,
         analytics: Sequence[str | object] = (),
         clock: Callable[[], int] = time.time_ns,
@@ -186,6 +198,8 @@ class Conductor:
             raise ValueError("book_depth must be in 1..5000")
         if publish_interval_ms < 0 or snapshot_buffer_max < 1 or snapshot_retry_s < 0:
             raise ValueError("publish_interval_ms, snapshot_buffer_max or snapshot_retry_s")
+        if snapshot_wait_tail is not None and not 1 <= snapshot_wait_tail <= snapshot_buffer_max:
+            raise ValueError("snapshot_wait_tail must be in 1..snapshot_buffer_max")
         if snapshot_retry_max_s < snapshot_retry_s:
             raise ValueError("snapshot_retry_max_s must be >= snapshot_retry_s")
         self._downstream = downstream
@@ -196,6 +210,7 @@ class Conductor:
         self.book_depth = book_depth
         self._interval_ns = int(publish_interval_ms * 1_000_000)
         self._buffer_max = snapshot_buffer_max
+        self._wait_tail = snapshot_wait_tail
         self._ttl = snapshot_ttl_s
         self._clock = clock
         self._retry_s = snapshot_retry_s
@@ -405,14 +420,23 @@ class Conductor:
                 if seen is not None:
                     self._note_hole(inst, ev, seen)
                 inst.seen_u = ev.update_id
-        if len(inst.buffer) >= self._buffer_max:
+        buf = inst.buffer
+        tail = self._wait_tail
+        if tail is not None and not inst.sent:
+            # no snapshot request is out yet: the one to come is taken after every
+            # diff received so far; keep the newest `tail` as a margin for a
+            # snapshot slightly behind the stream (an older one is refetched)
+            while len(buf) >= tail:
+                buf.popleft()
+                inst.superseded += 1
+        elif len(buf) >= self._buffer_max:
             # a snapshot slower than the buffer: start over from this event
             inst.buffer_overflows += 1
-            inst.buffer.clear()
+            buf.clear()
             if inst.fetch is not None:
                 inst.fetch.cancel()
                 inst.fetch = None
-        inst.buffer.append(ev)
+        buf.append(ev)
         if inst.fetch is None:
             self._start_fetch(inst)
 
@@ -468,6 +492,7 @@ class Conductor:
                 )
         inst.book.clear()
         inst.buffer.clear()
+        inst.sent = False
         if inst.flush is not None:
             inst.flush.cancel()
             inst.flush = None
@@ -533,6 +558,7 @@ class Conductor:
         task.add_done_callback(self._tasks.discard)
 
     def _cancel(self, inst: Instrument) -> None:
+        inst.sent = False
         if inst.fetch is not None:
             inst.fetch.cancel()
             inst.fetch = None
@@ -550,6 +576,7 @@ class Conductor:
         me = asyncio.current_task()
         try:
             while True:
+                inst.sent = False  # each attempt: diffs before its send are superseded
                 if inst.retry_streak:
                     delay = self._backoff(inst)
                     inst.backoffs += delay > 0
@@ -559,7 +586,12 @@ class Conductor:
                     finally:
                         inst.retry_at = None
                 try:
-                    snap = await self._fetch(inst.market, inst.symbol)
+                    if self._wait_tail is None:
+                        snap = await self._fetch(inst.market, inst.symbol)
+                    else:
+                        snap = await self._fetch(
+                            inst.market, inst.symbol, on_sent=self._on_sent(inst, me)
+                        )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -600,6 +632,17 @@ class Conductor:
         finally:
             if inst.fetch is me:
                 inst.fetch = None
+                inst.sent = False
+
+    @staticmethod
+    def _on_sent(inst: Instrument, task: asyncio.Task[None] | None) -> Callable[[], None]:
+        """The ``on_sent`` callback of one fetch by `task` (a later fetch owns the flag)."""
+
+        def sent() -> None:
+            if inst.fetch is task:
+                inst.sent = True
+
+        return sent
 
     def _backoff(self, inst: Instrument) -> float:
         """Seconds to wait before the next snapshot fetch of `inst`.

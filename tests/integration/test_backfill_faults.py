@@ -68,6 +68,7 @@ async def serve(
         fake.rest_url,
         symbols={m: ["btcusdt"] for m in markets},
         streams={m: list(kinds) for m in markets},
+        recorded_snapshots=isinstance(source, CaptureSource),
     )
     overrides += ["telemetry.metrics_enabled=false", "binance.backfill.api_key=test-key"]
     overrides += list(extra)

@@ -171,6 +171,7 @@ class Gateway:
                 rest,
                 symbols={"usdm": ["btcusdt"]},
                 streams={"usdm": ["trade", "book_ticker", "depth"]},
+                recorded_snapshots=True,  # the fake replays a capture
             ),
             "binance.usdm.depth_speed_ms=0",
             "bus.backend=nats",

@@ -442,12 +442,15 @@ class BinanceRest:
         *,
         urgent: bool = False,
         low: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> BookDepth:
         """A REST depth snapshot as a ``book_snapshot`` event (``source == "rest"``).
 
         ``limit`` is rounded up as ``depth_limit`` says; ``urgent`` (a book out of sync)
         puts the request ahead of every non-urgent one of its market, ``low`` (a book
-        audit) behind every other one.
+        audit) behind every other one.  ``on_sent`` is called once, when the weight
+        budget lets the request out and it is first sent: the snapshot is taken after
+        that moment (the Conductor buffers little until then, docs/conductor.md).
         """
         st = self._market(market)
         levels = depth_limit(market, limit, st.cfg.depth_limit)
@@ -459,6 +462,7 @@ class BinanceRest:
             depth_weight(market, levels),
             urgent,
             PRIORITY_AUDIT if low else None,
+            on_sent,
         )
         try:
             return st.parser.parse_rest_depth(body, sym, time.time_ns())
@@ -656,6 +660,7 @@ class BinanceRest:
         weight: int,
         urgent: bool,
         priority: int | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> bytes:
         span = start_span(
             self.tracer,
@@ -672,7 +677,9 @@ class BinanceRest:
         # ended inside use_span, which then finds it ended and does not record the error again
         with contextlib.nullcontext() if span is None else trace.use_span(span, end_on_exit=False):
             try:
-                body = await self._scheduled(st, endpoint, params, weight, urgent, priority)
+                body = await self._scheduled(
+                    st, endpoint, params, weight, urgent, priority, on_sent
+                )
             except BaseException as exc:
                 if span is not None:
                     span.set_attribute("meltica.rest.server_weight", st.last_server_weight)
@@ -697,6 +704,7 @@ class BinanceRest:
         weight: int,
         urgent: bool,
         priority: int | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> bytes:
         if self._closed:
             raise RestClosed("BinanceRest closed")
@@ -729,6 +737,8 @@ class BinanceRest:
                 window = await self._grant(st, priority, seq, weight)
                 if deadline is None:
                     deadline = self._clock() + self.retry_deadline_s
+                    if on_sent is not None:
+                        on_sent()
                 attempt += 1
                 try:
                     answer = await self._send(st, endpoint, url, params, weight)
