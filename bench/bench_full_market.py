@@ -65,7 +65,24 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
   same offered rate.  The net and natural figures are reported, not judged; so are the
   offered mix of depth diffs / bookTickers / trades per point (``offered_mix``: it changes
   with the symbol count) and a least-squares fit of CPU per frame to one cost per diff and
-  one per other frame over the points (``cpu_per_frame_mix_fit``).
+  one per other frame over the points (``cpu_per_frame_mix_fit``).  This is the
+  whole-feed curve (``curve`` in the JSON; ``--no-whole-feed`` leaves it and the full
+  market's run out).
+- per-kind curve (``kind_curve`` in the JSON): because the whole feed's mix changes with the
+  symbol count, CPU per event is also measured one kind at a time.  At every curve symbol
+  count and the full one, a gateway subscribing ONE kind (``--kinds``, default trade,
+  book_ticker, depth; ``''`` for none) on every symbol, the market's clock sped up by (the
+  full market's frames of that kind per market second) / (its own), counted as above, so
+  every point of a kind is offered the same rate of the same kind: the full market's.
+  One ``--duration`` window at that rate (no natural-rate window), then the paused one.
+  Without depth no book goes live: a run starts once the gateway has every connection it
+  wants open and frames arrive.  CPU per frame is read between the scrapes as above, from
+  the scheduler's nanosecond clock (``sched_us_per_frame``: the threads' run time in
+  ``/proc/<pid>/task/*/schedstat``) beside the 10 ms ticks of ``/proc/<pid>/stat``
+  (``cpu_us_per_frame``; a trade-only window at ~1k frames/s holds only a few ticks).
+  Budget: for each kind, max / min <= 1.5 of ``sched_us_per_frame`` over its points
+  (``per_kind`` in the budgets; a kind with a point missing is not judged).  Net of the
+  paused CPU is reported, not judged.
 - start-up trace: per market, every 5 s until every book is live, the books live and the
   REST client's weight, requests, queue and held requests, and the gateway's RSS
   (``sync_trace`` in the JSON).
@@ -73,14 +90,15 @@ Reported, from the gateway's ``/metrics`` and ``/proc/<pid>``:
 The machine is a shared 2-core VM: the load average is recorded next to each figure, and
 the fake exchange (one core at most) shares it with the gateway.  A JSON document goes to
 ``--json`` (default bench/results/full_market.json) and, with matplotlib, the curves to
-``--png``.
+``--png`` (memory and whole-feed CPU; CPU per frame of each kind in a third panel).
 
 Run (from the repository root):
     PYTHONPATH=. .venv/bin/python bench/bench_full_market.py [--symbols 2400] [--duration 20]
         [--curve 10,100,600] [--speeds 2,4,8,12,16,20,24,32] [--step-duration 10]
         [--depth-limit 100] [--idle 10] [--same-rate | --no-same-rate] [--rate-seconds 20]
-        [--json OUT] [--png OUT]
-    (``--curve ''`` runs the full market only; ``--speeds ''`` skips the headroom)
+        [--kinds trade,book_ticker,depth] [--whole-feed | --no-whole-feed] [--json OUT] [--png OUT]
+    (``--curve ''`` runs the full market only; ``--speeds ''`` skips the headroom; ``--kinds ''``
+    skips the per-kind curve)
 """
 
 from __future__ import annotations
@@ -117,7 +135,9 @@ from harness import free_port, stop_process  # noqa: E402
 from meltica.replay.synthetic import SyntheticMarket  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results"
-STREAMS: Final = ["trade", "book_ticker", "depth"]
+STREAMS: Final = ("trade", "book_ticker", "depth")
+# the gateway's stream names -> the fake's (``offered_mix``)
+KIND_STREAM: Final = {"trade": "trade", "book_ticker": "bookTicker", "depth": "depth"}
 # REST weight of a depth snapshot by limit (docs/rest.md); spot charges per band.
 _SPOT_WEIGHT: Final = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 _FUTURES_WEIGHT: Final = ((50, 2), (100, 5), (500, 10), (1000, 20))
@@ -319,6 +339,28 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sched_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s live threads so far, from the scheduler's nanosecond clock
+    (``/proc/<pid>/task/*/schedstat``; 0 once it is gone).
+
+    The same CPU time as ``cpu_s`` but not rounded to clock ticks (10 ms here): a window
+    of a one-kind run at a thousand frames/s holds only a few ticks.  A thread that ends
+    inside a window drops out of it.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -382,7 +424,12 @@ class Gateway:
 
     @classmethod
     async def start(
-        cls, args: argparse.Namespace, fake: Fake, symbols: dict[str, list[str]], tmp: Path
+        cls,
+        args: argparse.Namespace,
+        fake: Fake,
+        symbols: dict[str, list[str]],
+        tmp: Path,
+        streams: tuple[str, ...] = STREAMS,
     ) -> Gateway:
         port = free_port()
         binance: dict[str, Any] = {"markets": sorted(symbols)}
@@ -391,7 +438,7 @@ class Gateway:
                 "ws_url": fake.ws[market],
                 "rest_url": fake.rest,
                 "symbols": [s.lower() for s in names],
-                "streams": STREAMS,
+                "streams": list(streams),
                 "depth_snapshot_limit": args.depth_limit,
                 "rest_weight_budget_fraction": args.budget_fraction,
             }
@@ -449,7 +496,9 @@ async def window(
     tm0 = time.perf_counter()
     s0 = await fake.command("stats")
     c0, f0, t0 = cpu_s(pid), cpu_s(fpid), time.perf_counter()
+    n0 = sched_s(pid)
     await asyncio.sleep(seconds)
+    n1 = sched_s(pid)
     c1, f1, t1 = cpu_s(pid), cpu_s(fpid), time.perf_counter()
     m1 = await gw.scrape(http)
     tm1 = time.perf_counter()
@@ -474,6 +523,8 @@ async def window(
         "fake_cores": round((f1 - f0) / elapsed, 3),
         "cpu_cores_per_10k": round(cores / rate * 1e4, 4) if frames else None,
         "cpu_us_per_frame": round(cores / rate * 1e6, 2) if frames else None,
+        "sched_cores": round((n1 - n0) / elapsed, 4),
+        "sched_us_per_frame": round((n1 - n0) / elapsed / rate * 1e6, 2) if frames else None,
         "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
         "gaps": m1.get("meltica_book_gaps_total") - m0.get("meltica_book_gaps_total"),
         "disconnects": m1.get("meltica_ws_disconnects_total")
@@ -502,7 +553,12 @@ def broken(w: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 
 async def one_run(
-    args: argparse.Namespace, total: int, headroom: bool, speed: float = 1.0
+    args: argparse.Namespace,
+    total: int,
+    headroom: bool,
+    speed: float = 1.0,
+    streams: tuple[str, ...] = STREAMS,
+    natural: bool = True,
 ) -> dict[str, Any]:
     """One gateway and one fake for ``total`` symbols: start-up, then the measured windows.
 
@@ -512,20 +568,28 @@ async def one_run(
     fake paused (its clock slowed to a standstill) with the books live, measured last
     (after the headroom steps) because a paused clock cannot be resumed; its cores are the
     gateway's fixed cost at that symbol count.
+
+    ``streams``: what the gateway subscribes on every symbol (the per-kind curve: one).
+    Without ``depth`` there is no book to wait for: the run starts once every connection
+    the gateway wants is open and frames arrive.  ``natural`` False leaves the ``base``
+    window out when ``speed`` is not 1.
     """
     spot, usdm = split_symbols(total)
     market = SyntheticMarket.binance(spot=spot, usdm=usdm, seed=args.seed)
     symbols = {m: market.symbols(m) for m in market.markets}
     books = sum(len(v) for v in symbols.values())
-    _log(f"--- {total} symbols ({spot} spot + {usdm} usdm), load {loadavg()}")
+    want = books if "depth" in streams else 0  # the books that must go live
+    _log(f"--- {total} symbols ({spot} spot + {usdm} usdm) {','.join(streams)}, load {loadavg()}")
     fake = await Fake.start(spot, usdm, args.seed)
     gw: Gateway | None = None
     result: dict[str, Any] = {"symbols": total, "spot": spot, "usdm": usdm, "books": books}
+    if streams != STREAMS:
+        result["streams"] = list(streams)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             start_wall = time.time()
             t_start = time.monotonic()
-            gw = await Gateway.start(args, fake, symbols, Path(tmp))
+            gw = await Gateway.start(args, fake, symbols, Path(tmp), streams)
             bounds = lower_bounds(
                 {"spot": spot, "usdm": usdm},
                 args.depth_limit,
@@ -543,6 +607,7 @@ async def one_run(
             timeout = aiohttp.ClientTimeout(total=_SCRAPE_S)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 live = 0.0
+                ready = False
                 deadline = t_start + args.live_timeout
                 while time.monotonic() < deadline:
                     m = await gw.scrape(http)
@@ -551,30 +616,38 @@ async def one_run(
                         t = round(time.monotonic() - t_start, 1)
                         if not live_curve or live_curve[-1][1] != int(live):
                             live_curve.append((t, int(live)))
-                        if not sync_trace or t >= sync_trace[-1]["t"] + 5 or live >= books:
+                        ready = (
+                            live >= want
+                            if want
+                            else 0 < m.get("meltica_ws_slots") <= m.get("meltica_ws_connections")
+                            and m.get("meltica_ws_frames_total") > 0
+                        )
+                        if not sync_trace or t >= sync_trace[-1]["t"] + 5 or ready:
                             row = {"t": t, "rss_mb": round(rss_mb(gw.proc.pid), 1)}
                             sync_trace.append({**row, **per_market(m.body, _SYNC_TRACE)})
-                        if live >= books:
+                        if ready:
                             break
                     await asyncio.sleep(0.5)
                 t_live = time.monotonic() - t_start
                 result["live_curve"] = live_curve
-                if live < books:
-                    result["error"] = f"{int(live)}/{books} books live after {t_live:.0f} s"
+                if not ready:
+                    result["error"] = f"{int(live)}/{want} books live after {t_live:.0f} s"
                     _log(result["error"] + "\n" + gw.tail())
                     return result
                 result["time_to_live_s"] = round(t_live, 1)
                 result["live_vs_rate_bound"] = round(t_live / rate_bound, 3) if rate_bound else None
                 _log(
-                    f"every book live after {t_live:.1f} s (rate bound {rate_bound} s, "
-                    f"window bound {window_bound} s)"
+                    f"{'every book live' if want else 'every connection open'} after "
+                    f"{t_live:.1f} s (rate bound {rate_bound} s, window bound {window_bound} s)"
                 )
                 await asyncio.sleep(args.settle)
-                base = await window(http, gw, fake, args.duration, 1.0)
-                base["rss_per_book_kb"] = round(base["rss_mb"] * 1024 / books, 1)
-                result["base"] = base
-                modelled = base["fake_sent_per_s"]
-                _log(f"1x: {base}")
+                modelled = 0.0
+                if natural or speed == 1.0:
+                    base = await window(http, gw, fake, args.duration, 1.0)
+                    base["rss_per_book_kb"] = round(base["rss_mb"] * 1024 / books, 1)
+                    result["base"] = base
+                    modelled = base["fake_sent_per_s"]
+                    _log(f"1x: {base}")
                 if speed != 1.0:
                     await fake.command(f"speed {speed}")
                     await asyncio.sleep(args.settle)
@@ -587,7 +660,7 @@ async def one_run(
                 if headroom:
                     result["headroom"] = await raise_rate(args, http, gw, fake, modelled)
                 if args.idle > 0:
-                    result["idle"] = await idle_window(args, http, gw, fake, same, books)
+                    result["idle"] = await idle_window(args, http, gw, fake, same, want)
             result["fake_ws"] = (await fake.command("stats"))["ws"]
         finally:
             if gw is not None:
@@ -626,6 +699,11 @@ async def idle_window(
     w["valid"] = ok
     w["net_us_per_frame"] = (
         round((loaded["gateway_cores"] - w["gateway_cores"]) / loaded["frames_per_s"] * 1e6, 2)
+        if ok and loaded["frames_per_s"]
+        else None
+    )
+    w["net_sched_us_per_frame"] = (
+        round((loaded["sched_cores"] - w["sched_cores"]) / loaded["frames_per_s"] * 1e6, 2)
         if ok and loaded["frames_per_s"]
         else None
     )
@@ -751,6 +829,50 @@ def judge_curve(curve: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ratio(values: list[float | None]) -> float | None:
+    """max / min of ``values``, None unless every one is a positive number (two at least)."""
+    if len(values) < 2 or any(v is None or v <= 0 for v in values):
+        return None
+    nums = [v for v in values if v is not None]
+    return round(max(nums) / min(nums), 2)
+
+
+def judge_kinds(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """CPU per event of each kind over the symbol counts: flat is max / min <= 1.5.
+
+    Judged on ``sched_us_per_frame`` (the gateway's CPU from the scheduler's nanosecond
+    clock, read at the same instants as the tick-based ``cpu_us_per_frame``, which is
+    reported beside it: a one-kind window holds few 10 ms ticks).  A kind is judged only
+    when every one of its points was measured; otherwise ``flat`` is None and the missing
+    symbol counts are listed.  ``all_flat``: every judged kind flat, and none unjudged.
+    """
+    out: dict[str, Any] = {}
+    verdicts = []
+    for kind, points in kinds.items():
+        pts = sorted(points, key=lambda r: r["symbols"])
+        ok = [r for r in pts if "same_rate" in r]
+        us = [r["same_rate"].get("sched_us_per_frame") for r in ok]
+        ratio = _ratio(us)
+        complete = len(ok) == len(pts) and ratio is not None
+        row: dict[str, Any] = {
+            "symbols": [r["symbols"] for r in ok],
+            "frames_per_s": [r["same_rate"]["frames_per_s"] for r in ok],
+            "us_per_frame": us,
+            "max_over_min": ratio,
+            "flat": (ratio <= _FLAT_BUDGET) if complete and ratio is not None else None,
+            "tick_us_per_frame": [r["same_rate"]["cpu_us_per_frame"] for r in ok],
+            "tick_max_over_min": _ratio([r["same_rate"]["cpu_us_per_frame"] for r in ok]),
+            "net_us_per_frame": [(r.get("idle") or {}).get("net_sched_us_per_frame") for r in ok],
+        }
+        row["net_max_over_min"] = _ratio(row["net_us_per_frame"])
+        if len(ok) < len(pts):
+            row["missing"] = [r["symbols"] for r in pts if "same_rate" not in r]
+        out[kind] = row
+        verdicts.append(row["flat"])
+    out["all_flat"] = bool(verdicts) and all(v is True for v in verdicts)
+    return out
+
+
 def mix_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     """CPU per frame at the same rate as ``other + (depth - other) x depth share``, by least
     squares over the curve's points (reported, not judged).
@@ -786,7 +908,12 @@ def broken_gateway(w: dict[str, Any]) -> bool:
     return bool(w.get("broken")) and not w["broken"][0].startswith("none;")
 
 
-def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
+def table(
+    full: dict[str, Any],
+    curve: list[dict[str, Any]],
+    verdict: dict[str, Any],
+    kinds: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
     lines = ["## Full market", ""]
     if "time_to_live_s" in full:
         lines.append(
@@ -819,9 +946,21 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
             )
         lines.append("")
         lines.append(f"RSS per live book (total / books): {b['rss_per_book_kb']} KB")
-    lines += [
+    if curve:
+        lines += _curve_table(curve)
+    if kinds:
+        lines += _kind_table(kinds, verdict.get("per_kind") or {})
+    whole = {k: v for k, v in verdict.items() if k != "per_kind"}
+    lines += ["", "Budgets (whole feed): " + json.dumps(whole)]
+    if "per_kind" in verdict:
+        lines += ["", "Budgets (per kind): " + json.dumps(verdict["per_kind"])]
+    return "\n".join(lines)
+
+
+def _curve_table(curve: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "",
-        "## Curves at the same offered rate (the full market's)",
+        "## Whole feed: curves at the same offered rate (the full market's)",
         "",
         "Each smaller market's clock sped up so that it offers the full market's total frame "
         "rate; memory per added book is the RSS a step adds over the previous (smaller) point "
@@ -849,8 +988,48 @@ def table(full: dict[str, Any], curve: list[dict[str, Any]], verdict: dict[str, 
             f"{b['cpu_us_per_frame']} | "
             f"{w['loadavg'][0]} |"
         )
-    lines += ["", "Budgets: " + json.dumps(verdict)]
-    return "\n".join(lines)
+    return lines
+
+
+def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Per kind: CPU per event with the gateway subscribing one kind",
+        "",
+        "Each point subscribes one kind on every symbol, its clock sped up so that it offers "
+        "the full market's rate of that kind. µs CPU/frame from the scheduler's ns clock "
+        "(ticks: the same from /proc/<pid>/stat's 10 ms ticks); net: after subtracting the "
+        "gateway's CPU with the fake paused.",
+        "",
+        "| kind | symbols | live/ready after s | speed | offered/s | frames/s | µs CPU/frame "
+        "| ticks µs CPU/frame | idle cores | net µs CPU/frame | RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, points in kinds.items():
+        for r in points:
+            if "same_rate" not in r:
+                lines.append(f"| {kind} | {r['symbols']} | {r.get('error', 'failed')} |")
+                continue
+            w, i = r["same_rate"], r.get("idle") or {}
+            lines.append(
+                f"| {kind} | {r['symbols']} | {r.get('time_to_live_s')} | {w['speed']:.3g}x | "
+                f"{r.get('offered_per_s', 0):,} | {w['frames_per_s']:,} | "
+                f"{w.get('sched_us_per_frame')} | {w['cpu_us_per_frame']} | "
+                f"{i.get('sched_cores') if i.get('valid') else None} | "
+                f"{i.get('net_sched_us_per_frame')} | {w['rss_mb']} | {w['loadavg'][0]} |"
+            )
+    lines += [
+        "",
+        "| kind | max / min µs CPU/frame | flat (<= 1.5) | ticks max / min | net max / min |",
+    ]
+    lines.append("|---|---|---|---|---|")
+    for kind in kinds:
+        v = verdict.get(kind) or {}
+        lines.append(
+            f"| {kind} | {v.get('max_over_min')} | {v.get('flat')} | "
+            f"{v.get('tick_max_over_min')} | {v.get('net_max_over_min')} |"
+        )
+    return lines
 
 
 def mix(r: dict[str, Any]) -> str:
@@ -860,7 +1039,9 @@ def mix(r: dict[str, Any]) -> str:
     return " / ".join(f"{m[k]:.0%}" for k in ("depth", "bookTicker", "trade"))
 
 
-def plot(curve: list[dict[str, Any]], path: Path) -> None:
+def plot(
+    curve: list[dict[str, Any]], path: Path, kinds: dict[str, list[dict[str, Any]]] | None = None
+) -> None:
     try:
         import matplotlib
 
@@ -870,28 +1051,59 @@ def plot(curve: list[dict[str, Any]], path: Path) -> None:
         _log("matplotlib not installed: no PNG")
         return
     ok = sorted((r for r in curve if "same_rate" in r), key=lambda r: r["books"])
-    if not ok:
+    per_kind = {
+        k: sorted((r for r in pts if "same_rate" in r), key=lambda r: r["symbols"])
+        for k, pts in (kinds or {}).items()
+    }
+    per_kind = {k: v for k, v in per_kind.items() if v}
+    if not ok and not per_kind:
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    xs = [r["symbols"] for r in ok]
-    ax1.plot(
-        xs, [r["same_rate"]["rss_mb"] * 1024 / r["books"] for r in ok], "o-", label="RSS / books"
-    )
-    marg = [(r["symbols"], r.get("marginal_rss_per_book_kb")) for r in ok]
-    marg = [(x, y) for x, y in marg if y]
-    if marg:
-        ax1.plot(*zip(*marg, strict=True), "s--", label="added RSS / added book")
-    ax1.set(xscale="log", yscale="log", xlabel="symbols", ylabel="KB per live book", title="memory")
-    ax1.legend()
-    ax2.plot(xs, [r["same_rate"]["cpu_us_per_frame"] for r in ok], "o-", label="same offered rate")
-    net = [(r["symbols"], (r.get("idle") or {}).get("net_us_per_frame")) for r in ok]
-    net = [(x, y) for x, y in net if y]
-    if net:
-        ax2.plot(*zip(*net, strict=True), "s--", label="same rate, net of idle")
-    ax2.plot(xs, [r["base"]["cpu_us_per_frame"] for r in ok], "^:", label="natural rate")
-    ax2.set(xscale="log", xlabel="symbols", ylabel="µs CPU per frame", title="gateway CPU")
-    ax2.set_ylim(bottom=0)
-    ax2.legend()
+    panels = (2 if ok else 0) + (1 if per_kind else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    axs = list(axes[0])
+    if ok:
+        ax1, ax2 = axs.pop(0), axs.pop(0)
+        xs = [r["symbols"] for r in ok]
+        ax1.plot(
+            xs,
+            [r["same_rate"]["rss_mb"] * 1024 / r["books"] for r in ok],
+            "o-",
+            label="RSS / books",
+        )
+        marg = [(r["symbols"], r.get("marginal_rss_per_book_kb")) for r in ok]
+        marg = [(x, y) for x, y in marg if y]
+        if marg:
+            ax1.plot(*zip(*marg, strict=True), "s--", label="added RSS / added book")
+        ax1.set(
+            xscale="log", yscale="log", xlabel="symbols", ylabel="KB per live book", title="memory"
+        )
+        ax1.legend()
+        ax2.plot(
+            xs, [r["same_rate"]["cpu_us_per_frame"] for r in ok], "o-", label="same offered rate"
+        )
+        net = [(r["symbols"], (r.get("idle") or {}).get("net_us_per_frame")) for r in ok]
+        net = [(x, y) for x, y in net if y]
+        if net:
+            ax2.plot(*zip(*net, strict=True), "s--", label="same rate, net of idle")
+        if all("base" in r for r in ok):
+            ax2.plot(xs, [r["base"]["cpu_us_per_frame"] for r in ok], "^:", label="natural rate")
+        ax2.set(xscale="log", xlabel="symbols", ylabel="µs CPU per frame", title="whole feed")
+        ax2.set_ylim(bottom=0)
+        ax2.legend()
+    if per_kind:
+        ax3 = axs.pop(0)
+        for kind, pts in per_kind.items():
+            ax3.plot(
+                [r["symbols"] for r in pts],
+                [r["same_rate"].get("sched_us_per_frame") for r in pts],
+                "o-",
+                label=f"{kind} ({pts[0].get('offered_per_s', 0):,}/s offered)",
+            )
+        ax3.set(
+            xscale="log", xlabel="symbols", ylabel="µs CPU per frame", title="one kind subscribed"
+        )
+        ax3.set_ylim(bottom=0)
+        ax3.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -951,15 +1163,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         str(n): {k: round(v / rates[n], 3) for k, v in mix.items()} for n, mix in mixes.items()
     }
     _log(f"offered frames per market second (subscribed streams): {gen['offered_per_s']}")
-    curve = []
-    for n in args.curve:
-        speed = round(rates[args.symbols] / rates[n], 3) if args.same_rate else 1.0
-        curve.append(await one_run(args, n, headroom=False, speed=speed))
-    full = await one_run(args, args.symbols, headroom=bool(args.speeds))
-    curve.append(full)
-    for r in curve:
-        r["offered_mix"] = gen["offered_mix"][str(r["symbols"])]
+    curve: list[dict[str, Any]] = []
+    full: dict[str, Any] = {}
+    if args.whole_feed:
+        for n in args.curve:
+            speed = round(rates[args.symbols] / rates[n], 3) if args.same_rate else 1.0
+            curve.append(await one_run(args, n, headroom=False, speed=speed))
+        full = await one_run(args, args.symbols, headroom=bool(args.speeds))
+        curve.append(full)
+        for r in curve:
+            r["offered_mix"] = gen["offered_mix"][str(r["symbols"])]
+    kinds = await kind_curve(args, mixes)
     verdict = judge(full, curve)
+    if kinds:
+        verdict["per_kind"] = judge_kinds(kinds)
     return {
         "command": " ".join(sys.argv),
         "machine": {
@@ -971,12 +1188,51 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "generation": gen,
         "full": full,
         "curve": curve,
+        "kind_curve": kinds,
         "budgets": verdict,
     }
 
 
+async def kind_curve(
+    args: argparse.Namespace, mixes: dict[int, dict[str, float]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The per-kind curve: at every symbol count (``--curve`` and ``--symbols``), a gateway
+    subscribing ONE kind (``--kinds``), offered the full market's rate of that kind.
+
+    A market's clock is sped up by (the full market's frames of that kind per market
+    second) / (its own), counted offline as for the whole-feed curve (``offered_mix``), so
+    every point of a kind gets the same offered rate of the same kind and the mix cannot
+    move the figure.  One window at that speed (no natural-rate window), then the paused
+    one (``--idle``).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    full = mixes[args.symbols]
+    for kind in args.kinds:
+        stream = KIND_STREAM[kind]
+        points = []
+        for n in [*args.curve, args.symbols]:
+            own = mixes[n][stream]
+            if own <= 0:
+                points.append({"symbols": n, "error": f"no {stream} frames offered"})
+                continue
+            speed = round(full[stream] / own, 3)
+            r = await one_run(args, n, headroom=False, speed=speed, streams=(kind,), natural=False)
+            r["offered_per_s"] = round(full[stream])
+            points.append(r)
+        out[kind] = points
+    return out
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [x.strip() for x in text.split(",") if x.strip()]
+    for k in kinds:
+        if k not in KIND_STREAM:
+            raise argparse.ArgumentTypeError(f"{k!r} is not one of {', '.join(KIND_STREAM)}")
+    return kinds
 
 
 def _floats(text: str) -> list[float]:
@@ -1022,12 +1278,26 @@ def main() -> int:
     p.add_argument(
         "--idle", type=float, default=10.0, help="seconds of the paused window (0: none)"
     )
+    p.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=list(STREAMS),
+        help="the per-kind curve's kinds, comma-separated ('': no per-kind curve)",
+    )
+    p.add_argument(
+        "--whole-feed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the whole-feed runs (the full market and its curve); --no-whole-feed: per kind only",
+    )
     p.add_argument("--set", action="append", default=[], help="gateway config override")
     p.add_argument("--json", type=Path, default=RESULTS / "full_market.json")
     p.add_argument("--png", type=Path, default=RESULTS / "full_market.png")
     args = p.parse_args()
     if args.symbols < 2 or any(n < 2 for n in args.curve):
         p.error("symbol counts must be >= 2")
+    if not args.whole_feed and not args.kinds:
+        p.error("--no-whole-feed with no --kinds: nothing to run")
     import uvloop
 
     report = uvloop.run(bench(args))
@@ -1037,11 +1307,11 @@ def main() -> int:
         f"second, generated at {g['generated_per_cpu_s']:,} frames per CPU second: "
         f"{g['cores_at_modelled_rate']} of a core at the modelled rate\n"
     )
-    print(table(report["full"], report["curve"], report["budgets"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     _log(f"wrote {args.json}")
-    plot(report["curve"], args.png)
+    print(table(report["full"], report["curve"], report["budgets"], report["kind_curve"]))
+    plot(report["curve"], args.png, report["kind_curve"])
     return 0
 
 

@@ -100,3 +100,83 @@ def test_mix_fit_recovers_per_stream_costs() -> None:
     assert verdict["cpu_per_frame_flat"] is False  # 7 / 4.6: the verdict stays on the totals
     assert verdict["cpu_per_frame_mix_fit"] == fit
     assert bench.mix_fit(points[:2]) is None  # two points always fit a line
+
+
+def _kind_point(symbols: int, us: float | None, ticks: float = 0.0) -> dict[str, Any]:
+    same = {
+        "speed": 2.0,
+        "frames_per_s": 1_000,
+        "sched_us_per_frame": us,
+        "cpu_us_per_frame": ticks or us,
+        "rss_mb": 60.0,
+        "loadavg": [1.0, 1.0, 1.0],
+    }
+    idle = {"valid": True, "sched_cores": 0.001, "net_sched_us_per_frame": None}
+    if us is not None:
+        idle["net_sched_us_per_frame"] = us - 1.0
+    return {"symbols": symbols, "books": symbols, "same_rate": same, "idle": idle}
+
+
+def test_cpu_per_event_judged_per_kind() -> None:
+    kinds = {
+        "trade": [_kind_point(100, 4.0, 6.0), _kind_point(10, 3.0, 3.0), _kind_point(600, 4.4)],
+        "depth": [_kind_point(10, 20.0), _kind_point(100, 10.0), _kind_point(600, 11.0)],
+    }
+    verdict = bench.judge_kinds(kinds)
+    trade = verdict["trade"]
+    assert trade["symbols"] == [10, 100, 600]  # sorted by symbol count
+    assert trade["us_per_frame"] == [3.0, 4.0, 4.4]
+    assert trade["max_over_min"] == round(4.4 / 3.0, 2)
+    assert trade["flat"] is True
+    # judged on the ns clock; the tick figure is reported beside it, not judged
+    assert trade["tick_max_over_min"] == 2.0
+    assert trade["net_max_over_min"] == round(3.4 / 2.0, 2)
+    assert verdict["depth"]["max_over_min"] == 2.0
+    assert verdict["depth"]["flat"] is False
+    assert verdict["all_flat"] is False
+    assert bench.judge_kinds({"trade": kinds["trade"]})["all_flat"] is True
+
+
+def test_a_kind_with_a_missing_point_is_not_judged() -> None:
+    points = [_kind_point(10, 4.0), {"symbols": 100, "error": "0/100 books live"}]
+    points.append(_kind_point(600, 4.1))
+    verdict = bench.judge_kinds({"depth": points})
+    assert verdict["depth"]["flat"] is None
+    assert verdict["depth"]["missing"] == [100]
+    assert verdict["all_flat"] is False
+    # a point without a figure (no frames in its window) is not a flat curve either
+    verdict = bench.judge_kinds({"trade": [_kind_point(10, 4.0), _kind_point(100, None)]})
+    assert verdict["trade"]["max_over_min"] is None
+    assert verdict["trade"]["flat"] is None
+    assert bench.judge_kinds({})["all_flat"] is False
+
+
+def test_per_kind_table_beside_the_whole_feed_verdict() -> None:
+    kinds = {"book_ticker": [_kind_point(10, 4.0), _kind_point(100, 5.0)]}
+    whole = [_point(10, 50.0, 8.0), _point(100, 53.0, 9.0)]
+    for r in whole:
+        r.update(time_to_live_s=1.0, rate_bound_s=0.0)
+        r["same_rate"].update(loadavg=[1.0], frames_per_s=9_000)
+        r["base"].update(frames_per_s=1_000)
+    verdict = bench.judge({}, whole)
+    verdict["per_kind"] = bench.judge_kinds(kinds)
+    text = bench.table({}, whole, verdict, kinds)
+    assert "## Whole feed" in text and "## Per kind" in text
+    assert "| book_ticker | 1.25 | True |" in text
+    assert "Budgets (whole feed): " in text and '"cpu_per_frame_flat": true' in text
+    assert "Budgets (per kind): " in text
+
+
+def test_kinds_option() -> None:
+    assert bench._kinds("depth, trade") == ["depth", "trade"]
+    assert bench._kinds("") == []
+    with pytest.raises(Exception, match="aggTrade"):
+        bench._kinds("aggTrade")
+
+
+def test_every_kind_offered_at_every_curve_count() -> None:
+    # the per-kind curve speeds each market up by the full market's rate of a kind over its
+    # own: both must be positive for every kind the gateway can subscribe
+    for n in (10, 100):
+        mix = bench.offered_mix(n, 1, 2.0)
+        assert all(mix[stream] > 0 for stream in bench.KIND_STREAM.values())
