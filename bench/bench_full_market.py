@@ -1310,7 +1310,11 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     _log(f"wrote {args.json}")
-    print(table(report["full"], report["curve"], report["budgets"], report["kind_curve"]))
+    text = table(report["full"], report["curve"], report["budgets"], report["kind_curve"])
+    # the tables as printed, for bench/report.py to put into docs/benchmarks.md
+    report["table_md"] = text
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    print(text)
     plot(report["curve"], args.png, report["kind_curve"])
     return 0
 

@@ -71,6 +71,14 @@ BENCHES: dict[str, list[str]] = {
         "--json",
         "bench/results/redis.json",
     ],
+    # the whole market on one process: about 25 minutes (docs/benchmarks.md, "Full market")
+    "full_market": [
+        "bench/bench_full_market.py",
+        "--json",
+        "bench/results/full_market.json",
+        "--png",
+        "bench/results/full_market.png",
+    ],
     # instructions, not time: needs valgrind and a C compiler
     "parse_ir": [
         "bench/micro/parse_ir.py",
@@ -287,6 +295,16 @@ def t_parse_ir(r: dict[str, Any]) -> str:
     return md(["kind", "avg bytes", *cands, "msgspec ÷ meltica (Ir)"], rows)
 
 
+def t_full_market(r: dict[str, Any]) -> str:
+    """The benchmark's own tables (``table_md``), its headings one level under the doc's."""
+    out = []
+    for line in r["table_md"].splitlines():
+        if line == "## Full market":
+            continue
+        out.append("#### " + line[3:] if line.startswith("## ") else line)
+    return "\n".join(out).strip("\n") + "\n"
+
+
 def t_micro(r: dict[str, Any]) -> str:
     rows = [[f"`{k}`", f"{v:.3f}"] for k, v in r["ratios"].items()]
     return md(["pair (op[detail]-inputs)", "ours ÷ baseline median"], rows)
@@ -321,6 +339,7 @@ TABLES: dict[str, Callable[[Any], str]] = {
     "nats": t_nats,
     "redis": t_redis,
     "parse_ir": t_parse_ir,
+    "full_market": t_full_market,
 }
 
 

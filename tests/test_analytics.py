@@ -279,7 +279,9 @@ def test_engine_exports_hook_errors_per_hook_and_reason() -> None:
         engine = Engine(config, subscribe_on_start=False)
         snaps = [rest("AAA", 100)]
 
-        async def fetch(market: str, symbol: str) -> Any:
+        async def fetch(market: str, symbol: str, on_sent: Any = None) -> Any:
+            if on_sent is not None:  # the engine's conductor keeps a tail until the send
+                on_sent()
             await asyncio.sleep(0)
             return snaps.pop(0)
 
