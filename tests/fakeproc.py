@@ -76,6 +76,23 @@ def engine_against(
     return Engine(config, subscribe_on_start=subscribe_on_start)
 
 
+def spot_books_engine(
+    fake: FakeExchange, symbols: Sequence[str], channels: Sequence[str], *overrides: str
+) -> Engine:
+    """An `Engine` for ``fake``'s spot ``symbols`` and ``channels``, books of 100-level
+    snapshots, no /metrics and no audits, the config ``overrides`` after: the many-books
+    start-ups (REST queue, wait tail, connection packing)."""
+    return engine_against(
+        fake,
+        {"spot": symbols},
+        f"binance.spot.streams=[{', '.join(channels)}]",
+        "telemetry.metrics_enabled=false",
+        "conductor.audit_interval_s=0",
+        "binance.spot.depth_snapshot_limit=100",
+        *overrides,
+    )
+
+
 def synthetic_engine(fake: FakeExchange, source: SyntheticMarket, *overrides: str) -> Engine:
     """An `Engine` for ``fake`` serving the synthetic ``source``: every market and
     symbol of it, spot trade, book_ticker and depth, reconnects after 0.05 to 0.5 s;

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aio import run
+from fakeproc import spot_books_engine
 from picows import WSHandshakeError, WSListener, ws_connect
 
 from meltica.replay.synthetic import (
@@ -175,10 +176,7 @@ def test_engine_subscribes_more_streams_than_one_control_request_carries() -> No
     400 spot symbols x 3 channels = 1200 streams: more than one control request may carry
     (1024) and more than one connection holds (1024), against the fake's real limits.
     """
-    from meltica.commands.common import local_overrides
-    from meltica.config import load_config
     from meltica.dispatcher.dispatcher import MAX_STREAMS_PER_REQUEST
-    from meltica.engine import Engine
     from meltica.replay.exchange import FakeExchange
 
     market = SyntheticMarket.binance(spot=400, usdm=0, seed=1)
@@ -187,23 +185,7 @@ def test_engine_subscribes_more_streams_than_one_control_request_carries() -> No
 
     async def body() -> dict[str, Any]:
         async with FakeExchange(market, speed=1.0) as fake:
-            overrides = local_overrides(
-                {"spot": fake.ws_url("spot")},
-                fake.rest_url,
-                symbols={"spot": market.symbols("spot")},
-                streams={"spot": channels},
-            )
-            config = load_config(
-                None,
-                env={},
-                overrides=[
-                    *overrides,
-                    "telemetry.metrics_enabled=false",
-                    "conductor.audit_interval_s=0",
-                    "binance.spot.depth_snapshot_limit=100",
-                ],
-            )
-            engine = Engine(config)
+            engine = spot_books_engine(fake, market.symbols("spot"), channels)
             await engine.start()
             try:
                 stats = dict(engine.managers["spot"].stats())

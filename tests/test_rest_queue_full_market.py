@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from aio import run
+from fakeproc import spot_books_engine
 
 from meltica.adapters.binance.rest import REST_MAX_PENDING
 from meltica.replay.synthetic import SyntheticMarket
@@ -20,9 +21,6 @@ BOOKS = REST_MAX_PENDING + 176  # 1,200
 
 
 def test_every_book_queues_its_snapshot_past_the_default_bound() -> None:
-    from meltica.commands.common import local_overrides
-    from meltica.config import load_config
-    from meltica.engine import Engine
     from meltica.replay.exchange import FakeExchange
 
     market = SyntheticMarket.binance(spot=BOOKS, usdm=0, seed=1)
@@ -30,26 +28,14 @@ def test_every_book_queues_its_snapshot_past_the_default_bound() -> None:
 
     async def body() -> dict[str, Any]:
         async with FakeExchange(market, speed=1.0) as fake:
-            overrides = local_overrides(
-                {"spot": fake.ws_url("spot")},
-                fake.rest_url,
-                symbols={"spot": symbols},
-                streams={"spot": ["depth"]},
+            engine = spot_books_engine(
+                fake,
+                symbols,
+                ["depth"],
+                # a budget of 250 weight a minute: 46 snapshots after exchangeInfo, so
+                # nearly every book is still waiting in the queue when all have asked
+                "binance.spot.rest_weight_limit_per_minute=500",
             )
-            config = load_config(
-                None,
-                env={},
-                overrides=[
-                    *overrides,
-                    "telemetry.metrics_enabled=false",
-                    "conductor.audit_interval_s=0",
-                    "binance.spot.depth_snapshot_limit=100",
-                    # a budget of 250 weight a minute: 46 snapshots after exchangeInfo, so
-                    # nearly every book is still waiting in the queue when all have asked
-                    "binance.spot.rest_weight_limit_per_minute=500",
-                ],
-            )
-            engine = Engine(config)
             await engine.start()
             try:
                 asked = 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aio import run
+from fakeproc import spot_books_engine
 
 from meltica.replay.synthetic import SyntheticMarket
 
@@ -30,9 +31,6 @@ def test_books_waiting_for_the_budget_hold_the_tail_and_sync(
 ) -> None:
     import meltica.adapters.binance.rest as client_rest
     import meltica.replay.rest as fake_rest
-    from meltica.commands.common import local_overrides
-    from meltica.config import load_config
-    from meltica.engine import Engine
     from meltica.replay.exchange import FakeExchange
 
     monkeypatch.setattr(client_rest, "WINDOW_S", WINDOW_S)
@@ -42,26 +40,14 @@ def test_books_waiting_for_the_budget_hold_the_tail_and_sync(
 
     async def body() -> dict[str, Any]:
         async with FakeExchange(market, speed=1.0) as fake:
-            overrides = local_overrides(
-                {"spot": fake.ws_url("spot")},
-                fake.rest_url,
-                symbols={"spot": symbols},
-                streams={"spot": ["depth"]},
+            engine = spot_books_engine(
+                fake,
+                symbols,
+                ["depth"],
+                f"conductor.snapshot_wait_tail={TAIL}",
+                # 250 weight a window: ~46 snapshots of weight 5 after exchangeInfo
+                "binance.spot.rest_weight_limit_per_minute=500",
             )
-            config = load_config(
-                None,
-                env={},
-                overrides=[
-                    *overrides,
-                    "telemetry.metrics_enabled=false",
-                    "conductor.audit_interval_s=0",
-                    f"conductor.snapshot_wait_tail={TAIL}",
-                    "binance.spot.depth_snapshot_limit=100",
-                    # 250 weight a window: ~46 snapshots of weight 5 after exchangeInfo
-                    "binance.spot.rest_weight_limit_per_minute=500",
-                ],
-            )
-            engine = Engine(config)
             await engine.start()
             try:
                 most_unsent = most_sent = 0
