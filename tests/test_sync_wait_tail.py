@@ -45,8 +45,9 @@ def test_books_waiting_for_the_budget_hold_the_tail_and_sync(
                 symbols,
                 ["depth"],
                 f"conductor.snapshot_wait_tail={TAIL}",
-                # 250 weight a window: ~46 snapshots of weight 5 after exchangeInfo
-                "binance.spot.rest_weight_limit_per_minute=500",
+                # 200 weight a window: ~36 snapshots of weight 5 after exchangeInfo, so
+                # the last books wait three windows or more wherever in a window it starts
+                "binance.spot.rest_weight_limit_per_minute=400",
             )
             await engine.start()
             try:
@@ -104,7 +105,7 @@ def test_books_waiting_for_the_budget_hold_the_tail_and_sync(
     assert out["gaps"] == 0 and out["overflows"] == 0 and out["errors"] == 0
     # while queued, never more than the tail; books that waited long dropped many
     assert 1 <= out["most_unsent"] <= TAIL
-    waited = [n for n in out["superseded"].values() if n >= 10 * TAIL]
+    waited = [n for n in out["superseded"].values() if n >= 3 * TAIL]
     assert len(waited) >= 10, sorted(out["superseded"].values())
     # every book equal to the fake's at the same update id (all but a book or two whose
     # last frame the paused fake still holds)
