@@ -71,9 +71,13 @@ BENCHES: dict[str, list[str]] = {
         "--json",
         "bench/results/redis.json",
     ],
-    # the whole market on one process: about 25 minutes (docs/benchmarks.md, "Full market")
+    # the whole market on one process, about 20 minutes (docs/benchmarks.md, "Full market");
+    # the per-kind curve (another 13) is run on its own: --no-whole-feed --speeds ''
     "full_market": [
         "bench/bench_full_market.py",
+        "--kinds=",
+        "--speeds",
+        "8,16,20,24",
         "--json",
         "bench/results/full_market.json",
         "--png",
