@@ -12,11 +12,12 @@ with the instrumentation on only around the measured frames (the set-up and the 
 generation are not counted), so the figure is the same on a loaded machine.  Reported:
 instructions (Ir) per frame of each kind, the ratio of a diff to a bookTicker, and the
 events each frame put on the bus; ``--annotate`` adds the top inclusive functions per kind
-(callgrind_annotate).  Needs valgrind and a C compiler.
+(callgrind_annotate); ``--cache-sim`` adds the simulated data reads, writes and
+first-level and last-level cache misses per frame.  Needs valgrind and a C compiler.
 
 Run (from the repository root):
     PYTHONPATH=. .venv/bin/python bench/bench_depth_ir.py [--frames 2000] [--symbols 40]
-        [--annotate] [--json OUT]
+        [--annotate] [--cache-sim] [--warm N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def _kind(stream: str) -> str | None:
     return None
 
 
-def child(kind: str, frames: int, symbols: int, shim: str) -> int:
-    """Under valgrind: warm every book up to live, then count ``frames`` frames of ``kind``."""
+def child(
+    kind: str, frames: int, symbols: int, shim: str, warm_frames: int = 0, seconds: float = 20.0
+) -> int:
+    """Under valgrind: warm every book up to live, run ``warm_frames`` frames of ``kind`` with the
+    instrumentation on (so the simulated caches hold what the path touches), then count
+    ``frames`` frames of ``kind``."""
     from meltica._core.parser import FrameParser
     from meltica.bus.data import InMemoryDataBus
     from meltica.conductor import Conductor
@@ -57,7 +62,7 @@ def child(kind: str, frames: int, symbols: int, shim: str) -> int:
     from meltica.replay.synthetic import SyntheticMarket
     from meltica.snapshot import MemorySnapshotStore
 
-    src = SyntheticMarket.binance(spot=symbols, usdm=0, seed=1, duration_s=20.0)
+    src = SyntheticMarket.binance(spot=symbols, usdm=0, seed=1, duration_s=seconds)
     gen = iter(src.frames())
     parser = FrameParser(venue="binance", market="spot")
     rest = FrameParser(venue="binance", market="spot")
@@ -90,16 +95,20 @@ def child(kind: str, frames: int, symbols: int, shim: str) -> int:
         if _kind(f.stream) == kind:
             raw.append(combined_frame(f))
             ts.append(f.ts_ns)
-            if len(raw) == frames:
+            if len(raw) == warm_frames + frames:
                 break
-    if len(raw) < frames:
+    if len(raw) < warm_frames + frames:
         raise SystemExit(f"only {len(raw)} {kind} frames in the generated market")
     on, parse = cond.on_events, parser.parse
-    published0, batches0 = bus.published, cond.counters["batches"]
     lib = ctypes.CDLL(shim)
     gc.collect()
-    lib.ir_start()
-    for i in range(frames):
+    if warm_frames:
+        lib.ir_start()
+        for i in range(warm_frames):
+            on(parse(raw[i], ts[i]))
+    published0, batches0 = bus.published, cond.counters["batches"]
+    lib.ir_start()  # (again) zeroes the counts
+    for i in range(warm_frames, warm_frames + frames):
         on(parse(raw[i], ts[i]))
     lib.ir_stop(kind.encode())
     print(
@@ -118,10 +127,14 @@ def child(kind: str, frames: int, symbols: int, shim: str) -> int:
     return 0
 
 
-def _totals(path: Path) -> int:
+def _totals(path: Path) -> dict[str, int]:
+    """The dump's event totals by name (Ir; with the cache simulation also Dr, D1mr, DLmr ...)."""
+    names: list[str] = []
     for line in path.read_text().splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
         if line.startswith(("totals:", "summary:")):
-            return int(line.split()[1])
+            return dict(zip(names, map(int, line.split()[1:]), strict=False))
     raise RuntimeError(f"no totals in {path}")
 
 
@@ -130,19 +143,54 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=2000, help="frames counted per kind")
     p.add_argument("--symbols", type=int, default=40, help="spot symbols in the market")
     p.add_argument("--annotate", action="store_true", help="top inclusive functions per kind")
+    p.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate the caches (callgrind --cache-sim=yes): data reads, misses per frame",
+    )
+    p.add_argument(
+        "--d1",
+        default="32768,8,64",
+        help="simulated first-level data cache: size,associativity,line (valgrind --D1)",
+    )
+    p.add_argument(
+        "--ll",
+        default="33554432,16,64",
+        help="simulated last-level cache: size,associativity,line (valgrind --LL; the default is"
+        " a 32 MiB L3; callgrind models two levels, so give an L2's size to see L2 misses)",
+    )
+    p.add_argument(
+        "--market-s",
+        type=float,
+        default=20.0,
+        help="seconds of market generated (a small market needs more for many frames of a kind)",
+    )
+    p.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        help="frames of the kind run (instrumented, not counted) before the counted ones,"
+        " so the simulated caches start warm",
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child", nargs=2, metavar=("KIND", "SHIM"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child[0], args.frames, args.symbols, args.child[1])
-    out: dict[str, Any] = {"frames": args.frames, "symbols": args.symbols, "kinds": {}}
+        return child(
+            args.child[0], args.frames, args.symbols, args.child[1], args.warm, args.market_s
+        )
+    out: dict[str, Any] = {"frames": args.frames, "symbols": args.symbols, "warm": args.warm}
+    out["kinds"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         shim = build_shim(Path(tmp))
         for kind in KINDS:
             cg = Path(tmp) / f"cg.{kind}"
             argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+            if args.cache_sim:
+                argv += ["--cache-sim=yes", f"--D1={args.d1}", f"--LL={args.ll}"]
             argv += [f"--callgrind-out-file={cg}", sys.executable, __file__]
             argv += ["--frames", str(args.frames), "--symbols", str(args.symbols)]
+            argv += ["--warm", str(args.warm), "--market-s", str(args.market_s)]
             argv += ["--child", kind, str(shim)]
             env = {**os.environ, "PYTHONHASHSEED": "0"}
             res = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -150,7 +198,11 @@ def main() -> int:
                 raise SystemExit(f"{kind}: exit {res.returncode}\n{res.stderr[-2000:]}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             dump = Path(f"{cg}.1")  # the dump at ir_stop
-            row["ir_per_frame"] = round(_totals(dump) / args.frames)
+            totals = _totals(dump)
+            row["ir_per_frame"] = round(totals["Ir"] / args.frames)
+            if args.cache_sim:
+                for ev in ("Dr", "Dw", "D1mr", "D1mw", "DLmr", "DLmw", "I1mr", "ILmr"):
+                    row[f"{ev}_per_frame"] = round(totals[ev] / args.frames, 1)
             if args.annotate:
                 ann = subprocess.run(
                     ["callgrind_annotate", "--inclusive=yes", str(dump)],
@@ -168,6 +220,13 @@ def main() -> int:
     print("|---|---:|---:|")
     for kind, row in kinds.items():
         print(f"| {kind} | {row['ir_per_frame']:,} | {row['bus_events'] / row['frames']:.2f} |")
+    if args.cache_sim:
+        evs = ("Dr", "Dw", "D1mr", "D1mw", "DLmr", "DLmw", "I1mr", "ILmr")
+        print("\n| kind | " + " | ".join(f"{ev} per frame" for ev in evs) + " |")
+        print("|---|" + "---:|" * len(evs))
+        for kind, row in kinds.items():
+            cells = " | ".join(f"{row[f'{ev}_per_frame']:,}" for ev in evs)
+            print(f"| {kind} | {cells} |")
     print(f"\ndepth diff / bookTicker: {out['depth_over_book_ticker']}x")
     if args.annotate:
         for kind, row in kinds.items():

@@ -508,6 +508,7 @@ async def window(
     elapsed = t1 - t0
     between = tm1 - tm0
     frames = m1.get("meltica_ws_frames_total") - m0.get("meltica_ws_frames_total")
+    batches = m1.get("meltica_ws_batches_total") - m0.get("meltica_ws_batches_total")
     sent = s1["frames_published"] - s0["frames_published"]
     cores = (c1 - c0) / elapsed
     rate = frames / between
@@ -519,6 +520,8 @@ async def window(
         "frames_per_s": round(rate),
         "fake_sent_per_s": round(sent / between),
         "received_share": round(frames / sent, 4) if sent else None,
+        # frames per batch handed on (one batch per socket read with events)
+        "frames_per_batch": round(frames / batches, 2) if batches else None,
         "gateway_cores": round(cores, 3),
         "fake_cores": round((f1 - f0) / elapsed, 3),
         "cpu_cores_per_10k": round(cores / rate * 1e4, 4) if frames else None,
@@ -657,6 +660,15 @@ async def one_run(
                 else:
                     same = base
                 result["same_rate"] = same
+                if args.bunch_ms > 0:
+                    # the same rate again, the fake sending what falls due within
+                    # --bunch-ms together: fewer, fuller socket reads (see read_split)
+                    await fake.command(f"quantum {args.bunch_ms / 1000}")
+                    await asyncio.sleep(args.settle)
+                    bunched = await window(http, gw, fake, args.duration, speed)
+                    await fake.command("quantum 0")
+                    result["bunched"] = bunched
+                    _log(f"{speed:.3g}x, sent {args.bunch_ms:g} ms at a time: {bunched}")
                 if headroom:
                     result["headroom"] = await raise_rate(args, http, gw, fake, modelled)
                 if args.idle > 0:
@@ -823,10 +835,58 @@ def judge_curve(curve: list[dict[str, Any]]) -> dict[str, Any]:
     fit = mix_fit(ok)
     if fit is not None:
         out["cpu_per_frame_mix_fit"] = fit
+    split = read_split(ok)
+    if split is not None:  # reported, not judged (see read_split)
+        out["read_split"] = split
     natural = [r["base"]["cpu_us_per_frame"] for r in ok if r["base"]["cpu_us_per_frame"]]
     if len(natural) >= 2:  # reported, not judged: each point at its own, lower rate
         out["natural_rate_cpu_per_frame_max_over_min"] = round(max(natural) / min(natural), 2)
     return out
+
+
+def read_split(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU per frame split into a cost per frame at each point and one cost per socket read,
+    from the two windows of every point at the same rate (``same_rate``: the fake sending
+    each frame when due; ``bunched``: what falls due within ``--bunch-ms`` sent together, so
+    the gateway reads fuller batches).
+
+    Model: µs CPU per frame = a_i + b / (frames per batch), with a_i the cost of a frame at
+    point i and b the cost of one socket read (wake-up, read, the per-batch path), common to
+    every point.  Least squares over all windows: for a given b each a_i is its two windows'
+    mean of (c - b x), and b = sum (x - mean_i x)(c - mean_i c) / sum (x - mean_i x)^2, x = 1 /
+    frames per batch.  Reported beside the raw figures, not instead of them: how many frames
+    a read brings depends on how the feed arrives (here, the fake's pacing and the
+    connection count), not on the gateway.  None unless every point has both windows.
+    """
+    rows = []
+    for r in points:
+        ws = [r.get("same_rate"), r.get("bunched")]
+        if any(
+            w is None or not w.get("frames_per_batch") or not w.get("sched_us_per_frame")
+            for w in ws
+        ):
+            return None
+        rows.append([(1.0 / w["frames_per_batch"], w["sched_us_per_frame"]) for w in ws])
+    if len(rows) < 2:
+        return None
+    sxx = sxy = 0.0
+    for pair in rows:
+        mx = sum(x for x, _ in pair) / len(pair)
+        my = sum(c for _, c in pair) / len(pair)
+        sxx += sum((x - mx) ** 2 for x, _ in pair)
+        sxy += sum((x - mx) * (c - my) for x, c in pair)
+    if sxx <= 0:
+        return None
+    b = sxy / sxx
+    a = [round(sum(c - b * x for x, c in pair) / len(pair), 2) for pair in rows]
+    return {
+        "per_read_us": round(b, 1),
+        "per_frame_us": a,
+        "per_frame_max_over_min": _ratio(a),
+        "bunched_us_per_frame": [r["bunched"]["sched_us_per_frame"] for r in points],
+        "bunched_frames_per_batch": [r["bunched"]["frames_per_batch"] for r in points],
+        "bunched_max_over_min": _ratio([r["bunched"]["sched_us_per_frame"] for r in points]),
+    }
 
 
 def _ratio(values: list[float | None]) -> float | None:
@@ -865,6 +925,9 @@ def judge_kinds(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "net_us_per_frame": [(r.get("idle") or {}).get("net_sched_us_per_frame") for r in ok],
         }
         row["net_max_over_min"] = _ratio(row["net_us_per_frame"])
+        split = read_split(ok)
+        if split is not None:  # reported, not judged (see read_split)
+            row["read_split"] = split
         if len(ok) < len(pts):
             row["missing"] = [r["symbols"] for r in pts if "same_rate" not in r]
         out[kind] = row
@@ -948,9 +1011,11 @@ def table(
         lines.append(f"RSS per live book (total / books): {b['rss_per_book_kb']} KB")
     if curve:
         lines += _curve_table(curve)
+        if verdict.get("read_split"):
+            lines += _split_lines({"whole feed": verdict["read_split"]})
     if kinds:
         lines += _kind_table(kinds, verdict.get("per_kind") or {})
-    whole = {k: v for k, v in verdict.items() if k != "per_kind"}
+    whole = {k: v for k, v in verdict.items() if k not in ("per_kind", "read_split")}
     lines += ["", "Budgets (whole feed): " + json.dumps(whole)]
     if "per_kind" in verdict:
         lines += ["", "Budgets (per kind): " + json.dumps(verdict["per_kind"])]
@@ -967,11 +1032,11 @@ def _curve_table(curve: list[dict[str, Any]]) -> list[str]:
         "per added book; net CPU is per frame after subtracting the gateway's CPU with the same "
         "books live and the fake paused. Natural rate: the same market at its own clock.",
         "",
-        "| symbols | books | live after s | rate bound s | speed | frames/s | RSS MB "
-        "| RSS/book KB | added RSS/added book KB | µs CPU/frame | idle cores "
+        "| symbols | books | live after s | rate bound s | speed | frames/s | frames/batch "
+        "| RSS MB | RSS/book KB | added RSS/added book KB | µs CPU/frame | idle cores "
         "| net µs CPU/frame | depth / bookTicker / trade share | natural frames/s "
         "| natural µs CPU/frame | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in curve:
         if "same_rate" not in r:
@@ -981,8 +1046,8 @@ def _curve_table(curve: list[dict[str, Any]]) -> list[str]:
         idle = i.get("gateway_cores") if i.get("valid") else None
         lines.append(
             f"| {r['symbols']} | {r['books']} | {r['time_to_live_s']} | {r['rate_bound_s']} | "
-            f"{w['speed']:.3g}x | {w['frames_per_s']:,} | {w['rss_mb']} | "
-            f"{round(w['rss_mb'] * 1024 / r['books'], 1)} | "
+            f"{w['speed']:.3g}x | {w['frames_per_s']:,} | {w.get('frames_per_batch')} | "
+            f"{w['rss_mb']} | {round(w['rss_mb'] * 1024 / r['books'], 1)} | "
             f"{r.get('marginal_rss_per_book_kb')} | {w['cpu_us_per_frame']} | {idle} | "
             f"{i.get('net_us_per_frame')} | {mix(r)} | {b['frames_per_s']:,} | "
             f"{b['cpu_us_per_frame']} | "
@@ -1001,9 +1066,10 @@ def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any])
         "(ticks: the same from /proc/<pid>/stat's 10 ms ticks); net: after subtracting the "
         "gateway's CPU with the fake paused.",
         "",
-        "| kind | symbols | live/ready after s | speed | offered/s | frames/s | µs CPU/frame "
-        "| ticks µs CPU/frame | idle cores | net µs CPU/frame | RSS MB | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kind | symbols | live/ready after s | speed | offered/s | frames/s | frames/batch "
+        "| µs CPU/frame | ticks µs CPU/frame | idle cores | net µs CPU/frame | RSS MB "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, points in kinds.items():
         for r in points:
@@ -1014,6 +1080,7 @@ def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any])
             lines.append(
                 f"| {kind} | {r['symbols']} | {r.get('time_to_live_s')} | {w['speed']:.3g}x | "
                 f"{r.get('offered_per_s', 0):,} | {w['frames_per_s']:,} | "
+                f"{w.get('frames_per_batch')} | "
                 f"{w.get('sched_us_per_frame')} | {w['cpu_us_per_frame']} | "
                 f"{i.get('sched_cores') if i.get('valid') else None} | "
                 f"{i.get('net_sched_us_per_frame')} | {w['rss_mb']} | {w['loadavg'][0]} |"
@@ -1028,6 +1095,32 @@ def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any])
         lines.append(
             f"| {kind} | {v.get('max_over_min')} | {v.get('flat')} | "
             f"{v.get('tick_max_over_min')} | {v.get('net_max_over_min')} |"
+        )
+    splits = {k: (verdict.get(k) or {}).get("read_split") for k in kinds}
+    lines += _split_lines({k: v for k, v in splits.items() if v})
+    return lines
+
+
+def _split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The read_split of each curve (whole feed or a kind) as a table."""
+    if not splits:
+        return []
+    lines = [
+        "",
+        "Per socket read and per frame (read_split: each point measured again with the fake "
+        "sending what falls due within --bunch-ms together; µs CPU per frame = a + b / frames "
+        "per batch, b common, by least squares over both windows of every point):",
+        "",
+        "| curve | bunched frames/batch | bunched µs CPU/frame | bunched max / min "
+        "| b: µs per read | a: µs per frame | a max / min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in splits.items():
+        lines.append(
+            f"| {name} | {' / '.join(map(str, v['bunched_frames_per_batch']))} | "
+            f"{' / '.join(map(str, v['bunched_us_per_frame']))} | {v['bunched_max_over_min']} | "
+            f"{v['per_read_us']} | {' / '.join(map(str, v['per_frame_us']))} | "
+            f"{v['per_frame_max_over_min']} |"
         )
     return lines
 
@@ -1289,6 +1382,13 @@ def main() -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the whole-feed runs (the full market and its curve); --no-whole-feed: per kind only",
+    )
+    p.add_argument(
+        "--bunch-ms",
+        type=float,
+        default=20.0,
+        help="a second window per point with the fake sending what falls due within this many"
+        " ms together (fuller socket reads: the per-read cost split out); 0: none",
     )
     p.add_argument("--set", action="append", default=[], help="gateway config override")
     p.add_argument("--json", type=Path, default=RESULTS / "full_market.json")
