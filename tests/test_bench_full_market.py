@@ -180,3 +180,45 @@ def test_every_kind_offered_at_every_curve_count() -> None:
     for n in (10, 100):
         mix = bench.offered_mix(n, 1, 2.0)
         assert all(mix[stream] > 0 for stream in bench.KIND_STREAM.values())
+
+
+def _split_point(symbols: int, a: float, b: float, fpb: tuple[float, float]) -> dict[str, Any]:
+    """Two windows of one point whose CPU per frame is exactly a + b / frames per batch."""
+    r: dict[str, Any] = {"symbols": symbols, "books": symbols}
+    for key, f in zip(("same_rate", "bunched"), fpb, strict=True):
+        r[key] = {"frames_per_batch": f, "sched_us_per_frame": round(a + b / f, 6)}
+    return r
+
+
+def test_read_split_recovers_the_per_read_and_per_frame_costs() -> None:
+    points = [
+        _split_point(10, 5.0, 40.0, (4.0, 40.0)),
+        _split_point(100, 5.5, 40.0, (20.0, 60.0)),
+        _split_point(2400, 6.5, 40.0, (90.0, 120.0)),
+    ]
+    split = bench.read_split(points)
+    assert split is not None
+    assert split["per_read_us"] == 40.0
+    assert split["per_frame_us"] == [5.0, 5.5, 6.5]
+    assert split["per_frame_max_over_min"] == 1.3
+    # the raw figures at the bunched windows, reported beside
+    assert split["bunched_frames_per_batch"] == [40.0, 60.0, 120.0]
+    assert split["bunched_max_over_min"] == round((6.5 + 40 / 120) / (5.0 + 1.0), 2)
+    # a point without its bunched window: no split (never a split of some of the points)
+    del points[1]["bunched"]
+    assert bench.read_split(points) is None
+    # one batch size per point says nothing about the per-read cost
+    same = [_split_point(10, 5.0, 40.0, (4.0, 4.0)), _split_point(100, 6.0, 40.0, (9.0, 9.0))]
+    assert bench.read_split(same) is None
+
+
+def test_read_split_in_the_per_kind_verdict_and_table() -> None:
+    points = [_kind_point(10, 9.0), _kind_point(100, 6.0)]
+    for r, (a, fpb) in zip(points, ((5.0, (4.0, 40.0)), (5.5, (20.0, 80.0))), strict=True):
+        s = _split_point(r["symbols"], a, 16.0, fpb)
+        r["same_rate"].update(s["same_rate"])
+        r["bunched"] = s["bunched"]
+    verdict = bench.judge_kinds({"depth": points})
+    assert verdict["depth"]["read_split"]["per_frame_us"] == [5.0, 5.5]
+    text = bench.table({}, [], {"per_kind": verdict}, {"depth": points})
+    assert "| depth | 40.0 / 80.0 |" in text and "| 16.0 | 5.0 / 5.5 | 1.1 |" in text
