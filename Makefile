@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/meltica-engine demo $(DEMO_ARGS)
 
 lint: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && PATH=$(BIN):$$PATH cython-lint meltica/_core meltica/adapters/binance meltica/bus meltica/conductor meltica/dispatcher meltica/wallclock.pxd
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && PATH=$(BIN):$$PATH cython-lint meltica/_core meltica/adapters/binance meltica/bus meltica/conductor meltica/dispatcher meltica/telemetry meltica/wallclock.pxd
 
 bench: install
 	$(BIN)/python bench/bench_parse.py

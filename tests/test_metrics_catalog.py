@@ -156,6 +156,60 @@ def test_gate_observes_exchange_latency_once_per_batch_per_market() -> None:
     assert spot.n == 2
 
 
+def test_gate_updates_a_histogram_in_place_exactly_as_observe_would() -> None:
+    from meltica._core.dispatch import DispatchTable
+    from meltica.dispatcher._gate import Gate
+    from meltica.telemetry.metrics import Histogram
+
+    gate = Gate(DispatchTable(), lambda batch: None)
+    spot = catalog.histogram("exchange_latency_seconds", market="spot")
+    reference = catalog.histogram("exchange_latency_seconds", market="spot")
+    gate.event_latency = {"spot": spot}
+    recv = 1_700_000_000_000_000_000
+    # delays (ns), one batch each: under, on and between bounds, beyond the last, negative
+    on_bound = [round(b * 1e9) for b in spot.buckets[:3]]
+    delays = [3_000_000, 1, *on_bound, 7_300_000_000, 11_000_000_000, -2_000_000, 0, 123_456]
+    for tid, d in enumerate(delays, 1):
+        gate.on_events([_trade("spot", recv - d, recv, tid), _trade("spot", recv, recv, tid + 99)])
+        reference.observe(max(d, 0) / 1e9)
+    gate.on_events([_trade("spot", None, recv, 500)])  # no exchange time: not observed
+    assert (spot.counts, spot.total, spot.n) == (reference.counts, reference.total, reference.n)
+    assert spot.n == len(delays)
+
+    # a new histogram for the market: its own bounds are read
+    coarse = Histogram("exchange_latency_seconds", "h", buckets=(0.001, 0.01))
+    gate.event_latency["spot"] = coarse
+    gate.on_events([_trade("spot", recv - 5_000_000, recv, 600)])
+    assert (coarse.counts, coarse.n) == ([0, 1, 0], 1)
+    assert spot.n == len(delays)
+
+
+def test_gate_calls_observe_on_any_other_observer() -> None:
+    from meltica._core.dispatch import DispatchTable
+    from meltica.dispatcher._gate import Gate
+    from meltica.telemetry.metrics import Histogram
+
+    seen: list[tuple[str, float]] = []
+
+    class Recorder:
+        def observe(self, seconds: float, count: int = 1) -> None:
+            seen.append(("recorder", seconds))
+
+    class Sub(Histogram):  # not exactly a Histogram: its observe() runs
+        def observe(self, seconds: float, count: int = 1) -> None:
+            seen.append(("sub", seconds))
+            super().observe(seconds, count)
+
+    gate = Gate(DispatchTable(), lambda batch: None)
+    sub = Sub("exchange_latency_seconds", "h")
+    gate.event_latency = {"spot": Recorder(), "usdm": sub}
+    gate.on_events([_trade("spot", 7_000_000, 10_000_000)])
+    gate.on_events([_trade("usdm", 12_000_000, 10_000_000)])
+    gate.on_events([_trade("spot", None, 10_000_000)])
+    assert seen == [("recorder", 0.003), ("sub", 0.0)]
+    assert (sub.n, sub.counts[0]) == (1, 1)
+
+
 @pytest.mark.parametrize("policy", ["block", "drop_oldest", "conflate"])
 def test_delivery_latency_is_publish_stamp_to_read(policy: str) -> None:
     now = [1_000_000]

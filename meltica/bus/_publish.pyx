@@ -17,10 +17,10 @@ on a cold cache, and at 10k frames/s every batch finds the cache cold.
 cimport cython
 from cpython.list cimport PyList_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc
 
 from meltica._core.events cimport Event
 from meltica._core.ring cimport Cursor, Ring
+from meltica.telemetry._histogram cimport Observer
 from meltica.wallclock cimport wall_ns
 
 
@@ -38,30 +38,21 @@ cdef class Publisher:
     # latency: None, a LatencyObserver (observe(seconds) is called), or a
     # meltica.telemetry.metrics.Histogram, updated in place from C
     cdef object _latency
-    cdef object _histogram            # the Histogram, or None
-    cdef double *_bounds              # its bucket bounds, ascending
-    cdef Py_ssize_t _n_bounds
+    cdef Observer _observer           # of _latency, or None
     # consumers waiting for events: (consumer, cursor, future), oldest first
     cdef list _waiting
     cdef public bint paused           # a block consumer paused the readers
     cdef readonly int64_t wakeups     # futures resolved by publish
-
-    def __cinit__(self):
-        self._bounds = NULL
-        self._n_bounds = 0
 
     def __init__(self, bus, Ring ring not None, clock=None):
         self.bus = bus
         self.ring = ring
         self.clock = clock
         self._latency = None
-        self._histogram = None
+        self._observer = None
         self._waiting = []
         self.paused = False
         self.wakeups = 0
-
-    def __dealloc__(self):
-        free(self._bounds)
 
     # ------------------------------------------------------------ latency
 
@@ -71,57 +62,13 @@ cdef class Publisher:
 
     @latency.setter
     def latency(self, observer):
-        from meltica.telemetry.metrics import Histogram
-
-        cdef Py_ssize_t i, n
-        cdef double *bounds = NULL
-        if type(observer) is Histogram:
-            n = len(observer.buckets)
-            bounds = <double *>malloc(sizeof(double) * (n if n else 1))
-            if bounds == NULL:
-                raise MemoryError()
-            try:
-                for i in range(n):
-                    bounds[i] = observer.buckets[i]
-                    if i and bounds[i] < bounds[i - 1]:
-                        raise ValueError("histogram buckets must ascend")
-            except BaseException:
-                free(bounds)
-                raise
-            free(self._bounds)
-            self._bounds = bounds
-            self._n_bounds = n
-            self._histogram = observer
-        else:
-            self._histogram = None
+        self._observer = None if observer is None else Observer(observer)
         self._latency = observer
 
     cdef inline int64_t _now(self) except? -1:
         if self.clock is None:
             return wall_ns()
         return self.clock()
-
-    cdef int _observe(self, int64_t ts_recv, int64_t now) except -1:
-        cdef double s
-        cdef Py_ssize_t lo = 0, hi = self._n_bounds, mid
-        cdef object h = self._histogram
-        cdef list counts
-        cdef int64_t d = now - ts_recv
-        s = (d if d > 0 else 0) / 1e9
-        if h is None:
-            self._latency.observe(s)
-            return 0
-        while lo < hi:                       # bisect_left over the bounds
-            mid = (lo + hi) >> 1
-            if self._bounds[mid] < s:
-                lo = mid + 1
-            else:
-                hi = mid
-        counts = h.counts
-        counts[lo] = counts[lo] + 1
-        h.total = h.total + s
-        h.n = h.n + 1
-        return 0
 
     # ------------------------------------------------------------ publishing
 
@@ -140,7 +87,7 @@ cdef class Publisher:
             ring.stamp = now
             first = batch[0]
             if isinstance(first, Event) and (<Event>first).ts_recv > 0:
-                self._observe((<Event>first).ts_recv, now)
+                self._observer.observe_ns(now - (<Event>first).ts_recv)
         written = ring.publish(batch)
         kinds = ring.last_kinds if written else 0
         while written < n:

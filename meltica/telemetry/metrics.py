@@ -70,7 +70,10 @@ class Sample:
 
 @dataclass
 class Histogram:
-    """A cumulative histogram of seconds with fixed buckets (fed per batch, not per event)."""
+    """A cumulative histogram of seconds with fixed buckets (fed per batch, not per event).
+
+    The compiled per-batch paths update ``counts``, ``total`` and ``n`` in place
+    as `observe` does (meltica/telemetry/_histogram.pyx): change both together."""
 
     name: str
     help: str
