@@ -1084,6 +1084,45 @@ def test_interleaved_streams_and_symbols_keep_their_routes() -> None:
     assert all(ev.symbol is first[ev.symbol] for ev in got)
 
 
+def _partial_on(sym: str) -> bytes:
+    # no "s" in a partial depth frame: its symbol comes from its stream's route
+    return envelope(f"{sym.lower()}@depth5", SPOT_PARTIAL)
+
+
+def _trade_on(sym: str) -> bytes:
+    return envelope(f"{sym.lower()}@trade", SPOT_TRADE.replace(b"BTCUSDT", sym.encode()))
+
+
+def test_many_and_long_names_keep_their_routes() -> None:
+    # enough streams and symbols that the parser's name tables grow many times,
+    # and some names longer than a table slot holds inline (compared at their
+    # stored copy), sharing a 48-byte prefix; after each new name (the tables
+    # may just have grown) an older one is looked up again, twice
+    p = FrameParser()
+    symbols = [f"{'L' * 48}{i}" for i in range(12)] + [f"S{i}USDT" for i in range(1500)]
+    by_route: dict[str, str] = {}
+    by_symbol: dict[str, str] = {}
+    for i, sym in enumerate(symbols):
+        for s in (sym, symbols[i // 2], symbols[i // 2]):
+            routed, traded = one(p, _partial_on(s)), one(p, _trade_on(s))
+            assert routed.symbol == traded.symbol == s
+            assert by_route.setdefault(s, routed.symbol) is routed.symbol
+            assert by_symbol.setdefault(s, traded.symbol) is traded.symbol
+
+
+def test_a_flood_of_names_resets_the_tables_and_they_still_route() -> None:
+    # past MAX_ROUTES (65,536 in parser.pyx) distinct streams and symbols the
+    # parser forgets them all, so memory stays bounded, and starts again: old
+    # names come back as new ones, and every frame still gets its own symbol
+    p = FrameParser()
+    n = 65_536 + 300
+    for i in range(n):
+        assert one(p, _trade_on(f"F{i}X")).symbol == f"F{i}X"
+    for i in (*range(0, n, 997), n - 1, 65_535, 65_536, 0, 1, n - 1):
+        sym = f"F{i}X"
+        assert one(p, _partial_on(sym)).symbol == one(p, _trade_on(sym)).symbol == sym
+
+
 def test_escaped_symbol_is_decoded_or_rejected() -> None:
     frame = SPOT_TRADE.replace(b'"BTCUSDT"', b'"BTC\\u0055SDT"')
     try:
