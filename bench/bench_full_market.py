@@ -772,6 +772,21 @@ async def raise_rate(
     return steps
 
 
+def rejudge(path: Path) -> int:
+    """Recompute ``budgets`` and ``table_md`` of a results JSON from the windows it holds (after
+    a change to how they are judged or shown; nothing is measured again)."""
+    report = json.loads(path.read_text())
+    full, curve, kinds = report["full"], report["curve"], report.get("kind_curve") or {}
+    verdict = judge(full, curve)
+    if kinds:
+        verdict["per_kind"] = judge_kinds(kinds)
+    report["budgets"] = verdict
+    report["table_md"] = table(full, curve, verdict, kinds)
+    path.write_text(json.dumps(report, indent=1, default=str))
+    print(report["table_md"])
+    return 0
+
+
 def judge(full: dict[str, Any], curve: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "time_to_live_s" in full:
@@ -854,7 +869,10 @@ def read_split(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     point i and b the cost of one socket read (wake-up, read, the per-batch path), common to
     every point.  Least squares over all windows: for a given b each a_i is its two windows'
     mean of (c - b x), and b = sum (x - mean_i x)(c - mean_i c) / sum (x - mean_i x)^2, x = 1 /
-    frames per batch.  Reported beside the raw figures, not instead of them: how many frames
+    frames per batch; ``worst_residual``: the worst window's relative miss of that fit (large:
+    the cost of a read is not one figure over the points), and ``per_read_us_by_point``:
+    each point's own (c1 - c2) / (x1 - x2) where its bunched batches are at least 1.5x fuller
+    (else None).  Reported beside the raw figures, not instead of them: how many frames
     a read brings depends on how the feed arrives (here, the fake's pacing and the
     connection count), not on the gateway.  None unless every point has both windows.
     """
@@ -879,8 +897,17 @@ def read_split(points: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     b = sxy / sxx
     a = [round(sum(c - b * x for x, c in pair) / len(pair), 2) for pair in rows]
+    # how well one b fits: the worst window's miss, relative; and each point's own b where
+    # its two windows' batches differ enough (1.5x) to say anything
+    fits = zip(a, rows, strict=True)
+    worst = max(abs(c - (ai + b * x)) / c for ai, pair in fits for x, c in pair)
+    own = [
+        round((c1 - c2) / (x1 - x2), 1) if x1 >= 1.5 * x2 else None for (x1, c1), (x2, c2) in rows
+    ]
     return {
         "per_read_us": round(b, 1),
+        "worst_residual": round(worst, 3),
+        "per_read_us_by_point": own,
         "per_frame_us": a,
         "per_frame_max_over_min": _ratio(a),
         "bunched_us_per_frame": [r["bunched"]["sched_us_per_frame"] for r in points],
@@ -1112,15 +1139,17 @@ def _split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
         "per batch, b common, by least squares over both windows of every point):",
         "",
         "| curve | bunched frames/batch | bunched µs CPU/frame | bunched max / min "
-        "| b: µs per read | a: µs per frame | a max / min |",
-        "|---|---|---|---|---|---|---|",
+        "| b: µs per read | a: µs per frame | a max / min | worst residual "
+        "| each point's own b |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in splits.items():
         lines.append(
             f"| {name} | {' / '.join(map(str, v['bunched_frames_per_batch']))} | "
             f"{' / '.join(map(str, v['bunched_us_per_frame']))} | {v['bunched_max_over_min']} | "
             f"{v['per_read_us']} | {' / '.join(map(str, v['per_frame_us']))} | "
-            f"{v['per_frame_max_over_min']} |"
+            f"{v['per_frame_max_over_min']} | {v['worst_residual']} | "
+            f"{' / '.join(map(str, v['per_read_us_by_point']))} |"
         )
     return lines
 
@@ -1393,7 +1422,15 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="gateway config override")
     p.add_argument("--json", type=Path, default=RESULTS / "full_market.json")
     p.add_argument("--png", type=Path, default=RESULTS / "full_market.png")
+    p.add_argument(
+        "--rejudge",
+        type=Path,
+        default=None,
+        help="run nothing: recompute the budgets and tables of a results JSON from its windows",
+    )
     args = p.parse_args()
+    if args.rejudge is not None:
+        return rejudge(args.rejudge)
     if args.symbols < 2 or any(n < 2 for n in args.curve):
         p.error("symbol counts must be >= 2")
     if not args.whole_feed and not args.kinds:

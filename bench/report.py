@@ -158,13 +158,20 @@ def n2(x: float | None) -> str:
 
 def t_machine(m: dict[str, Any]) -> str:
     spec = md(
-        ["CPU (/proc/cpuinfo)", "cores", "kernel", "Python"],
+        ["CPU of the latest run (/proc/cpuinfo)", "cores", "kernel", "Python"],
         [[m["cpu_model"], str(m["cores"]), m["kernel"], m["python"]]],
     )
     runs = md(
-        ["bench", "run at (UTC)", "seconds", "load average 1/5/15 min after it"],
+        ["bench", "run at (UTC)", "seconds", "load average 1/5/15 min after it", "CPU", "kernel"],
         [
-            [n, r["date_utc"], n0(r["seconds"]), " / ".join(f"{x:.2f}" for x in r["load_after"])]
+            [
+                n,
+                r["date_utc"],
+                n0(r["seconds"]),
+                " / ".join(f"{x:.2f}" for x in r["load_after"]),
+                r.get("cpu_model", m["cpu_model"]),
+                r.get("kernel", m["kernel"]),
+            ]
             for n, r in m.get("runs", {}).items()
         ],
     )
@@ -414,12 +421,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown bench {n!r} (one of {', '.join(BENCHES)})")
     if not args.no_run:
         m = machine()
-        m["runs"] = (load("machine") or {}).get("runs", {})
+        before = load("machine") or {}
+        m["runs"] = before.get("runs", {})
+        for r in m["runs"].values():  # runs recorded before the CPU was kept per run
+            r.setdefault("cpu_model", before.get("cpu_model", "unknown"))
+            r.setdefault("kernel", before.get("kernel", "unknown"))
         for n in names:
             date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
             took = run(n)
             load_after = [round(x, 2) for x in os.getloadavg()]
-            m["runs"][n] = {"date_utc": date, "seconds": took, "load_after": load_after}
+            m["runs"][n] = {
+                "date_utc": date,
+                "seconds": took,
+                "load_after": load_after,
+                "cpu_model": m["cpu_model"],
+                "kernel": m["kernel"],
+            }
             (RESULTS / "machine.json").write_text(json.dumps(m, indent=2) + "\n")
     doc = DOC.read_text()
     m = load("machine")

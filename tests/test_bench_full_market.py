@@ -201,6 +201,9 @@ def test_read_split_recovers_the_per_read_and_per_frame_costs() -> None:
     assert split["per_read_us"] == 40.0
     assert split["per_frame_us"] == [5.0, 5.5, 6.5]
     assert split["per_frame_max_over_min"] == 1.3
+    assert split["worst_residual"] == 0.0
+    # each point's own per-read cost where its two batch sizes differ enough (not 90 / 120)
+    assert split["per_read_us_by_point"] == [40.0, 40.0, None]
     # the raw figures at the bunched windows, reported beside
     assert split["bunched_frames_per_batch"] == [40.0, 60.0, 120.0]
     assert split["bunched_max_over_min"] == round((6.5 + 40 / 120) / (5.0 + 1.0), 2)
@@ -221,4 +224,4 @@ def test_read_split_in_the_per_kind_verdict_and_table() -> None:
     verdict = bench.judge_kinds({"depth": points})
     assert verdict["depth"]["read_split"]["per_frame_us"] == [5.0, 5.5]
     text = bench.table({}, [], {"per_kind": verdict}, {"depth": points})
-    assert "| depth | 40.0 / 80.0 |" in text and "| 16.0 | 5.0 / 5.5 | 1.1 |" in text
+    assert "| depth | 40.0 / 80.0 |" in text and "| 16.0 | 5.0 / 5.5 | 1.1 | 0.0 |" in text
