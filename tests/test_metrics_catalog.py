@@ -173,6 +173,7 @@ def test_gate_updates_a_histogram_in_place_exactly_as_observe_would() -> None:
         gate.on_events([_trade("spot", recv - d, recv, tid), _trade("spot", recv, recv, tid + 99)])
         reference.observe(max(d, 0) / 1e9)
     gate.on_events([_trade("spot", None, recv, 500)])  # no exchange time: not observed
+    gate.on_events([_trade("spot", recv, 0, 501)])  # no receive time: not observed either
     assert (spot.counts, spot.total, spot.n) == (reference.counts, reference.total, reference.n)
     assert spot.n == len(delays)
 

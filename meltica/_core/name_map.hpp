@@ -50,9 +50,11 @@ class NameMap {
       }
     }
   }
-  // Adds a name that find() did not know; returns a view of its stored copy
-  // (valid until clear()).
+  // Adds a name; returns a view of its stored copy (valid until clear()).  A
+  // name already present keeps its first id (as std::unordered_map::emplace did).
   std::string_view add(const char *p, size_t n, int id) {
+    std::string_view known;
+    if (find(p, n, &known) >= 0) return known;
     if (2 * (count_ + 1) > mask_ + 1) grow();  // may throw: nothing changed yet
     keys_.emplace_back(p, n);                  // may throw: the table is only larger
     const std::string &key = keys_.back();

@@ -560,7 +560,9 @@ cdef class FrameParser:
         else:
             route = Route(_sv_str(sv))
             if len(self._routes) >= MAX_ROUTES:
-                # a flood of distinct stream names must not grow memory forever
+                # a flood of distinct stream names must not grow memory forever;
+                # _last_stream views the table's copies: drop the cache first
+                self._last_route = None
                 self._route_ids.clear()
                 self._routes = []
             self._last_stream = self._route_ids.add(sv.data(), sv.size(), len(self._routes))

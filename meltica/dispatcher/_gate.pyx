@@ -21,7 +21,7 @@ cdef class Gate:
 
     event_latency: None, or market -> histogram (``observe(seconds)``) of the
     exchange event time -> local receive delay, observed once per batch on its
-    first event that carries an exchange time (negative delays, from clock
+    first event that carries an exchange and a receive time (negative delays, from clock
     offset, count as 0).  It is read at every batch, so its entries may
     change; a `Histogram` is updated in place from C (``_histogram.pxd``)."""
     cdef DispatchTable table
@@ -51,7 +51,7 @@ cdef class Gate:
             if not isinstance(x, Event):
                 continue
             ev = <Event>x
-            if ev.ts_event_ == MT_NA or ev.ts_event_ <= 0:
+            if ev.ts_event_ == MT_NA or ev.ts_event_ <= 0 or ev.ts_recv <= 0:
                 continue
             market = ev.market
             h = self.event_latency.get(market)

@@ -24,6 +24,9 @@ cdef class Observer:
         from meltica.telemetry.metrics import Histogram
 
         cdef Py_ssize_t i, n
+        free(self.bounds)  # __init__ called again: forget the first target's bounds
+        self.bounds = NULL
+        self.n_bounds = 0
         self.target = target
         self.histogram = None
         if type(target) is not Histogram:
