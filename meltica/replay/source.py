@@ -32,11 +32,16 @@ class StreamFrame:
     envelope: bytes | None = None
 
 
+def envelope_head(stream: str) -> bytes:
+    """What a combined-stream frame of ``stream`` holds before its payload."""
+    return b'{"stream":"' + stream.encode() + b'","data":'
+
+
 def combined_frame(frame: StreamFrame) -> bytes:
     """The frame as a combined-stream connection receives it."""
     if frame.envelope is not None:
         return frame.envelope
-    return b'{"stream":"' + frame.stream.encode() + b'","data":' + frame.payload + b"}"
+    return envelope_head(frame.stream) + frame.payload + b"}"
 
 
 class MarketSource(Protocol):

@@ -37,7 +37,7 @@ from picows import (
 
 from meltica._core.events import MARKETS
 from meltica.replay.faults import Fault, FaultPlan
-from meltica.replay.source import StreamFrame, combined_frame
+from meltica.replay.source import StreamFrame, combined_frame, envelope_head
 
 __all__ = ["WsCounters", "WsServer", "stream_class"]
 
@@ -130,14 +130,7 @@ _HEADERS: dict[int, bytes] = dict(enumerate(_SHORT_HEADERS))
 
 def _raw_ws_frame(payload: bytes) -> bytes:
     """A complete unmasked server TEXT frame, as picows would put it on the wire."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 1 << 16:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    return _ws_header(len(payload)) + payload
 
 
 @dataclass(slots=True)
@@ -891,7 +884,7 @@ class WsServer:
                         if head is None:
                             if len(heads) >= _MAX_ENVELOPE_HEADS:
                                 heads.clear()
-                            head = heads[stream] = b'{"stream":"' + stream.encode() + b'","data":'
+                            head = heads[stream] = envelope_head(stream)
                         combined = head + frame.payload + b"}"
                     data = combined
                 else:
