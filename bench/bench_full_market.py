@@ -709,16 +709,16 @@ async def idle_window(
     # snapshot) but costs nothing more; at most 1 % of the books may be out
     ok = w["books_live"] >= 0.99 * books and w["frames_per_s"] <= 0.01 * loaded["frames_per_s"]
     w["valid"] = ok
-    w["net_us_per_frame"] = (
-        round((loaded["gateway_cores"] - w["gateway_cores"]) / loaded["frames_per_s"] * 1e6, 2)
-        if ok and loaded["frames_per_s"]
-        else None
-    )
-    w["net_sched_us_per_frame"] = (
-        round((loaded["sched_cores"] - w["sched_cores"]) / loaded["frames_per_s"] * 1e6, 2)
-        if ok and loaded["frames_per_s"]
-        else None
-    )
+    # the same net figure from the ticks' cores and from the scheduler's ns clock
+    for cores, net in (
+        ("gateway_cores", "net_us_per_frame"),
+        ("sched_cores", "net_sched_us_per_frame"),
+    ):
+        w[net] = (
+            round((loaded[cores] - w[cores]) / loaded["frames_per_s"] * 1e6, 2)
+            if ok and loaded["frames_per_s"]
+            else None
+        )
     _log(f"paused: {w}")
     return w
 
@@ -772,18 +772,25 @@ async def raise_rate(
     return steps
 
 
-def rejudge(path: Path) -> int:
-    """Recompute ``budgets`` and ``table_md`` of a results JSON from the windows it holds (after
-    a change to how they are judged or shown; nothing is measured again)."""
-    report = json.loads(path.read_text())
+def judge_report(report: dict[str, Any]) -> str:
+    """Set ``budgets`` and ``table_md`` (the tables as printed, for bench/report.py to put
+    into docs/benchmarks.md) of ``report`` from the windows it holds; returns the tables."""
     full, curve, kinds = report["full"], report["curve"], report.get("kind_curve") or {}
     verdict = judge(full, curve)
     if kinds:
         verdict["per_kind"] = judge_kinds(kinds)
     report["budgets"] = verdict
     report["table_md"] = table(full, curve, verdict, kinds)
+    return str(report["table_md"])
+
+
+def rejudge(path: Path) -> int:
+    """Recompute ``budgets`` and ``table_md`` of a results JSON from the windows it holds (after
+    a change to how they are judged or shown; nothing is measured again)."""
+    report = json.loads(path.read_text())
+    text = judge_report(report)
     path.write_text(json.dumps(report, indent=1, default=str))
-    print(report["table_md"])
+    print(text)
     return 0
 
 
@@ -1296,9 +1303,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for r in curve:
             r["offered_mix"] = gen["offered_mix"][str(r["symbols"])]
     kinds = await kind_curve(args, mixes)
-    verdict = judge(full, curve)
-    if kinds:
-        verdict["per_kind"] = judge_kinds(kinds)
     return {
         "command": " ".join(sys.argv),
         "machine": {
@@ -1311,7 +1315,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "full": full,
         "curve": curve,
         "kind_curve": kinds,
-        "budgets": verdict,
     }
 
 
@@ -1445,11 +1448,9 @@ def main() -> int:
         f"{g['cores_at_modelled_rate']} of a core at the modelled rate\n"
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1, default=str))
+    args.json.write_text(json.dumps(report, indent=1, default=str))  # the windows, judged or not
     _log(f"wrote {args.json}")
-    text = table(report["full"], report["curve"], report["budgets"], report["kind_curve"])
-    # the tables as printed, for bench/report.py to put into docs/benchmarks.md
-    report["table_md"] = text
+    text = judge_report(report)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print(text)
     plot(report["curve"], args.png, report["kind_curve"])

@@ -169,8 +169,8 @@ def t_machine(m: dict[str, Any]) -> str:
                 r["date_utc"],
                 n0(r["seconds"]),
                 " / ".join(f"{x:.2f}" for x in r["load_after"]),
-                r.get("cpu_model", m["cpu_model"]),
-                r.get("kernel", m["kernel"]),
+                r.get("cpu_model", "not recorded"),
+                r.get("kernel", "not recorded"),
             ]
             for n, r in m.get("runs", {}).items()
         ],
@@ -421,11 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown bench {n!r} (one of {', '.join(BENCHES)})")
     if not args.no_run:
         m = machine()
-        before = load("machine") or {}
-        m["runs"] = before.get("runs", {})
-        for r in m["runs"].values():  # runs recorded before the CPU was kept per run
-            r.setdefault("cpu_model", before.get("cpu_model", "unknown"))
-            r.setdefault("kernel", before.get("kernel", "unknown"))
+        m["runs"] = (load("machine") or {}).get("runs", {})
         for n in names:
             date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
             took = run(n)
