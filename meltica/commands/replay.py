@@ -249,7 +249,9 @@ async def _replay(
                 source.frames_meter.bytes_read, sent, f"{monitor.events:,} events", done=done
             )
 
-        await _pump(consumer, write, fake, received, show)
+        assert engine is not None
+        bus = engine.bus
+        await _pump(consumer, write, fake, received, show, lambda: bus.paused)
         elapsed = time.monotonic() - t0
         await engine.stop()
         rest = consumer.poll()
@@ -323,8 +325,13 @@ async def _pump(
     fake: Any,
     received: Callable[[], int],
     progress: Callable[[int], None],
+    paused: Callable[[], bool],
 ) -> None:
-    """Consume until the fake has sent everything and the gateway went quiet."""
+    """Consume until the fake has sent everything and the gateway went quiet.
+
+    Readers paused by the bus (a ``block`` consumer, e.g. the NATS publisher during a
+    broker outage, at high water) are not quiet: what the fake sent still waits in the
+    sockets, unread, and stopping then would drop it."""
     quiet_since: float | None = None
     last_seen = -1
     while True:
@@ -339,7 +346,7 @@ async def _pump(
         if not fake.finished.is_set():
             continue
         now = time.monotonic()
-        if batch or n != last_seen:
+        if batch or n != last_seen or paused():
             last_seen, quiet_since = n, now
         elif quiet_since is not None and now - quiet_since >= 0.5:
             return
