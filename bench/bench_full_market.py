@@ -1098,12 +1098,13 @@ def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any])
         "Each point subscribes one kind on every symbol, its clock sped up so that it offers "
         "the full market's rate of that kind. µs CPU/frame from the scheduler's ns clock "
         "(ticks: the same from /proc/<pid>/stat's 10 ms ticks); net: after subtracting the "
-        "gateway's CPU with the fake paused.",
+        "gateway's CPU with the fake paused. levels/diff: bids + asks per depth diff offered "
+        "(the smaller markets are the busiest symbols, whose diffs carry more levels).",
         "",
-        "| kind | symbols | live/ready after s | speed | offered/s | frames/s | frames/batch "
-        "| µs CPU/frame | ticks µs CPU/frame | idle cores | net µs CPU/frame | RSS MB "
-        "| load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kind | symbols | live/ready after s | speed | offered/s | levels/diff | frames/s "
+        "| frames/batch | µs CPU/frame | ticks µs CPU/frame | idle cores | net µs CPU/frame "
+        "| RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, points in kinds.items():
         for r in points:
@@ -1113,7 +1114,8 @@ def _kind_table(kinds: dict[str, list[dict[str, Any]]], verdict: dict[str, Any])
             w, i = r["same_rate"], r.get("idle") or {}
             lines.append(
                 f"| {kind} | {r['symbols']} | {r.get('time_to_live_s')} | {w['speed']:.3g}x | "
-                f"{r.get('offered_per_s', 0):,} | {w['frames_per_s']:,} | "
+                f"{r.get('offered_per_s', 0):,} | {r.get('levels_per_diff') or ''} | "
+                f"{w['frames_per_s']:,} | "
                 f"{w.get('frames_per_batch')} | "
                 f"{w.get('sched_us_per_frame')} | {w['cpu_us_per_frame']} | "
                 f"{i.get('sched_cores') if i.get('valid') else None} | "
@@ -1276,6 +1278,22 @@ def offered_mix(total: int, seed: int, seconds: float) -> dict[str, float]:
     return {k: n / seconds for k, n in counts.items()}
 
 
+def levels_per_diff(total: int, seed: int, seconds: float) -> float | None:
+    """Mean price levels (bids + asks) per depth diff offered, ``total`` symbols: the size of
+    the event the depth points of the per-kind curve are offered.  The smaller markets are
+    the busiest symbols (ranks 1..n of the Zipf shape), whose 100 ms windows gather more
+    book changes each: the figure falls as the symbol count grows."""
+    spot, usdm = split_symbols(total)
+    market = SyntheticMarket.binance(spot=spot, usdm=usdm, seed=seed, duration_s=seconds)
+    diffs = levels = 0
+    for f in market.frames():
+        if f.stream.split("@")[1] == "depth":
+            data = json.loads(f.payload)
+            diffs += 1
+            levels += len(data["b"]) + len(data["a"])
+    return round(levels / diffs, 2) if diffs else None
+
+
 def offered_rate(total: int, seed: int, seconds: float) -> float:
     """All subscribed frames per market second (``offered_mix`` summed): the ratio of two
     is the clock speed that offers the smaller market the larger one's total rate."""
@@ -1332,6 +1350,10 @@ async def kind_curve(
     """
     out: dict[str, list[dict[str, Any]]] = {}
     full = mixes[args.symbols]
+    sizes = {}
+    if "depth" in args.kinds:
+        sizes = {n: levels_per_diff(n, args.seed, args.rate_seconds) for n in mixes}
+        _log(f"levels per depth diff offered: {sizes}")
     for kind in args.kinds:
         stream = KIND_STREAM[kind]
         points = []
@@ -1343,6 +1365,8 @@ async def kind_curve(
             speed = round(full[stream] / own, 3)
             r = await one_run(args, n, headroom=False, speed=speed, streams=(kind,), natural=False)
             r["offered_per_s"] = round(full[stream])
+            if kind == "depth":
+                r["levels_per_diff"] = sizes[n]
             points.append(r)
         out[kind] = points
     return out

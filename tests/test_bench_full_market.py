@@ -182,6 +182,23 @@ def test_every_kind_offered_at_every_curve_count() -> None:
         assert all(mix[stream] > 0 for stream in bench.KIND_STREAM.values())
 
 
+def test_levels_per_diff_falls_as_the_market_grows() -> None:
+    # the smaller markets are the busiest symbols: their 100 ms windows gather more changes
+    small, large = bench.levels_per_diff(10, 1, 2.0), bench.levels_per_diff(200, 1, 2.0)
+    assert small is not None and large is not None
+    assert small > large >= 1.0
+
+
+def test_levels_per_diff_in_the_per_kind_table() -> None:
+    depth = [_kind_point(10, 8.0), _kind_point(100, 6.0)]
+    depth[0]["levels_per_diff"], depth[1]["levels_per_diff"] = 17.08, 5.16
+    kinds = {"depth": depth, "trade": [_kind_point(10, 4.0), _kind_point(100, 4.0)]}
+    text = "\n".join(bench._kind_table(kinds, bench.judge_kinds(kinds)))
+    assert "| levels/diff |" in text
+    assert "| depth | 10 | None | 2x | 0 | 17.08 | 1,000 |" in text
+    assert "| trade | 10 | None | 2x | 0 |  | 1,000 |" in text
+
+
 def _split_point(symbols: int, a: float, b: float, fpb: tuple[float, float]) -> dict[str, Any]:
     """Two windows of one point whose CPU per frame is exactly a + b / frames per batch."""
     r: dict[str, Any] = {"symbols": symbols, "books": symbols}

@@ -140,11 +140,17 @@ static inline ptrdiff_t bk_find_block(const bk_side *s, int64_t key) {
     return base;
 }
 
-/* How many keys of the block are below key (the insert position). */
+/* How many keys of the block are below key (the insert position): a
+ * branch-free binary search over all BK_B slots (the unused ones hold
+ * INT64_MAX, so they sort last).  Five probes and a last compare: a count
+ * over the 32 slots took about 100 instructions per call on a baseline
+ * x86-64 build, which has no 64-bit vector compare. */
 static inline ptrdiff_t bk_rank(const bk_block *b, int64_t key) {
-    int64_t c = 0;
-    for (int i = 0; i < BK_B; i++) c += b->key[i] < key;
-    return (ptrdiff_t)c;
+    const int64_t *k = b->key;
+    ptrdiff_t base = 0;
+    for (ptrdiff_t half = BK_B / 2; half > 0; half >>= 1)
+        base = k[base + half - 1] < key ? base + half : base;
+    return base + (k[base] < key);
 }
 
 /* Fold small block j into a neighbour when both fit in half a block. */
