@@ -105,6 +105,28 @@ def test_update_writes_a_baseline_compare_reads(tmp_path: Path) -> None:
     assert compare.main(["--current", str(cur), "--baseline", str(out)]) == 0
 
 
+def test_a_baseline_from_another_cpu_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cur = run_json(tmp_path, {"parse[trade]": (40.0, 100.0)})
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"machine": {"cpu": "Other CPU 9000"}, "ratios": BASE}))
+    assert compare.main(["--current", str(cur), "--baseline", str(base)]) == 0
+    assert "note: base.json was recorded on 'Other CPU 9000', this run is on" in (
+        capsys.readouterr().out
+    )
+    base.write_text(json.dumps({"machine": {"cpu": compare.cpu_model()}, "ratios": BASE}))
+    assert compare.main(["--current", str(cur), "--baseline", str(base)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_update_records_the_cpu(tmp_path: Path) -> None:
+    cur = run_json(tmp_path, {"parse[trade]": (40.0, 100.0)})
+    out = tmp_path / "new-baseline.json"
+    assert compare.main(["--current", str(cur), "--baseline", str(out), "--update"]) == 0
+    assert json.loads(out.read_text())["machine"]["cpu"] == compare.cpu_model()
+
+
 def test_committed_baseline_covers_every_pair() -> None:
     committed = json.loads((ROOT / "bench/micro/baseline.json").read_text())["ratios"]
     names = [line.split("[", 1)[0] for line in committed]

@@ -115,13 +115,40 @@ def run_session(extra: list[str]) -> dict[str, float]:
         return ratios(json.loads(out.read_text())["benchmarks"])
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's name without it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "load_avg": os.getloadavg()[0],
     }
+
+
+def other_cpu(baseline: Mapping[str, Any], cpu: str, name: str = BASELINE.name) -> str | None:
+    """A note when ``baseline`` (the file ``name``'s contents) was recorded on another CPU
+    model than ``cpu`` (None: same,
+    or not recorded).  Both sides of a pair run on the same CPU, but not every pair's ratio
+    is the same on every CPU: a regression found across CPUs may be the CPU."""
+    recorded = (baseline.get("machine") or {}).get("cpu")
+    if not recorded or recorded == cpu:
+        return None
+    return (
+        f"note: {name} was recorded on {recorded!r}, this run is on {cpu!r}; "
+        "a ratio can move with the CPU (re-baseline on this one: --update)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         args.baseline.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {len(current)} ratios to {args.baseline}")
         return 0
-    baseline = json.loads(args.baseline.read_text())["ratios"]
-    rows, regressed = compare(current, baseline, args.tolerance)
+    recorded = json.loads(args.baseline.read_text())
+    rows, regressed = compare(current, recorded["ratios"], args.tolerance)
     print(table(rows))
+    note = other_cpu(recorded, cpu_model(), args.baseline.name)
+    if note:
+        print(f"\n{note}")
     if regressed:
         print(f"\nFAIL: a ratio grew by more than {args.tolerance:.0%} over {args.baseline.name}")
         return 1
