@@ -29,6 +29,11 @@ HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "baseline.json"
 TOLERANCE = 0.10
 
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # bench/, for its harness
+
+from harness import cpu_model  # noqa: E402
+
 
 def ratios(benchmarks: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """ours ÷ baseline median per group, from pytest-benchmark records.
@@ -115,18 +120,6 @@ def run_session(extra: list[str]) -> dict[str, float]:
         return ratios(json.loads(out.read_text())["benchmarks"])
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's name without it)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -139,9 +132,9 @@ def machine() -> dict[str, Any]:
 
 def other_cpu(baseline: Mapping[str, Any], cpu: str, name: str = BASELINE.name) -> str | None:
     """A note when ``baseline`` (the file ``name``'s contents) was recorded on another CPU
-    model than ``cpu`` (None: same,
-    or not recorded).  Both sides of a pair run on the same CPU, but not every pair's ratio
-    is the same on every CPU: a regression found across CPUs may be the CPU."""
+    model than ``cpu`` (None: the same, or not recorded).  Both sides of a pair run on the
+    same CPU, but not every pair's ratio is the same on every CPU: a regression found
+    across CPUs may be the CPU."""
     recorded = (baseline.get("machine") or {}).get("cpu")
     if not recorded or recorded == cpu:
         return None
